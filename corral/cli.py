@@ -1,0 +1,325 @@
+"""Command line: ``corral serve`` plus ollama-style client commands.
+
+Everything but ``serve`` talks to a running server over HTTP (see
+:mod:`corral.client`), exactly as the ``ollama`` CLI does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from corral.client import Client, ClientError
+from corral.store.store import sha256_file
+
+
+def _out(text: str = "", end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB", "MB") else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def human_ago(iso: str) -> str:
+    try:
+        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    secs = (datetime.now(timezone.utc) - then).total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if secs >= size:
+            n = int(secs // size)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "Less than a minute ago" if secs >= 1 else "Less than a second ago"
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _out("    ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+# ---- commands -----------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from corral.server.app import create_app
+    from corral.settings import Settings
+
+    settings = Settings.from_env()
+    changes: dict[str, Any] = {}
+    if args.host:
+        changes["host"] = args.host
+    if args.port:
+        changes["port"] = args.port
+    settings = settings.with_overrides(**changes)
+    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    models = Client().request("GET", "/api/tags")["models"]
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for m in models:
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_ago(m["modified_at"])])
+    _table(rows)
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    models = Client().request("GET", "/api/ps")["models"]
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    for m in models:
+        until = "Forever" if m["expires_at"].startswith("2318") else m["expires_at"]
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), "100% CPU", str(m.get("context_length", "")), until])
+    _table(rows)
+    return 0
+
+
+def _stream_chat(client: Client, model: str, messages: list[dict[str, Any]], opts: dict[str, Any]) -> str:
+    reply = []
+    for chunk in client.stream("/api/chat", {"model": model, "messages": messages, "stream": True, **opts}):
+        piece = chunk.get("message", {}).get("content", "")
+        reply.append(piece)
+        _out(piece, end="")
+    _out()
+    return "".join(reply)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    client = Client()
+    opts: dict[str, Any] = {}
+    if args.keepalive:
+        opts["keep_alive"] = args.keepalive
+    if args.format:
+        opts["format"] = args.format
+    prompt = " ".join(args.prompt).strip()
+    if not prompt and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip()
+    if prompt:
+        _stream_chat(client, args.model, [{"role": "user", "content": prompt}], opts)
+        return 0
+    client.request("POST", "/api/generate", {"model": args.model, **opts})  # load, as ollama does
+    history: list[dict[str, Any]] = []
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            _out()
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/bye", "/exit"):
+            return 0
+        if text == "/clear":
+            history.clear()
+            _out("Cleared session context")
+            continue
+        if text.startswith("/"):
+            _out(f"Unknown command '{text.split()[0]}'. Type /bye to quit.")
+            continue
+        history.append({"role": "user", "content": text})
+        history.append({"role": "assistant", "content": _stream_chat(client, args.model, history, opts)})
+        _out()
+
+
+def _upload_tree(client: Client, path: Path) -> dict[str, str]:
+    files = {}
+    targets = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    for item in targets:
+        digest = sha256_file(item)
+        _out(f"uploading {item.name} ({human_bytes(item.stat().st_size)})")
+        client.upload_blob(item, digest)
+        files[item.name] = digest
+    return files
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from corral.modelfile import parse
+
+    client = Client()
+    mf_path = Path(args.file)
+    if not mf_path.is_file():
+        raise ClientError(f"no Modelfile found at {mf_path}")
+    mf = parse(mf_path.read_text(encoding="utf-8"))
+    body: dict[str, Any] = {"model": args.name, "stream": True}
+    source = Path(mf.from_).expanduser()
+    if not source.is_absolute():
+        source = (mf_path.parent / source).resolve()
+    if mf.from_.startswith((".", "/", "~")) or source.exists():
+        if not source.exists():
+            raise ClientError(f"FROM {mf.from_}: no such file or directory")
+        body["files"] = _upload_tree(client, source)
+    else:
+        body["from"] = mf.from_
+    if mf.adapters:
+        adapters: dict[str, str] = {}
+        for a in mf.adapters:
+            ap = (mf_path.parent / Path(a).expanduser()).resolve()
+            adapters.update(_upload_tree(client, ap))
+        body["adapters"] = adapters
+    for key, value in (("template", mf.template), ("system", mf.system)):
+        if value is not None:
+            body[key] = value
+    if mf.license:
+        body["license"] = mf.license
+    if mf.parameters:
+        body["parameters"] = mf.parameters
+    if mf.messages:
+        body["messages"] = mf.messages
+    if args.quantize:
+        body["quantize"] = args.quantize
+    for status in client.stream("/api/create", body):
+        _out(status.get("status", ""))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    info = Client().request("POST", "/api/show", {"model": args.model, "verbose": args.verbose})
+    for flag, key in (("modelfile", "modelfile"), ("parameters", "parameters"), ("template", "template"),
+                      ("system", "system"), ("license", "license")):
+        if getattr(args, flag):
+            _out(info.get(key) or "")
+            return 0
+    d = info.get("details", {})
+    mi = info.get("model_info", {})
+    arch = mi.get("general.architecture", d.get("family", ""))
+    _out("  Model")
+    for label, value in (("architecture", arch), ("parameters", d.get("parameter_size", "")),
+                         ("context length", mi.get(f"{arch}.context_length", "")),
+                         ("embedding length", mi.get(f"{arch}.embedding_length", "")),
+                         ("quantization", d.get("quantization_level", ""))):
+        _out(f"    {label:<20}{value}")
+    _out("\n  Capabilities")
+    for cap in info.get("capabilities", []):
+        _out(f"    {cap}")
+    if info.get("parameters"):
+        _out("\n  Parameters")
+        for line in info["parameters"].splitlines():
+            _out(f"    {line}")
+    if info.get("system"):
+        _out("\n  System")
+        _out(f"    {info['system']}")
+    if args.verbose:
+        _out("\n  Metadata")
+        for k, v in mi.items():
+            _out(f"    {k:<40}{str(v)[:100]}")
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    Client().request("POST", "/api/copy", {"source": args.source, "destination": args.destination})
+    _out(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    client = Client()
+    for name in args.models:
+        client.request("DELETE", "/api/delete", {"model": name})
+        _out(f"deleted '{name}'")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    Client().request("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
+    return 0
+
+
+def _progress(stream: Any) -> None:
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+    for status in stream:
+        digest = status.get("digest")
+        if digest and status.get("total"):
+            bar = bars.get(digest)
+            if bar is None:
+                bar = bars[digest] = tqdm(total=status["total"], unit="B", unit_scale=True,
+                                          desc=f"{status.get('status', '')[:30]}", leave=True)
+            bar.update(int(status.get("completed", 0)) - bar.n)
+        else:
+            _out(status.get("status", ""))
+    for bar in bars.values():
+        bar.close()
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    _progress(Client().stream("/api/pull", {"model": args.model, "insecure": args.insecure, "stream": True}))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    _progress(Client().stream("/api/push", {"model": args.model, "insecure": args.insecure, "stream": True}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corral", description="Ollama-compatible LLM server and gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="start the server")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.set_defaults(func=cmd_serve)
+    r = sub.add_parser("run", help="chat with a model")
+    r.add_argument("model")
+    r.add_argument("prompt", nargs="*")
+    r.add_argument("--keepalive", default=None)
+    r.add_argument("--format", default=None)
+    r.set_defaults(func=cmd_run)
+    c = sub.add_parser("create", help="create a model from a Modelfile")
+    c.add_argument("name")
+    c.add_argument("-f", "--file", default="Modelfile")
+    c.add_argument("-q", "--quantize", default=None)
+    c.set_defaults(func=cmd_create)
+    sub.add_parser("list", aliases=["ls"], help="list models").set_defaults(func=cmd_list)
+    sub.add_parser("ps", help="list running models").set_defaults(func=cmd_ps)
+    sh = sub.add_parser("show", help="show model information")
+    sh.add_argument("model")
+    for flag in ("modelfile", "parameters", "template", "system", "license"):
+        sh.add_argument(f"--{flag}", action="store_true")
+    sh.add_argument("-v", "--verbose", action="store_true")
+    sh.set_defaults(func=cmd_show)
+    cp = sub.add_parser("cp", help="copy a model")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    cp.set_defaults(func=cmd_cp)
+    rm = sub.add_parser("rm", help="remove models")
+    rm.add_argument("models", nargs="+")
+    rm.set_defaults(func=cmd_rm)
+    st = sub.add_parser("stop", help="unload a running model")
+    st.add_argument("model")
+    st.set_defaults(func=cmd_stop)
+    for name, func in (("pull", cmd_pull), ("push", cmd_push)):
+        pp = sub.add_parser(name, help=f"{name} a model from/to a registry")
+        pp.add_argument("model")
+        pp.add_argument("--insecure", action="store_true")
+        pp.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ClientError as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,85 @@
+"""Engine seam: the small interface every inference backend implements.
+
+An :class:`Engine` loads a model file into a :class:`LoadedModel`, which can
+stream a completion as events, embed, tokenize and close. The scheduler and
+the HTTP layer only see these types, so an upstream engine (a remote Ollama
+or vLLM) can be added beside the in-process llama.cpp one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to load and with which load-time options (a change reloads)."""
+
+    path: Path
+    num_ctx: int
+    num_parallel: int
+    num_batch: int = 512
+    num_thread: int = 0
+    embedding: bool = True
+    adapters: tuple[Path, ...] = ()
+    projector: Path | None = None
+
+
+@dataclass
+class CompletionRequest:
+    """One raw completion: a prompt (text and/or token ids) plus sampling."""
+
+    prompt: list[int | str]
+    options: dict[str, Any]
+    json_schema: dict[str, Any] | None = None
+    grammar: str | None = None
+    n_probs: int = 0
+    want_logprobs: bool = False
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    logprobs: list[dict[str, Any]] | None = None
+    token_ids: list[int] | None = None
+
+
+@dataclass
+class DoneEvent:
+    done_reason: str  # "stop" | "length"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    prompt_eval_ns: int = 0
+    eval_count: int = 0
+    eval_ns: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Event = TokenEvent | DoneEvent
+
+
+class LoadedModel(Protocol):
+    spec: LoadSpec
+    n_ctx_per_slot: int
+    size_bytes: int
+
+    def complete(self, request: CompletionRequest) -> AsyncIterator[Event]: ...
+
+    async def embed(self, inputs: list[list[int] | str]) -> tuple[list[list[float]], int]: ...
+
+    async def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
+
+    async def slots(self) -> list[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    name: str
+
+    async def load(self, spec: LoadSpec) -> LoadedModel: ...

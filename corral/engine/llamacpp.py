@@ -1,0 +1,271 @@
+"""In-process llama.cpp engine, built on ``xllamacpp``.
+
+Why xllamacpp: it ships llama.cpp's own server core as a prebuilt manylinux
+wheel (no compile at install), and that core already does continuous
+batching over parallel slots, JSON-schema constrained sampling, prompt (KV)
+cache reuse, per-request sampling, logprobs with token ids, and embeddings.
+llama-cpp-python, the alternative, compiles for minutes and serves one
+request at a time (measured: see ``bench/RESULTS.md``).
+
+Each loaded model is one ``xllamacpp.Server``. Completions run through its
+in-process ``handle_completions`` call on a worker thread; every streamed
+chunk is handed to the event loop, and the callback's return value is how a
+client disconnect cancels generation and frees the slot. The server core
+also listens on an ephemeral loopback port, which we use only for the cheap
+auxiliary calls (``/tokenize``, ``/detokenize``, ``/slots``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from corral.engine.base import CompletionRequest, DoneEvent, Event, LoadSpec, TokenEvent
+from corral.errors import BadRequest, CorralError, EngineError
+from corral.gguf_meta import read_gguf
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+def _supported_archs() -> frozenset[str]:
+    import gguf
+
+    return frozenset(gguf.MODEL_ARCH_NAMES.values())
+
+
+def _error_from_payload(payload: dict[str, Any]) -> CorralError:
+    err = payload.get("error", payload)
+    if isinstance(err, dict):
+        code = int(err.get("code", 500) or 500)
+        message = str(err.get("message", "engine error"))
+    else:
+        code, message = 500, str(err)
+    if 400 <= code < 500:
+        return BadRequest(message)
+    return EngineError(message)
+
+
+def _sampling_body(request: CompletionRequest) -> dict[str, Any]:
+    o = request.options
+    body: dict[str, Any] = {
+        "prompt": request.prompt,
+        "stream": True,
+        "cache_prompt": True,
+        "n_predict": int(o.get("num_predict", -1)) if int(o.get("num_predict", -1)) >= 0 else -1,
+        "temperature": o.get("temperature", 0.8),
+        "top_k": o.get("top_k", 40),
+        "top_p": o.get("top_p", 0.9),
+        "min_p": o.get("min_p", 0.0),
+        "typical_p": o.get("typical_p", 1.0),
+        "repeat_penalty": o.get("repeat_penalty", 1.1),
+        "repeat_last_n": o.get("repeat_last_n", 64),
+        "presence_penalty": o.get("presence_penalty", 0.0),
+        "frequency_penalty": o.get("frequency_penalty", 0.0),
+        "n_keep": o.get("num_keep", 4),
+    }
+    seed = o.get("seed", -1)
+    if isinstance(seed, int) and seed >= 0:
+        body["seed"] = seed
+    if o.get("stop"):
+        body["stop"] = list(o["stop"])
+    if request.json_schema is not None:
+        body["json_schema"] = request.json_schema
+    if request.grammar:
+        body["grammar"] = request.grammar
+    if request.n_probs or request.want_logprobs:
+        body["n_probs"] = max(1, request.n_probs)
+        body["logprobs"] = True
+    return body
+
+
+def _logprobs(choice: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list[int] | None]:
+    lp = choice.get("logprobs")
+    if not lp:
+        return None, None
+    out, ids = [], []
+    for item in lp.get("content") or []:
+        ids.append(item.get("id"))
+        out.append({
+            "token": item.get("token", ""),
+            "logprob": item.get("logprob", 0.0),
+            "bytes": item.get("bytes"),
+            "top_logprobs": [
+                {"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
+                for t in item.get("top_logprobs") or []
+            ],
+        })
+    return out, ids
+
+
+class LlamaCppModel:
+    """One model loaded in-process (see module docstring)."""
+
+    def __init__(self, spec: LoadSpec, server: Any, size_bytes: int) -> None:
+        self.spec = spec
+        self.server = server
+        self.size_bytes = size_bytes
+        self.n_ctx_per_slot = spec.num_ctx
+        self.base_url = str(server.listening_address)
+        self._pool = ThreadPoolExecutor(max_workers=spec.num_parallel + 2, thread_name_prefix="llama")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=60.0)
+
+    async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:  # type: ignore[override]
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        body = json.dumps(_sampling_body(request))
+        put = queue.put_nowait
+
+        def on_chunk(chunk: str) -> bool:
+            loop.call_soon_threadsafe(put, chunk)
+            return cancel.is_set()
+
+        def run() -> None:
+            try:
+                self.server.handle_completions(body, on_chunk)
+            except Exception as exc:  # surfaced to the caller as an engine error
+                loop.call_soon_threadsafe(put, exc)
+            finally:
+                loop.call_soon_threadsafe(put, _END)
+
+        loop.run_in_executor(self._pool, run)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    log.error("engine crashed during completion: %s", item)
+                    raise EngineError(f"engine error: {item}")
+                payload = json.loads(item)
+                if "error" in payload or "choices" not in payload:
+                    raise _error_from_payload(payload)
+                choice = payload["choices"][0]
+                text = choice.get("text") or ""
+                if text or choice.get("logprobs"):
+                    logprobs, ids = _logprobs(choice) if request.want_logprobs or request.n_probs else (None, None)
+                    yield TokenEvent(text, logprobs, ids)
+                reason = choice.get("finish_reason")
+                if reason:
+                    t = payload.get("timings") or {}
+                    usage = payload.get("usage") or {}
+                    yield DoneEvent(
+                        done_reason="length" if reason == "length" else "stop",
+                        prompt_tokens=int(usage.get("prompt_tokens", t.get("prompt_n", 0))),
+                        cached_tokens=int(t.get("cache_n", 0)),
+                        prompt_eval_ns=int(float(t.get("prompt_ms", 0.0)) * 1e6),
+                        eval_count=int(usage.get("completion_tokens", t.get("predicted_n", 0))),
+                        eval_ns=int(float(t.get("predicted_ms", 0.0)) * 1e6),
+                        extra={"timings": t},
+                    )
+        finally:
+            cancel.set()
+
+    async def embed(self, inputs: list[list[int] | str]) -> tuple[list[list[float]], int]:
+        loop = asyncio.get_running_loop()
+        payload = json.dumps({"input": inputs, "encoding_format": "float"})
+        raw = await loop.run_in_executor(self._pool, self.server.handle_embeddings, payload)
+        data = json.loads(raw)
+        if "error" in data:
+            raise _error_from_payload(data)
+        rows = sorted(data.get("data", []), key=lambda d: d.get("index", 0))
+        vectors = [row["embedding"] for row in rows]
+        return vectors, int((data.get("usage") or {}).get("prompt_tokens", 0))
+
+    async def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        r = await self._http.post("/tokenize", json={"content": text, "add_special": False, "parse_special": special})
+        r.raise_for_status()
+        return list(r.json()["tokens"])
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        r = await self._http.post("/detokenize", json={"tokens": tokens})
+        r.raise_for_status()
+        return str(r.json()["content"])
+
+    async def slots(self) -> list[dict[str, Any]]:
+        r = await self._http.get("/slots")
+        r.raise_for_status()
+        return list(r.json())
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        server, self.server = self.server, None
+        loop = asyncio.get_running_loop()
+        # ~Server joins llama.cpp's loop thread: do it off the event loop.
+        await loop.run_in_executor(None, _drop, server)
+        self._pool.shutdown(wait=False)
+
+
+def _drop(obj: Any) -> None:
+    del obj
+
+
+def kv_bytes_per_token(path: Any) -> int:
+    info = read_gguf(path)
+    arch = info.architecture
+    kv = info.kv
+    layers = int(kv.get(f"{arch}.block_count", 0) or 0)
+    heads = int(kv.get(f"{arch}.attention.head_count", 1) or 1)
+    heads_kv = kv.get(f"{arch}.attention.head_count_kv", heads)
+    heads_kv = int(heads_kv if isinstance(heads_kv, int) else heads)
+    emb = int(kv.get(f"{arch}.embedding_length", 0) or 0)
+    head_dim = emb // heads if heads else 0
+    return 2 * layers * heads_kv * head_dim * 2  # K and V, f16
+
+
+class LlamaCppEngine:
+    """Loads GGUF files into in-process llama.cpp servers."""
+
+    name = "llama.cpp"
+
+    def __init__(self, *, num_threads: int = 0, verbose: bool = False) -> None:
+        self.num_threads = num_threads or (os.cpu_count() or 2)
+        self.verbose = verbose
+
+    async def load(self, spec: LoadSpec) -> LlamaCppModel:
+        info = read_gguf(spec.path)
+        if info.architecture not in _supported_archs():
+            raise BadRequest(f'unsupported model architecture "{info.architecture}"')
+        import xllamacpp as xl
+
+        p = xl.CommonParams()
+        p.model.path = str(spec.path)
+        p.n_parallel = spec.num_parallel
+        p.n_ctx = spec.num_ctx * spec.num_parallel
+        p.kv_unified = False
+        p.ctx_shift = True
+        p.n_batch = spec.num_batch
+        p.n_ubatch = spec.num_batch
+        threads = spec.num_thread or self.num_threads
+        p.cpuparams.n_threads = threads
+        p.cpuparams_batch.n_threads = threads
+        p.port = 0
+        p.n_threads_http = 2
+        p.cache_ram_mib = 256
+        p.verbosity = 3 if self.verbose else -1
+        p.embedding = spec.embedding
+        if spec.embedding:
+            p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN if not info.pooling else -1
+        for adapter in spec.adapters:
+            lora = xl.CommonAdapterLoraInfo(str(adapter), 1.0)
+            p.lora_adapters = list(p.lora_adapters) + [lora]
+        if spec.projector is not None:
+            p.mmproj.path = str(spec.projector)
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.run_in_executor(None, xl.Server, p)
+        except Exception as exc:
+            log.error("failed to load %s: %s", spec.path, exc)
+            raise EngineError(f"llama runner failed to load model: {exc}") from exc
+        size = spec.path.stat().st_size + kv_bytes_per_token(spec.path) * p.n_ctx
+        return LlamaCppModel(spec, server, size)

@@ -1,0 +1,121 @@
+"""Options: Ollama's runtime ``options`` table, validation and defaults.
+
+One table (:data:`OPTION_TYPES`) says which options exist and their types;
+requests, Modelfile ``PARAMETER`` lines and stored params layers are all
+checked against it. Unknown options are ignored with a warning, as Ollama
+does; a value of the wrong type is a 400.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from corral.errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+OPTION_TYPES: dict[str, type] = {
+    # load-time options (a change reloads the model)
+    "num_ctx": int,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "use_mmap": bool,
+    "num_thread": int,
+    # sampling / prediction options
+    "num_keep": int,
+    "seed": int,
+    "num_predict": int,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "typical_p": float,
+    "repeat_last_n": int,
+    "temperature": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "stop": list,
+}
+
+LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
+
+# Ollama's defaults (api.DefaultOptions), used when neither the request nor
+# the model's params layer gives a value.
+DEFAULTS: dict[str, Any] = {
+    "num_keep": 4,
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_last_n": 64,
+    "repeat_penalty": 1.1,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "num_predict": -1,
+    "seed": -1,
+}
+
+
+def coerce_option(name: str, value: Any, *, strict: bool = True) -> Any:
+    """Check/convert one option value; raise BadRequest on a wrong type."""
+    want = OPTION_TYPES[name]
+    if want is list:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    elif want is bool:
+        if isinstance(value, bool):
+            return value
+        if not strict and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not strict and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if not strict and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    type_name = {int: "int", float: "float", bool: "bool", list: "[]string"}[want]
+    raise BadRequest(f'option "{name}" must be of type {type_name}', param=f"options.{name}")
+
+
+def validate_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a request's options dict; unknown keys are dropped."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise BadRequest("options must be an object")
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in OPTION_TYPES:
+            log.warning("invalid option provided: %s", key)
+            continue
+        if value is None:
+            continue
+        out[key] = coerce_option(key, value)
+    return out
+
+
+def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults, then each layer in order (later wins)."""
+    merged: dict[str, Any] = dict(DEFAULTS)
+    for layer in layers:
+        if layer:
+            merged.update(layer)
+    return merged

@@ -1,0 +1,204 @@
+"""Scheduler: which models are loaded, for how long, and who may use them.
+
+* A model is loaded on first use and stays for ``keep_alive`` after its last
+  request (default from settings, 5m): ``0`` unloads as soon as it is idle,
+  a negative value keeps it forever.
+* At most ``max_loaded_models`` are resident; the least recently used idle
+  one is evicted to make room, otherwise the request waits.
+* A change of load-time options (``num_ctx``...) reloads the model once it
+  is idle, as Ollama does.
+* Each model has ``num_parallel`` slots; requests beyond that wait in a
+  queue bounded by ``max_queue``, past which we answer 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from corral.engine.base import Engine, LoadedModel, LoadSpec
+from corral.errors import ServerBusy
+from corral.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FOREVER = datetime(2318, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class Runner:
+    key: str  # model display name
+    digest: str
+    spec: LoadSpec
+    model: LoadedModel
+    slots: asyncio.Semaphore
+    keep_alive: float
+    load_seconds: float
+    refs: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    timer: asyncio.TimerHandle | None = None
+    closing: bool = False
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+        if self.keep_alive < 0:
+            self.expires_at = FOREVER
+        else:
+            self.expires_at = datetime.now(timezone.utc) + timedelta(seconds=self.keep_alive)
+
+
+@dataclass
+class Lease:
+    runner: Runner
+    load_seconds: float  # 0 when the model was already loaded
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.runner.model
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.runners: dict[str, Runner] = {}
+        self._cond = asyncio.Condition()
+        self._pending = 0
+
+    # ---- public API ---------------------------------------------------------
+    @asynccontextmanager
+    async def acquire(self, key: str, digest: str, spec: LoadSpec, keep_alive: float | None) -> AsyncIterator[Lease]:
+        """Hold one slot of a loaded model for the duration of a request."""
+        if self._pending >= self.settings.max_queue:
+            raise ServerBusy("server busy, please try again.  maximum pending requests exceeded")
+        self._pending += 1
+        try:
+            runner, load_seconds = await self._get_runner(key, digest, spec, keep_alive)
+        except BaseException:
+            self._pending -= 1
+            raise
+        try:
+            await runner.slots.acquire()
+        except BaseException:
+            self._pending -= 1
+            await self._release_ref(key)
+            raise
+        self._pending -= 1
+        try:
+            yield Lease(runner, load_seconds)
+        finally:
+            runner.slots.release()
+            await self._release_ref(key)
+
+    async def ensure_loaded(self, key: str, digest: str, spec: LoadSpec, keep_alive: float | None) -> Lease:
+        """Load (or refresh keep_alive of) a model without running anything."""
+        runner, load_seconds = await self._get_runner(key, digest, spec, keep_alive)
+        await self._release_ref(key)
+        return Lease(runner, load_seconds)
+
+    async def unload(self, key: str) -> bool:
+        async with self._cond:
+            runner = self.runners.get(key)
+            if runner is None:
+                return False
+            runner.keep_alive = 0
+            if runner.refs == 0:
+                await self._unload_locked(runner)
+            self._cond.notify_all()
+            return True
+
+    def running(self) -> list[Runner]:
+        return sorted(self.runners.values(), key=lambda r: r.last_used, reverse=True)
+
+    async def close(self) -> None:
+        async with self._cond:
+            for runner in list(self.runners.values()):
+                await self._unload_locked(runner)
+
+    # ---- internals -------------------------------------------------------------
+    async def _get_runner(self, key: str, digest: str, spec: LoadSpec, keep_alive: float | None) -> tuple[Runner, float]:
+        ka = self.settings.keep_alive if keep_alive is None else keep_alive
+        async with self._cond:
+            while True:
+                runner = self.runners.get(key)
+                if runner is not None and runner.closing:
+                    await self._cond.wait()
+                    continue
+                if runner is not None and (runner.spec != spec or runner.digest != digest):
+                    if runner.refs == 0:
+                        log.info("reloading %s with new load options", key)
+                        await self._unload_locked(runner)
+                        continue
+                    await self._cond.wait()
+                    continue
+                if runner is not None:
+                    runner.refs += 1
+                    runner.keep_alive = ka
+                    runner.touch()
+                    self._cancel_timer(runner)
+                    return runner, 0.0
+                if len(self.runners) >= self.settings.max_loaded_models:
+                    idle = [r for r in self.runners.values() if r.refs == 0 and not r.closing]
+                    if not idle:
+                        await self._cond.wait()
+                        continue
+                    victim = min(idle, key=lambda r: r.last_used)
+                    log.info("evicting %s to make room for %s", victim.key, key)
+                    await self._unload_locked(victim)
+                    continue
+                start = time.monotonic()
+                model = await self.engine.load(spec)
+                elapsed = time.monotonic() - start
+                log.info("loaded %s in %.2fs", key, elapsed)
+                runner = Runner(key, digest, spec, model, asyncio.Semaphore(spec.num_parallel), ka, elapsed, refs=1)
+                runner.touch()
+                self.runners[key] = runner
+                return runner, elapsed
+
+    async def _release_ref(self, key: str) -> None:
+        async with self._cond:
+            runner = self.runners.get(key)
+            if runner is None:
+                return
+            runner.refs = max(0, runner.refs - 1)
+            runner.touch()
+            if runner.refs == 0:
+                if runner.keep_alive == 0:
+                    await self._unload_locked(runner)
+                elif runner.keep_alive > 0:
+                    self._arm_timer(runner)
+            self._cond.notify_all()
+
+    def _arm_timer(self, runner: Runner) -> None:
+        self._cancel_timer(runner)
+        loop = asyncio.get_running_loop()
+        runner.timer = loop.call_later(runner.keep_alive, lambda: asyncio.ensure_future(self._expire(runner)))
+
+    @staticmethod
+    def _cancel_timer(runner: Runner) -> None:
+        if runner.timer is not None:
+            runner.timer.cancel()
+            runner.timer = None
+
+    async def _expire(self, runner: Runner) -> None:
+        async with self._cond:
+            if self.runners.get(runner.key) is runner and runner.refs == 0:
+                log.info("keep_alive expired for %s", runner.key)
+                await self._unload_locked(runner)
+                self._cond.notify_all()
+
+    async def _unload_locked(self, runner: Runner) -> None:
+        self._cancel_timer(runner)
+        runner.closing = True
+        try:
+            await runner.model.close()
+        finally:
+            if self.runners.get(runner.key) is runner:
+                del self.runners[runner.key]
+            log.info("unloaded %s", runner.key)

@@ -1,0 +1,1 @@
+"""HTTP layer: Starlette app, routes per dialect, streaming helpers. It only translates."""

@@ -1,0 +1,125 @@
+"""Application factory: wires settings, store, engine, scheduler and routes.
+
+``create_app(settings)`` returns the Starlette app; nothing here is global.
+One exception handler turns :class:`corral.errors.CorralError` into Ollama's
+``{"error": "..."}`` (or OpenAI's error object under ``/v1``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from corral.engine.base import Engine
+from corral.errors import CorralError
+from corral.scheduler import Scheduler
+from corral.server.http import JSON
+from corral.server.middleware import GatewayMiddleware
+from corral.service import Service
+from corral.settings import Settings
+from corral.store.store import Store
+
+log = logging.getLogger(__name__)
+
+# Ollama's default allowed origins, plus whatever OLLAMA_ORIGINS adds.
+_LOCAL_ORIGINS = r"^(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?|app://.*|file://.*|tauri://.*|vscode-webview://.*)$"
+
+
+def error_body(path: str, status: int, message: str, exc: CorralError | None = None) -> dict[str, Any]:
+    if path.startswith("/v1/"):
+        err_type = exc.openai_type if exc is not None else ("invalid_request_error" if status < 500 else "api_error")
+        return {"error": {"message": message, "type": err_type, "param": exc.param if exc else None,
+                          "code": _openai_code(status, exc)}}
+    return {"error": message}
+
+
+def _openai_code(status: int, exc: CorralError | None) -> str | None:
+    if status == 404 and exc is not None and exc.param == "model":
+        return "model_not_found"
+    return None
+
+
+async def _corral_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CorralError)
+    if exc.status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return JSON(error_body(request.url.path, exc.status, exc.message, exc), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "404 page not found", 405: "405 method not allowed"}.get(exc.status_code, str(exc.detail))
+    return JSON(error_body(request.url.path, exc.status_code, message), status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSON(error_body(request.url.path, 500, f"internal error: {exc}"), status_code=500)
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None, hooks: list[Any] | None = None) -> Starlette:
+    if engine is None:
+        from corral.engine.llamacpp import LlamaCppEngine
+
+        engine = LlamaCppEngine(num_threads=settings.num_threads, verbose=settings.debug)
+    store = Store(settings.models_dir)
+    from corral.server import ollama_api, ollama_models
+
+    routes = list(ollama_models.routes) + list(ollama_api.routes)
+    try:
+        from corral.server import openai_api
+
+        routes += list(openai_api.routes)
+    except ImportError:
+        log.debug("OpenAI dialect not available")
+    try:
+        from corral.server import registry_api
+
+        routes += list(registry_api.routes)
+    except ImportError:
+        log.debug("registry routes not available")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store.ensure()
+        scheduler = Scheduler(settings, engine)  # type: ignore[arg-type]
+        app.state.settings = settings
+        app.state.store = store
+        app.state.scheduler = scheduler
+        app.state.service = Service(settings, store, scheduler)
+        if settings.starter_models:
+            from corral.starters import seed_starters
+
+            await seed_starters(store)
+        log.info("Corral listening on %s (models: %s)", settings.base_url, settings.models_dir)
+        try:
+            yield
+        finally:
+            await scheduler.close()
+
+    allow_all = "*" in settings.origins
+    middleware = [
+        Middleware(GatewayMiddleware, hooks=hooks or []),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=["*"] if allow_all else [o for o in settings.origins if "*" not in o],
+            allow_origin_regex=None if allow_all else _LOCAL_ORIGINS,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+            allow_headers=["*"],
+        ),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={CorralError: _corral_error, HTTPException: _http_error, Exception: _unexpected},
+    )

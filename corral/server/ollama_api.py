@@ -1,0 +1,225 @@
+"""Ollama dialect, inference routes: /api/generate, /api/chat, /api/embed(dings).
+
+Each handler validates the wire request (``corral.api_types``), builds the
+internal call (``corral.service``), and writes Ollama's NDJSON chunks or its
+single JSON answer. Per-token lines are assembled from a precomputed prefix
+rather than by building a pydantic object per token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from corral.api_types import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, parse_request
+from corral.durations import parse_keep_alive
+from corral.errors import BadRequest
+from corral.server.http import JSON, dumps, read_json, stream_events
+from corral.service import ChatCall, Final, GenerateCall, Piece, Service
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def _stats(final: Final) -> dict[str, Any]:
+    return {
+        "done_reason": final.done_reason,
+        "total_duration": final.total_ns,
+        "load_duration": final.load_ns,
+        "prompt_eval_count": final.prompt_eval_count,
+        "prompt_eval_duration": final.prompt_eval_ns,
+        "eval_count": final.eval_count,
+        "eval_duration": final.eval_ns,
+    }
+
+
+def _tool_calls_wire(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"function": {"index": c["function"].get("index", i), "name": c["function"]["name"],
+                          "arguments": c["function"]["arguments"]}} for i, c in enumerate(calls)]
+
+
+# ---- /api/generate ----------------------------------------------------------------
+
+async def generate(request: Request) -> Response:
+    req: GenerateRequest = parse_request(GenerateRequest, await read_json(request))
+    service = _service(request)
+    keep_alive = parse_keep_alive(req.keep_alive)
+    if req.prompt == "" and not req.images and req.suffix is None:
+        record, lease = await service.lease_for_load(req.model, keep_alive, req.options)
+        return JSON({"model": record.name, "created_at": now(), "response": "", "done": True,
+                     "done_reason": "load" if lease else "unload"})
+    call = GenerateCall(
+        model=req.model, prompt=req.prompt, suffix=req.suffix, system=req.system, template=req.template,
+        context=req.context, raw=req.raw, format=req.format, images=req.images, options=req.options or {},
+        think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs, keep_alive=keep_alive,
+    )
+    events = service.generate(call)
+    if req.stream is False:
+        return JSON(await _collect_generate(events, req.model))
+    return await stream_events(_generate_lines(events, req.model))
+
+
+async def _generate_lines(events: AsyncIterator[Piece | Final], model: str) -> AsyncIterator[str]:
+    prefix = '{"model":' + dumps(model) + ',"created_at":"'
+    async for ev in events:
+        if isinstance(ev, Piece):
+            line = prefix + now() + '","response":' + dumps(ev.content)
+            if ev.thinking:
+                line += ',"thinking":' + dumps(ev.thinking)
+            if ev.logprobs:
+                line += ',"logprobs":' + dumps(ev.logprobs)
+            yield line + ',"done":false}\n'
+        else:
+            out: dict[str, Any] = {"model": model, "created_at": now(), "response": ev.content, "done": True}
+            out.update(_stats(ev))
+            if ev.context is not None:
+                out["context"] = ev.context
+            yield dumps(out) + "\n"
+
+
+async def _collect_generate(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
+    text, thinking, logprobs = [], [], []
+    out: dict[str, Any] = {}
+    async for ev in events:
+        if isinstance(ev, Piece):
+            text.append(ev.content)
+            thinking.append(ev.thinking)
+            logprobs.extend(ev.logprobs or [])
+        else:
+            text.append(ev.content)
+            out = {"model": model, "created_at": now(), "response": "".join(text), "done": True}
+            if any(thinking):
+                out["thinking"] = "".join(thinking)
+            out.update(_stats(ev))
+            if ev.context is not None:
+                out["context"] = ev.context
+            if logprobs:
+                out["logprobs"] = logprobs
+    return out
+
+
+# ---- /api/chat ---------------------------------------------------------------------
+
+def chat_call_from(req: ChatRequest, keep_alive: float | None) -> ChatCall:
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    images = [img for m in req.messages for img in (m.images or [])]
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+    return ChatCall(
+        model=req.model, messages=messages, tools=tools, format=req.format, options=req.options or {},
+        think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs, keep_alive=keep_alive,
+        images=images or None,
+    )
+
+
+async def chat(request: Request) -> Response:
+    req: ChatRequest = parse_request(ChatRequest, await read_json(request))
+    service = _service(request)
+    keep_alive = parse_keep_alive(req.keep_alive)
+    for m in req.messages:
+        if m.role not in ("system", "user", "assistant", "tool"):
+            raise BadRequest(f"invalid message role: {m.role!r}", param="messages")
+    if not req.messages:
+        record, lease = await service.lease_for_load(req.model, keep_alive, req.options)
+        return JSON({"model": record.name, "created_at": now(), "message": {"role": "assistant", "content": ""},
+                     "done": True, "done_reason": "load" if lease else "unload"})
+    events = service.chat(chat_call_from(req, keep_alive))
+    if req.stream is False:
+        return JSON(await _collect_chat(events, req.model))
+    return await stream_events(_chat_lines(events, req.model))
+
+
+async def _chat_lines(events: AsyncIterator[Piece | Final], model: str) -> AsyncIterator[str]:
+    prefix = '{"model":' + dumps(model) + ',"created_at":"'
+    async for ev in events:
+        if isinstance(ev, Piece):
+            line = prefix + now() + '","message":{"role":"assistant","content":' + dumps(ev.content)
+            if ev.thinking:
+                line += ',"thinking":' + dumps(ev.thinking)
+            line += "}"
+            if ev.logprobs:
+                line += ',"logprobs":' + dumps(ev.logprobs)
+            yield line + ',"done":false}\n'
+        else:
+            if ev.tool_calls:
+                msg = {"role": "assistant", "content": "", "tool_calls": _tool_calls_wire(ev.tool_calls)}
+                yield dumps({"model": model, "created_at": now(), "message": msg, "done": False}) + "\n"
+            out: dict[str, Any] = {"model": model, "created_at": now(),
+                                   "message": {"role": "assistant", "content": ev.content}, "done": True}
+            out.update(_stats(ev))
+            yield dumps(out) + "\n"
+
+
+async def _collect_chat(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
+    text, thinking, logprobs = [], [], []
+    out: dict[str, Any] = {}
+    async for ev in events:
+        if isinstance(ev, Piece):
+            text.append(ev.content)
+            thinking.append(ev.thinking)
+            logprobs.extend(ev.logprobs or [])
+        else:
+            text.append(ev.content)
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+            if any(thinking):
+                message["thinking"] = "".join(thinking)
+            if ev.tool_calls:
+                message["tool_calls"] = _tool_calls_wire(ev.tool_calls)
+            out = {"model": model, "created_at": now(), "message": message, "done": True}
+            out.update(_stats(ev))
+            if logprobs:
+                out["logprobs"] = logprobs
+    return out
+
+
+# ---- /api/embed and /api/embeddings --------------------------------------------------
+
+async def embed(request: Request) -> Response:
+    req: EmbedRequest = parse_request(EmbedRequest, await read_json(request))
+    service = _service(request)
+    keep_alive = parse_keep_alive(req.keep_alive)
+    inputs: Any = req.input
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    elif inputs and all(isinstance(i, int) for i in inputs):
+        inputs = [inputs]
+    if not inputs:
+        record, lease = await service.lease_for_load(req.model, keep_alive, req.options)
+        return JSON({"model": record.name, "embeddings": []})
+    vectors, n_tokens, load_ns, total_ns = await service.embed(
+        req.model, inputs, truncate=req.truncate is not False, dimensions=req.dimensions,
+        options=req.options, keep_alive=keep_alive)
+    return JSON({"model": req.model, "embeddings": vectors, "total_duration": total_ns,
+                 "load_duration": load_ns, "prompt_eval_count": n_tokens})
+
+
+async def embeddings(request: Request) -> Response:
+    req: EmbeddingsRequest = parse_request(EmbeddingsRequest, await read_json(request))
+    service = _service(request)
+    keep_alive = parse_keep_alive(req.keep_alive)
+    if not req.prompt:
+        await service.lease_for_load(req.model, keep_alive, req.options)
+        return JSON({"embedding": []})
+    vectors, _, _, _ = await service.embed(req.model, [req.prompt], truncate=True, dimensions=None,
+                                           options=req.options, keep_alive=keep_alive)
+    return JSON({"embedding": vectors[0]})
+
+
+routes = [
+    Route("/api/generate", generate, methods=["POST"]),
+    Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/embed", embed, methods=["POST"]),
+    Route("/api/embeddings", embeddings, methods=["POST"]),
+]
+
+__all__ = ["routes", "chat_call_from", "json"]

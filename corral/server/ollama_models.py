@@ -1,0 +1,223 @@
+"""Ollama dialect, model routes: tags, show, ps, version, create, copy, delete, blobs.
+
+Handlers translate between the wire and :mod:`corral.store`; slow work
+(hashing, conversion, quantization) runs in a worker thread and streams
+Ollama's progress statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from corral import OLLAMA_COMPAT_VERSION
+from corral.api_types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
+from corral.errors import BadRequest, NotFound
+from corral.server.http import JSON, dumps, read_json, stream_events
+from corral.service import Service
+from corral.store.create import CreateSpec, create_model
+from corral.store.names import ModelName
+from corral.store.store import Store, check_digest, now_iso
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def version(request: Request) -> Response:
+    return JSON({"version": OLLAMA_COMPAT_VERSION})
+
+
+async def tags(request: Request) -> Response:
+    store = _store(request)
+    models = []
+    for local in await asyncio.to_thread(store.list):
+        try:
+            record = _service(request).record(local.name.display)
+            details = record.info.details(parent=_parent(local))
+        except Exception:  # a model whose weights can't be read still lists
+            details = {"parent_model": "", "format": "gguf", "family": "", "families": None,
+                       "parameter_size": "", "quantization_level": ""}
+        models.append({
+            "name": local.name.display, "model": local.name.display, "modified_at": now_iso(local.modified_at),
+            "size": local.size, "digest": local.digest, "details": details,
+        })
+    return JSON({"models": models})
+
+
+def _parent(local: Any) -> str:
+    layer = local.layer("model")
+    return layer.from_ if layer is not None and layer.from_ else ""
+
+
+async def show(request: Request) -> Response:
+    req: ShowRequest = parse_request(ShowRequest, await read_json(request))
+    if not req.target:
+        raise BadRequest("model is required", param="model")
+    record = _service(request).record(req.target)
+    from corral.modelfile import render_modelfile
+
+    params = dict(record.params)
+    modelfile = render_modelfile(
+        from_=str(record.gguf_path), parameters=params, template=record.template, system=record.system,
+        license=record.license, messages=record.messages, adapters=[str(a) for a in record.adapters],
+    )
+    out: dict[str, Any] = {
+        "license": "\n".join(record.license) if record.license else None,
+        "modelfile": modelfile,
+        "parameters": "\n".join(_param_lines(params)) if params else None,
+        "template": record.effective_template or "",
+        "system": record.system,
+        "details": record.info.details(parent=_parent(record.local)),
+        "messages": record.messages or None,
+        "model_info": record.info.model_info(verbose=req.verbose),
+        "capabilities": record.capabilities,
+        "modified_at": now_iso(record.local.modified_at),
+    }
+    return JSON({k: v for k, v in out.items() if v is not None})
+
+
+def _param_lines(params: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            text = f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+            lines.append(f"{key:<30} {text}")
+    return lines
+
+
+async def ps(request: Request) -> Response:
+    service = _service(request)
+    models = []
+    for runner in service.scheduler.running():
+        try:
+            details = service.record(runner.key).info.details()
+        except Exception:  # removed from the store while loaded
+            details = {}
+        models.append({
+            "name": runner.key, "model": runner.key, "size": runner.model.size_bytes, "digest": runner.digest,
+            "details": details, "expires_at": runner.expires_at.isoformat().replace("+00:00", "Z"),
+            "size_vram": 0, "context_length": runner.spec.num_ctx,
+        })
+    return JSON({"models": models})
+
+
+# ---- create / copy / delete / blobs ------------------------------------------------
+
+async def _thread_stream(gen: Iterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Drive a blocking generator from a worker thread."""
+    sentinel = object()
+    while True:
+        item = await asyncio.to_thread(next, gen, sentinel)
+        if item is sentinel:
+            return
+        yield item  # type: ignore[misc]
+
+
+async def create(request: Request) -> Response:
+    req: CreateRequest = parse_request(CreateRequest, await read_json(request))
+    if not req.target:
+        raise BadRequest("model is required", param="model")
+    ModelName.parse(req.target)
+    licenses = [req.license] if isinstance(req.license, str) else list(req.license or [])
+    spec = CreateSpec(
+        name=req.target, from_=req.from_, files=dict(req.files or {}), adapters=dict(req.adapters or {}),
+        template=req.template, system=req.system, license=licenses, parameters=dict(req.parameters or {}),
+        messages=[m.model_dump(exclude_none=True) for m in req.messages] if req.messages is not None else None,
+        quantize=req.quantize,
+    )
+    if req.modelfile and not (spec.from_ or spec.files):
+        raise BadRequest("the legacy 'modelfile' field is not supported; send 'from'/'files' (ollama >= 0.5)")
+    events = _thread_stream(create_model(_store(request), spec))
+    if req.stream is False:
+        last: dict[str, Any] = {}
+        async for ev in events:
+            last = ev
+        return JSON(last)
+
+    async def lines() -> AsyncIterator[str]:
+        async for ev in events:
+            yield dumps(ev) + "\n"
+
+    return await stream_events(lines())
+
+
+async def copy(request: Request) -> Response:
+    req: CopyRequest = parse_request(CopyRequest, await read_json(request))
+    ModelName.parse(req.destination)
+    await asyncio.to_thread(_store(request).copy, req.source, req.destination)
+    return Response(status_code=200)
+
+
+async def delete(request: Request) -> Response:
+    req: DeleteRequest = parse_request(DeleteRequest, await read_json(request))
+    if not req.target:
+        raise BadRequest("model is required", param="model")
+    name = ModelName.parse(req.target)
+    await _service(request).scheduler.unload(name.display)
+    await asyncio.to_thread(_store(request).delete, req.target)
+    return Response(status_code=200)
+
+
+async def blob_head(request: Request) -> Response:
+    digest = check_digest(request.path_params["digest"])
+    if not _store(request).has_blob(digest):
+        raise NotFound(f"blob {digest} not found")
+    return Response(status_code=200)
+
+
+async def blob_post(request: Request) -> Response:
+    digest = check_digest(request.path_params["digest"])
+    store = _store(request)
+    if store.has_blob(digest):
+        async for _ in request.stream():
+            pass
+        return Response(status_code=201)
+    # Spool the body to disk chunk by chunk from a worker thread.
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+    loop = asyncio.get_running_loop()
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            item = asyncio.run_coroutine_threadsafe(queue.get(), loop).result()
+            if item is None:
+                return
+            yield item
+
+    task = asyncio.ensure_future(asyncio.to_thread(store.write_blob, chunks(), digest))
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                await queue.put(chunk)
+    finally:
+        await queue.put(None)
+    await task
+    return Response(status_code=201)
+
+
+routes = [
+    Route("/", root, methods=["GET", "HEAD"]),
+    Route("/api/version", version, methods=["GET", "HEAD"]),
+    Route("/api/tags", tags, methods=["GET", "HEAD"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/create", create, methods=["POST"]),
+    Route("/api/copy", copy, methods=["POST"]),
+    Route("/api/delete", delete, methods=["DELETE"]),
+    Route("/api/blobs/{digest}", blob_head, methods=["HEAD"]),
+    Route("/api/blobs/{digest}", blob_post, methods=["POST"]),
+]

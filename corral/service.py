@@ -1,0 +1,312 @@
+"""Service: the inference core every API dialect translates into.
+
+One internal :class:`ChatCall` / :class:`GenerateCall` goes in; a stream of
+:class:`Piece` events and one :class:`Final` comes out. This module resolves
+the model, checks its capabilities, renders the prompt, fits it into the
+context window, leases a slot from the scheduler and post-processes output
+(thinking, tool calls). The Ollama and OpenAI adapters in ``corral.server``
+only reshape these events onto the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.engine.base import CompletionRequest, DoneEvent, LoadSpec, TokenEvent
+from corral.errors import BadRequest
+from corral.options import LOAD_OPTIONS, merge_options, validate_options
+from corral.parsers import ThinkingSplitter, ToolCallParser
+from corral.prompts import render_chat, render_generate
+from corral.scheduler import Lease, Scheduler
+from corral.settings import Settings
+from corral.store.records import ModelRecord, load_record
+from corral.store.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Common:
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    format: str | dict[str, Any] | None = None
+    think: bool | str | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    keep_alive: float | None = None
+    images: list[str] | None = None
+
+
+@dataclass
+class ChatCall(Common):
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class GenerateCall(Common):
+    prompt: str = ""
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool = False
+
+
+@dataclass
+class Piece:
+    content: str = ""
+    thinking: str = ""
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Final:
+    done_reason: str
+    model: str
+    total_ns: int = 0
+    load_ns: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_ns: int = 0
+    eval_count: int = 0
+    eval_ns: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    context: list[int] | None = None
+    content: str = ""  # leftover content released at the end (e.g. a failed tool parse)
+
+
+def _format_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return {"type": "object"}
+    if isinstance(fmt, dict):
+        return fmt
+    raise BadRequest(f'invalid format: {fmt!r}; expected "json" or a JSON schema', param="format")
+
+
+def _think_flag(think: bool | str | None) -> bool | None:
+    if think is None:
+        return None
+    if isinstance(think, str):
+        return think in ("high", "medium", "low")
+    return bool(think)
+
+
+class Service:
+    def __init__(self, settings: Settings, store: Store, scheduler: Scheduler) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+
+    # ---- resolution ------------------------------------------------------------
+    def record(self, name: str) -> ModelRecord:
+        return load_record(self.store, name)
+
+    def load_spec(self, record: ModelRecord, options: dict[str, Any]) -> LoadSpec:
+        num_ctx = int(options.get("num_ctx") or self.settings.context_length)
+        num_ctx = max(256, num_ctx)
+        return LoadSpec(
+            path=record.gguf_path,
+            num_ctx=num_ctx,
+            num_parallel=self.settings.num_parallel,
+            num_batch=int(options.get("num_batch") or 512),
+            num_thread=int(options.get("num_thread") or self.settings.num_threads or 0),
+            adapters=tuple(record.adapters),
+            projector=record.projector,
+        )
+
+    def options_for(self, record: ModelRecord, request_options: dict[str, Any] | None) -> dict[str, Any]:
+        return merge_options(validate_options(record.params), validate_options(request_options))
+
+    async def lease_for_load(self, name: str, keep_alive: float | None, options: dict[str, Any] | None) -> tuple[ModelRecord, Lease | None]:
+        """Empty prompt/messages: only load (or, with keep_alive 0, unload)."""
+        record = self.record(name)
+        if keep_alive == 0:
+            await self.scheduler.unload(record.name)
+            return record, None
+        opts = self.options_for(record, options)
+        lease = await self.scheduler.ensure_loaded(record.name, record.digest, self.load_spec(record, opts), keep_alive)
+        return record, lease
+
+    # ---- chat / generate ---------------------------------------------------------
+    def _check(self, record: ModelRecord, call: Common) -> bool | None:
+        think = _think_flag(call.think)
+        if think and "thinking" not in record.capabilities:
+            raise BadRequest(f'"{record.name}" does not support thinking', param="think")
+        if call.images:
+            record.require("vision")
+        if "completion" not in record.capabilities:
+            raise BadRequest(f'"{record.name}" does not support generate', param="model")
+        return think
+
+    @staticmethod
+    def _bos_eos(record: ModelRecord) -> tuple[str, str]:
+        """BOS/EOS strings for templates; BOS is blank when llama.cpp adds it itself."""
+        add_bos = bool(record.info.kv.get("tokenizer.ggml.add_bos_token", False))
+        return ("" if add_bos else record.info.bos_text), record.info.eos_text
+
+    async def chat(self, call: ChatCall) -> AsyncIterator[Piece | Final]:
+        start = time.monotonic()
+        record = self.record(call.model)
+        think = self._check(record, call)
+        if call.tools:
+            record.require("tools")
+        opts = self.options_for(record, call.options)
+        schema = _format_schema(call.format)
+        spec = self.load_spec(record, opts)
+        async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
+            bos, eos = self._bos_eos(record)
+            messages = list(call.messages)
+
+            def render(msgs: list[dict[str, Any]]) -> str:
+                return render_chat(record, msgs, tools=call.tools, think=think, bos=bos, eos=eos)
+
+            prompt = await self._fit_chat(lease, messages, render, spec.num_ctx)
+            request = CompletionRequest([prompt], opts, json_schema=schema,
+                                        n_probs=call.top_logprobs, want_logprobs=call.logprobs)
+            names = {t.get("function", {}).get("name") for t in call.tools or []} or None
+            tools = ToolCallParser(names) if call.tools else None
+            async for event in self._run(lease, request, think, tools, start, record.name):
+                yield event
+
+    async def generate(self, call: GenerateCall) -> AsyncIterator[Piece | Final]:
+        start = time.monotonic()
+        record = self.record(call.model)
+        think = self._check(record, call)
+        opts = self.options_for(record, call.options)
+        schema = _format_schema(call.format)
+        spec = self.load_spec(record, opts)
+        if call.suffix and not call.raw:
+            record.require("insert")
+        async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
+            bos, eos = self._bos_eos(record)
+            parts: list[int | str] = list(call.context or [])
+            if call.suffix and not call.raw and record.info.fim is not None and not (call.template or record.template):
+                pre, suf, mid = record.info.fim
+                parts += [pre, call.prompt, suf, call.suffix, mid]
+            elif call.raw:
+                parts.append(call.prompt)
+            else:
+                parts.append(render_generate(record, call.prompt, system=call.system, suffix=call.suffix,
+                                             template=call.template, think=think, bos=bos, eos=eos))
+            parts = await self._fit_tokens(lease, parts, spec.num_ctx, int(opts.get("num_keep", 4)))
+            request = CompletionRequest(parts, opts, json_schema=schema,
+                                        n_probs=call.top_logprobs, want_logprobs=call.logprobs)
+            output: list[str] = []
+            async for event in self._run(lease, request, think, None, start, record.name):
+                if isinstance(event, Piece):
+                    output.append(event.content)
+                elif not call.raw:
+                    event.context = await self._context(lease, parts, "".join(output))
+                yield event
+
+    # ---- helpers -------------------------------------------------------------------
+    async def _context(self, lease: Lease, parts: list[int | str], output: str) -> list[int]:
+        tokens: list[int] = []
+        for part in parts:
+            tokens.extend([part] if isinstance(part, int) else await lease.model.tokenize(part))
+        if output:
+            tokens.extend(await lease.model.tokenize(output, special=False))
+        return tokens
+
+    async def _fit_chat(self, lease: Lease, messages: list[dict[str, Any]], render: Any, num_ctx: int) -> str:
+        prompt = render(messages)
+        if len(prompt.encode()) < num_ctx:
+            return str(prompt)
+        # Drop the oldest non-system messages until the prompt fits, always
+        # keeping the latest message, as Ollama's chatPrompt does.
+        while True:
+            n = len(await lease.model.tokenize(prompt))
+            droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
+            if n < num_ctx - 1 or not droppable:
+                break
+            messages = messages[: droppable[0]] + messages[droppable[0] + 1 :]
+            prompt = render(messages)
+        return str(prompt)
+
+    async def _fit_tokens(self, lease: Lease, parts: list[int | str], num_ctx: int, num_keep: int) -> list[int | str]:
+        size = sum(1 if isinstance(p, int) else len(p.encode()) for p in parts)
+        if size < num_ctx - 1:
+            return parts
+        tokens: list[int] = []
+        for part in parts:
+            tokens.extend([part] if isinstance(part, int) else await lease.model.tokenize(part))
+        limit = num_ctx - 1 - max(1, min(num_ctx // 4, 512))  # leave room to generate
+        if len(tokens) <= limit:
+            return list(tokens)
+        keep = max(0, min(num_keep, limit // 2))
+        log.warning("truncating input prompt: %d tokens > limit %d (num_ctx %d)", len(tokens), limit, num_ctx)
+        return list(tokens[:keep] + tokens[len(tokens) - (limit - keep):])
+
+    async def _run(self, lease: Lease, request: CompletionRequest, think: bool | None, tools: ToolCallParser | None,
+                   start: float, model_name: str) -> AsyncIterator[Piece | Final]:
+        splitter = ThinkingSplitter() if think else None
+        async for event in lease.model.complete(request):
+            if isinstance(event, TokenEvent):
+                thinking, content = splitter.feed(event.text) if splitter else ("", event.text)
+                if tools is not None and content:
+                    content = tools.feed(content)
+                if content or thinking or event.logprobs:
+                    yield Piece(content, thinking, event.logprobs)
+            elif isinstance(event, DoneEvent):
+                final = self._final(event, lease, start, model_name)
+                if splitter:
+                    thinking, content = splitter.flush()
+                    if content and tools is not None:
+                        content = tools.feed(content)
+                    if thinking or content:
+                        yield Piece(content, thinking)
+                if tools is not None:
+                    final.content, final.tool_calls = tools.finish()
+                yield final
+
+    @staticmethod
+    def _final(event: DoneEvent, lease: Lease, start: float, model_name: str) -> Final:
+        return Final(
+            done_reason=event.done_reason,
+            model=model_name,
+            total_ns=int((time.monotonic() - start) * 1e9),
+            load_ns=int(lease.load_seconds * 1e9),
+            prompt_eval_count=event.prompt_tokens,
+            prompt_eval_ns=event.prompt_eval_ns,
+            eval_count=event.eval_count,
+            eval_ns=event.eval_ns,
+        )
+
+    # ---- embeddings -------------------------------------------------------------------
+    async def embed(self, model: str, inputs: list[str] | list[list[int]], *, truncate: bool, dimensions: int | None,
+                    options: dict[str, Any] | None, keep_alive: float | None) -> tuple[list[list[float]], int, int, int]:
+        """Return (vectors, prompt_tokens, load_ns, total_ns); vectors are L2-normalised."""
+        start = time.monotonic()
+        record = self.record(model)
+        opts = self.options_for(record, options)
+        spec = self.load_spec(record, opts)
+        async with self.scheduler.acquire(record.name, record.digest, spec, keep_alive) as lease:
+            limit = min(spec.num_ctx, spec.num_batch)
+            prepared: list[list[int] | str] = []
+            for item in inputs:
+                tokens = list(item) if isinstance(item, list) else await lease.model.tokenize(item)
+                if len(tokens) > limit:
+                    if not truncate:
+                        raise BadRequest("input exceeds maximum context length", param="input")
+                    tokens = tokens[:limit]
+                prepared.append(tokens if tokens else (item if isinstance(item, str) else ""))
+            vectors, n_tokens = await lease.model.embed(prepared) if prepared else ([], 0)
+            load_ns = int(lease.load_seconds * 1e9)
+        if dimensions is not None:
+            vectors = [_normalise(v[:dimensions]) for v in vectors]
+        return vectors, n_tokens, load_ns, int((time.monotonic() - start) * 1e9)
+
+    def split_load_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in options.items() if k in LOAD_OPTIONS}
+
+
+def _normalise(vec: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vec))
+    return [x / norm for x in vec] if norm > 0 else vec

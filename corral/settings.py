@@ -1,0 +1,127 @@
+"""Settings: the one configuration object, built once from the environment.
+
+Every knob follows Ollama's variable name (``OLLAMA_HOST``, ``OLLAMA_MODELS``,
+``OLLAMA_KEEP_ALIVE`` ...). Each has a ``CORRAL_*`` twin of the same suffix
+which wins when both are set. The object is immutable; it is built by
+:func:`Settings.from_env` and passed to whatever needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from corral.durations import parse_keep_alive
+
+DEFAULT_PORT = 11434
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    """Return ``CORRAL_<name>`` if set, else ``OLLAMA_<name>``, else None."""
+    for prefix in ("CORRAL_", "OLLAMA_"):
+        value = env.get(prefix + name)
+        if value is not None and value.strip() != "":
+            return value.strip()
+    return None
+
+
+def parse_host(value: str | None, default_port: int = DEFAULT_PORT) -> tuple[str, str, int]:
+    """Parse an ``OLLAMA_HOST``-style value into (scheme, host, port).
+
+    Accepts ``host``, ``host:port``, ``:port``, ``scheme://host:port`` and
+    bracketed IPv6 forms, as Ollama does.
+    """
+    scheme = "http"
+    raw = (value or "").strip()
+    if "://" in raw:
+        scheme, raw = raw.split("://", 1)
+    raw = raw.split("/", 1)[0]
+    host, port = "127.0.0.1", default_port
+    if scheme == "https":
+        port = 443
+    if raw.startswith("["):
+        end = raw.find("]")
+        host = raw[1:end]
+        rest = raw[end + 1 :]
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif raw.count(":") == 1:
+        h, p = raw.split(":")
+        host = h or "127.0.0.1"
+        if p.isdigit():
+            port = int(p)
+    elif raw:
+        host = raw
+    return scheme, host, port
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _env(env, name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"invalid integer for OLLAMA_{name}/CORRAL_{name}: {value!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server and client configuration (see module docstring)."""
+
+    home: Path
+    models_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    scheme: str = "http"
+    keep_alive: float = 300.0  # seconds; <0 keeps forever, 0 unloads at once
+    num_parallel: int = 4
+    max_queue: int = 512
+    max_loaded_models: int = 3
+    context_length: int = 4096
+    origins: tuple[str, ...] = field(default_factory=tuple)
+    num_threads: int = 0  # 0 = let the engine pick (physical cores)
+    starter_models: bool = True
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("CORRAL_HOME") or Path.home() / ".corral").expanduser()
+        models = _env(env, "MODELS")
+        models_dir = Path(models).expanduser() if models else home / "models"
+        scheme, host, port = parse_host(_env(env, "HOST"))
+        keep_alive_raw = _env(env, "KEEP_ALIVE")
+        keep_alive = parse_keep_alive(keep_alive_raw) if keep_alive_raw is not None else 300.0
+        origins_raw = _env(env, "ORIGINS") or ""
+        origins = tuple(o.strip() for o in origins_raw.split(",") if o.strip())
+        starters = (env.get("CORRAL_STARTER_MODELS") or "1").strip().lower() not in ("0", "false", "no")
+        debug = (_env(env, "DEBUG") or "0").lower() in ("1", "true", "yes")
+        return cls(
+            home=home,
+            models_dir=models_dir,
+            host=host,
+            port=port,
+            scheme=scheme,
+            keep_alive=keep_alive if keep_alive is not None else 300.0,
+            num_parallel=max(1, _int(env, "NUM_PARALLEL", 4)),
+            max_queue=max(1, _int(env, "MAX_QUEUE", 512)),
+            max_loaded_models=max(1, _int(env, "MAX_LOADED_MODELS", 3)),
+            context_length=max(256, _int(env, "CONTEXT_LENGTH", 4096)),
+            origins=origins,
+            num_threads=_int(env, "NUM_THREADS", 0),
+            starter_models=starters,
+            debug=debug,
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.port}"

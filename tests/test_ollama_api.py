@@ -1,0 +1,278 @@
+"""The Ollama inference API on a real server, driven by the official client.
+
+Every endpoint and field from the core issue against SmolLM2-135M running in
+the in-process llama.cpp engine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import ollama
+import pytest
+
+from tests.conftest import SMOLLM
+
+OPTS = {"temperature": 0, "num_predict": 12}
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> ollama.Client:
+    return ollama.Client(host=base_url)
+
+
+def test_root_and_version(base_url: str) -> None:
+    r = httpx.get(base_url + "/")
+    assert r.status_code == 200 and r.text == "Ollama is running"
+    assert httpx.head(base_url + "/").status_code == 200
+    version = httpx.get(base_url + "/api/version").json()["version"]
+    assert version.count(".") == 2
+
+
+def test_tags_lists_starter_with_gguf_details(client: ollama.Client) -> None:
+    models = {m.model: m for m in client.list().models}
+    m = models[SMOLLM]
+    assert m.size > 90_000_000 and len(m.digest) == 64 and m.modified_at is not None
+    assert m.details.format == "gguf"
+    assert m.details.family == "llama" and m.details.families == ["llama"]
+    assert m.details.parameter_size == "134.52M"
+    assert m.details.quantization_level == "Q4_1"
+
+
+def test_show(client: ollama.Client) -> None:
+    info = client.show(SMOLLM)
+    assert info.modelinfo["general.architecture"] == "llama"
+    assert info.modelinfo["llama.context_length"] == 8192
+    assert "completion" in info.capabilities
+    assert "tools" not in info.capabilities and "thinking" not in info.capabilities
+    assert "<|im_start|>" in info.template
+    assert info.details.quantization_level == "Q4_1"
+    assert "FROM " in info.modelfile
+
+
+def test_generate_non_streaming_fields(client: ollama.Client) -> None:
+    r = client.generate(model=SMOLLM, prompt="Why is the sky blue?", stream=False, options=OPTS)
+    assert r.done is True and r.done_reason == "length"
+    assert r.response.strip()
+    assert r.eval_count == 12
+    assert r.prompt_eval_count and r.prompt_eval_count > 5
+    for field in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
+        assert isinstance(getattr(r, field), int)
+    assert r.total_duration >= r.eval_duration > 0
+    assert r.context and all(isinstance(t, int) for t in r.context)
+    assert r.context and len(r.context) >= r.prompt_eval_count
+
+
+def test_generate_streaming(client: ollama.Client) -> None:
+    chunks = list(client.generate(model=SMOLLM, prompt="Count: one, two,", stream=True, options=OPTS))
+    assert len(chunks) >= 2
+    assert all(not c.done for c in chunks[:-1])
+    last = chunks[-1]
+    assert last.done and last.done_reason in ("stop", "length") and last.eval_count
+    assert "".join(c.response for c in chunks).strip()
+
+
+def test_generate_deterministic_and_seed(client: ollama.Client) -> None:
+    a = client.generate(model=SMOLLM, prompt="Tell me a story.", options=OPTS).response
+    b = client.generate(model=SMOLLM, prompt="Tell me a story.", options=OPTS).response
+    assert a == b
+    seeded = {"temperature": 1.0, "seed": 42, "num_predict": 16}
+    c = client.generate(model=SMOLLM, prompt="Write a word.", options=seeded).response
+    d = client.generate(model=SMOLLM, prompt="Write a word.", options=seeded).response
+    assert c == d
+
+
+def test_generate_context_continues_conversation(client: ollama.Client) -> None:
+    first = client.generate(model=SMOLLM, prompt="My name is Ada.", options=OPTS)
+    second = client.generate(model=SMOLLM, prompt="What is my name?", context=first.context, options=OPTS)
+    assert second.prompt_eval_count > len(first.context)
+    assert second.context[: len(first.context)] == first.context
+
+
+def test_generate_raw_and_system(client: ollama.Client) -> None:
+    raw = client.generate(model=SMOLLM, prompt="<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", raw=True,
+                          options=OPTS)
+    assert raw.response and raw.context is None
+    sysr = client.generate(model=SMOLLM, prompt="Hi", system="You only say the word banana.", options=OPTS)
+    assert sysr.prompt_eval_count and sysr.response
+
+
+def test_generate_stop_sequences(client: ollama.Client) -> None:
+    r = client.generate(model=SMOLLM, prompt="List the numbers 1 to 10 separated by commas: 1,",
+                        raw=True, options={"temperature": 0, "num_predict": 40, "stop": ["5"]})
+    assert "5" not in r.response
+    assert r.done_reason == "stop"
+
+
+def test_generate_format_json_and_schema(client: ollama.Client) -> None:
+    r = client.generate(model=SMOLLM, prompt="Give a JSON object with a key ok set to true.", format="json",
+                        options={"temperature": 0, "num_predict": 200})
+    assert isinstance(json.loads(r.response), dict)
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    r = client.generate(model=SMOLLM, prompt="Invent a person.", format=schema,
+                        options={"temperature": 0, "num_predict": 100})
+    data = json.loads(r.response)
+    assert isinstance(data["name"], str) and isinstance(data["age"], int)
+
+
+def test_generate_logprobs(base_url: str) -> None:
+    r = httpx.post(base_url + "/api/generate", json={
+        "model": SMOLLM, "prompt": "Hello", "stream": False, "logprobs": True, "top_logprobs": 3,
+        "options": {"temperature": 0, "num_predict": 4}}, timeout=60).json()
+    assert len(r["logprobs"]) == 4
+    first = r["logprobs"][0]
+    assert isinstance(first["token"], str) and first["logprob"] <= 0
+    assert len(first["top_logprobs"]) == 3
+
+
+def test_generate_unsupported_features_are_400(client: ollama.Client) -> None:
+    for kwargs, word in (({"suffix": "return x"}, "insert"), ({"images": ["aGVsbG8="]}, "vision"),
+                         ({"think": True}, "thinking")):
+        with pytest.raises(ollama.ResponseError) as err:
+            client.generate(model=SMOLLM, prompt="def f(x):", **kwargs)
+        assert err.value.status_code == 400 and word in err.value.error
+
+
+def test_chat_non_streaming_and_history(client: ollama.Client) -> None:
+    r = client.chat(model=SMOLLM, messages=[
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Hi, I'm Bob."},
+        {"role": "assistant", "content": "Hello Bob."},
+        {"role": "user", "content": "What's my name?"},
+    ], options=OPTS)
+    assert r.message.role == "assistant" and r.message.content
+    assert r.done and r.done_reason == "length" and r.eval_count == 12 and r.prompt_eval_count > 20
+
+
+def test_chat_streaming(client: ollama.Client) -> None:
+    chunks = list(client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Say hello"}], stream=True,
+                              options=OPTS))
+    assert chunks[-1].done and chunks[-1].eval_count
+    assert "".join(c.message.content for c in chunks).strip()
+
+
+def test_chat_structured_output(client: ollama.Client) -> None:
+    schema = {"type": "object", "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]}},
+              "required": ["color"]}
+    r = client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Pick a color."}], format=schema,
+                    options={"temperature": 0, "num_predict": 30})
+    assert json.loads(r.message.content)["color"] in ("red", "green", "blue")
+
+
+def test_chat_tools_rejected_without_tool_template(client: ollama.Client) -> None:
+    tool = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model=SMOLLM, messages=[{"role": "user", "content": "hi"}], tools=[tool])
+    assert err.value.status_code == 400 and "does not support tools" in err.value.error
+
+
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nYou can call tools. Tools: {{ tools | tojson }}\n"
+    "Reply with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_chat_tool_calls_parsed(client: ollama.Client) -> None:
+    for _ in client.create(model="smol-tools", from_=SMOLLM, template=TOOLS_TEMPLATE, stream=True):
+        pass
+    assert "tools" in client.show("smol-tools").capabilities
+    tool = {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    # Constrain the reply to a tool call so the tiny model reliably makes one.
+    schema = {"type": "object", "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris"]}},
+                      "required": ["city"]}}, "required": ["name", "arguments"]}
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = client.chat(model="smol-tools", messages=messages, tools=[tool], format=schema,
+                    options={"temperature": 0, "num_predict": 40})
+    assert r.message.tool_calls, r.message
+    call = r.message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}
+    streamed = list(client.chat(model="smol-tools", messages=messages, tools=[tool], format=schema, stream=True,
+                                options={"temperature": 0, "num_predict": 40}))
+    calls = [c for chunk in streamed for c in (chunk.message.tool_calls or [])]
+    assert calls and calls[0].function.name == "get_weather"
+    # A tool result goes back in the history and the model answers.
+    history = messages + [{"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
+                          {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"}]
+    final = client.chat(model="smol-tools", messages=history, tools=[tool], options=OPTS)
+    assert final.done
+
+
+def test_embed_and_legacy_embeddings(client: ollama.Client) -> None:
+    r = client.embed(model=SMOLLM, input="The quick brown fox")
+    assert len(r.embeddings) == 1 and len(r.embeddings[0]) == 576
+    norm = sum(x * x for x in r.embeddings[0]) ** 0.5
+    assert abs(norm - 1.0) < 1e-3
+    many = client.embed(model=SMOLLM, input=["cat", "dog", "airplane"], dimensions=64)
+    assert len(many.embeddings) == 3 and all(len(e) == 64 for e in many.embeddings)
+    assert many.prompt_eval_count and many.total_duration
+    legacy = client.embeddings(model=SMOLLM, prompt="The quick brown fox")
+    assert len(legacy.embedding) == 576
+
+
+def test_embed_truncate_false_rejects_long_input(client: ollama.Client) -> None:
+    long_text = "word " * 3000
+    with pytest.raises(ollama.ResponseError) as err:
+        client.embed(model=SMOLLM, input=long_text, truncate=False)
+    assert err.value.status_code == 400
+    assert len(client.embed(model=SMOLLM, input=long_text).embeddings[0]) == 576
+
+
+def test_context_overflow_truncates_prompt(client: ollama.Client) -> None:
+    long_prompt = "The history of the world is long. " * 200
+    r = client.generate(model=SMOLLM, prompt=long_prompt, options={"num_ctx": 512, "num_predict": 8, "temperature": 0})
+    assert r.done and r.prompt_eval_count < 512
+    ps = {m.model: m for m in client.ps().models}
+    assert ps[SMOLLM].context_length == 512  # num_ctx change reloaded the model
+    client.generate(model=SMOLLM, prompt="hi", options={"num_predict": 1})
+    assert {m.model: m for m in client.ps().models}[SMOLLM].context_length == 4096
+
+
+def test_load_unload_and_ps(client: ollama.Client) -> None:
+    r = client.generate(model=SMOLLM, prompt="", keep_alive="10m")
+    assert r.done and r.done_reason == "load"
+    ps = {m.model: m for m in client.ps().models}
+    entry = ps[SMOLLM]
+    assert entry.size > 0 and entry.size_vram == 0 and entry.expires_at and entry.context_length == 4096
+    assert entry.details.family == "llama"
+    r = client.chat(model=SMOLLM, messages=[], keep_alive=0)
+    assert r.done_reason == "unload"
+    assert SMOLLM not in {m.model for m in client.ps().models}
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    ({"model": SMOLLM, "prompt": 123}, "prompt"),
+    ({"model": SMOLLM, "prompt": "x", "options": {"temperature": "hot"}}, "temperature"),
+    ({"prompt": "x"}, "model"),
+    ({"model": SMOLLM, "prompt": "x", "keep_alive": "soon"}, "duration"),
+    ({"model": SMOLLM, "prompt": "x", "format": "xml"}, "format"),
+])
+def test_bad_input_is_400(base_url: str, payload: dict, fragment: str) -> None:
+    r = httpx.post(base_url + "/api/generate", json=payload, timeout=30)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"]
+
+
+def test_malformed_json_is_400(base_url: str) -> None:
+    for path in ("/api/generate", "/api/chat", "/api/embed", "/api/show"):
+        r = httpx.post(base_url + path, content=b"{not json", timeout=30)
+        assert r.status_code == 400 and "error" in r.json()
+
+
+def test_missing_model_is_404(client: ollama.Client, base_url: str) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="nope:latest", prompt="hi")
+    assert err.value.status_code == 404 and err.value.error == 'model "nope:latest" not found'
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 404
+    r = httpx.post(base_url + "/api/chat", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 404 and r.json() == {"error": 'model "nope" not found'}
