@@ -20,7 +20,7 @@ from corral.api_types import CopyRequest, CreateRequest, DeleteRequest, ShowRequ
 from corral.errors import BadRequest, NotFound
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.service import Service
-from corral.store.create import CreateSpec, create_model
+from corral.store.create import CreateSpec, create_model, validate_spec
 from corral.store.names import ModelName
 from corral.store.store import Store, check_digest, now_iso
 
@@ -142,6 +142,7 @@ async def create(request: Request) -> Response:
     )
     if req.modelfile and not (spec.from_ or spec.files):
         raise BadRequest("the legacy 'modelfile' field is not supported; send 'from'/'files' (ollama >= 0.5)")
+    await asyncio.to_thread(validate_spec, _store(request), spec)
     events = _thread_stream(create_model(_store(request), spec))
     if req.stream is False:
         last: dict[str, Any] = {}

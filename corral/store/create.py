@@ -54,7 +54,30 @@ def _layer(store: Store, kind: str, data: bytes) -> Layer:
     return Layer(MEDIA[kind], digest, size)
 
 
+def validate_spec(store: Store, spec: CreateSpec) -> None:
+    """Check everything cheap before any progress is streamed (400s, 404s)."""
+    ModelName.parse(spec.name)
+    _typed_parameters(spec.parameters)
+    if spec.from_ and not spec.files:
+        try:
+            store.get(spec.from_)
+        except ModelNotFound:
+            if Path(spec.from_).expanduser().exists():
+                raise BadRequest(f"FROM {spec.from_}: upload local files as blobs and pass them in 'files'") from None
+            raise
+    elif not spec.files:
+        raise BadRequest("neither 'from' nor 'files' was specified")
+    for fname, digest in {**spec.files, **spec.adapters}.items():
+        if not store.has_blob(digest):
+            raise BadRequest(f"blob {digest} for file {fname!r} not found; upload it with POST /api/blobs first")
+        if fname.endswith(".gguf"):
+            read_gguf(store.blob_path(digest))
+    if spec.files and not any(n.endswith((".gguf", ".safetensors")) for n in spec.files):
+        raise BadRequest("no .gguf or .safetensors file among 'files'")
+
+
 def create_model(store: Store, spec: CreateSpec) -> Iterator[dict[str, Any]]:
+    validate_spec(store, spec)
     name = ModelName.parse(spec.name)
     layers: list[Layer] = []
     yield {"status": "gathering model components"}
