@@ -141,12 +141,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _upload_tree(client: Client, path: Path) -> dict[str, str]:
     files = {}
-    targets = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    for item in targets:
+    if path.is_file():
+        targets = [(path.name, path)]
+    else:
+        targets = [(p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*"))
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                   and p.suffix in (".safetensors", ".json", ".txt", ".model", ".gguf")]
+    for name, item in targets:
         digest = sha256_file(item)
-        _out(f"uploading {item.name} ({human_bytes(item.stat().st_size)})")
+        _out(f"uploading {name} ({human_bytes(item.stat().st_size)})")
         client.upload_blob(item, digest)
-        files[item.name] = digest
+        files[name] = digest
     return files
 
 

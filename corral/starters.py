@@ -61,10 +61,10 @@ def _seed_gguf(store: Store, name: str, path: Path) -> None:
 
 def _seed_folder(store: Store, name: str, folder: Path) -> None:
     files = {}
-    for item in sorted(folder.iterdir()):
+    for item in sorted(folder.rglob("*")):
         if item.is_file() and item.suffix in (".safetensors", ".json", ".txt", ".model"):
             digest, _ = store.import_file(item)
-            files[item.name] = digest
+            files[item.relative_to(folder).as_posix()] = digest
     for _ in create_model(store, CreateSpec(name=name, files=files)):
         pass
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -54,9 +55,22 @@ def _layer(store: Store, kind: str, data: bytes) -> Layer:
     return Layer(MEDIA[kind], digest, size)
 
 
+_SAFE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def safe_relpath(name: str) -> Path:
+    """A file name from a create request: relative, no '..', plain characters."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or not all(_SAFE_PART.match(p) for p in parts):
+        raise BadRequest(f"invalid file name {name!r}", param="files")
+    return Path(*parts)
+
+
 def validate_spec(store: Store, spec: CreateSpec) -> None:
     """Check everything cheap before any progress is streamed (400s, 404s)."""
     ModelName.parse(spec.name)
+    for fname in spec.files:
+        safe_relpath(fname)
     _typed_parameters(spec.parameters)
     if spec.from_ and not spec.files:
         try:
@@ -182,9 +196,8 @@ def _convert_safetensors(store: Store, spec: CreateSpec) -> Iterator[dict[str, A
         folder = work / "src"
         folder.mkdir()
         for fname, digest in spec.files.items():
-            if "/" in fname or fname.startswith(".") or "\\" in fname:
-                raise BadRequest(f"invalid file name {fname!r}")
-            dest = folder / fname
+            dest = folder / safe_relpath(fname)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 dest.hardlink_to(store.blob_path(digest))
             except OSError:
