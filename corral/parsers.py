@@ -32,6 +32,7 @@ class ThinkingSplitter:
         self.open_tag, self.close_tag = open_tag, close_tag
         self.state = "thinking" if started else "start"
         self.buf = ""
+        self.fresh = True  # strip whitespace right after the opening tag
 
     def feed(self, text: str) -> tuple[str, str]:
         """Return (thinking, content) newly decided by this piece of text."""
@@ -48,6 +49,11 @@ class ThinkingSplitter:
                 else:
                     self.state = "content"
             elif self.state == "thinking":
+                if self.fresh:
+                    self.buf = self.buf.lstrip()
+                    if not self.buf:
+                        break
+                    self.fresh = False
                 idx = self.buf.find(self.close_tag)
                 if idx >= 0:
                     thinking += self.buf[:idx]
