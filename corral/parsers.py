@@ -48,6 +48,7 @@ class ThinkingSplitter:
                     break  # could still become <think>
                 else:
                     self.state = "content"
+                    self.fresh = False
             elif self.state == "thinking":
                 if self.fresh:
                     self.buf = self.buf.lstrip()
@@ -57,14 +58,20 @@ class ThinkingSplitter:
                 idx = self.buf.find(self.close_tag)
                 if idx >= 0:
                     thinking += self.buf[:idx]
-                    self.buf = self.buf[idx + len(self.close_tag):].lstrip()
+                    self.buf = self.buf[idx + len(self.close_tag):]
                     self.state = "content"
+                    self.fresh = True
                 else:
                     keep = _partial_suffix(self.buf, self.close_tag)
                     thinking += self.buf[: len(self.buf) - keep]
                     self.buf = self.buf[len(self.buf) - keep:]
                     break
             else:
+                if self.fresh:
+                    self.buf = self.buf.lstrip()
+                    if not self.buf:
+                        break
+                    self.fresh = False
                 content += self.buf
                 self.buf = ""
         return thinking, content
