@@ -276,3 +276,23 @@ def test_missing_model_is_404(client: ollama.Client, base_url: str) -> None:
     assert err.value.status_code == 404
     r = httpx.post(base_url + "/api/chat", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 404 and r.json() == {"error": 'model "nope" not found'}
+
+
+ALL_OPTIONS = {"num_ctx": 1024, "num_predict": 8, "temperature": 0.5, "top_k": 20, "top_p": 0.8, "min_p": 0.05,
+               "typical_p": 0.9, "repeat_penalty": 1.2, "repeat_last_n": 32, "presence_penalty": 0.3,
+               "frequency_penalty": 0.2, "seed": 7, "stop": ["\n\n"], "num_keep": 8}
+
+
+def test_every_option_reaches_llama_cpp(client: ollama.Client) -> None:
+    from corral.engine.base import CompletionRequest
+    from corral.engine.llamacpp import _sampling_body
+
+    body = _sampling_body(CompletionRequest(["x"], dict(ALL_OPTIONS)))
+    expected = {"n_predict": 8, "temperature": 0.5, "top_k": 20, "top_p": 0.8, "min_p": 0.05, "typical_p": 0.9,
+                "repeat_penalty": 1.2, "repeat_last_n": 32, "presence_penalty": 0.3, "frequency_penalty": 0.2,
+                "seed": 7, "stop": ["\n\n"], "n_keep": 8}
+    assert {k: body[k] for k in expected} == expected
+    a = client.generate(model=SMOLLM, prompt="Name a fruit.", options=ALL_OPTIONS)
+    b = client.generate(model=SMOLLM, prompt="Name a fruit.", options=ALL_OPTIONS)
+    assert a.done and a.eval_count <= 8 and a.response == b.response
+    assert {m.model: m for m in client.ps().models}[SMOLLM].context_length == 1024
