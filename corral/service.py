@@ -209,8 +209,8 @@ class Service:
     # ---- helpers -------------------------------------------------------------------
     async def _context(self, lease: Lease, parts: list[int | str], output: str) -> list[int]:
         tokens: list[int] = []
-        for part in parts:
-            tokens.extend([part] if isinstance(part, int) else await lease.model.tokenize(part))
+        for i, part in enumerate(parts):
+            tokens.extend([part] if isinstance(part, int) else await lease.model.tokenize(part, add_special=i == 0))
         if output:
             tokens.extend(await lease.model.tokenize(output, special=False))
         return tokens
@@ -291,7 +291,8 @@ class Service:
             limit = min(spec.num_ctx, spec.num_batch)
             prepared: list[list[int] | str] = []
             for item in inputs:
-                tokens = list(item) if isinstance(item, list) else await lease.model.tokenize(item)
+                tokens = list(item) if isinstance(item, list) else await lease.model.tokenize(
+                    item, special=False, add_special=True)
                 if len(tokens) > limit:
                     if not truncate:
                         raise BadRequest("input exceeds maximum context length", param="input")

@@ -182,8 +182,9 @@ class LlamaCppModel:
         vectors = [row["embedding"] for row in rows]
         return vectors, int((data.get("usage") or {}).get("prompt_tokens", 0))
 
-    async def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        r = await self._http.post("/tokenize", json={"content": text, "add_special": False, "parse_special": special})
+    async def tokenize(self, text: str, *, special: bool = True, add_special: bool = False) -> list[int]:
+        r = await self._http.post("/tokenize", json={"content": text, "add_special": add_special,
+                                                     "parse_special": special})
         r.raise_for_status()
         return list(r.json()["tokens"])
 
