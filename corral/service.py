@@ -119,6 +119,8 @@ class Service:
             num_thread=int(options.get("num_thread") or self.settings.num_threads or 0),
             adapters=tuple(record.adapters),
             projector=record.projector,
+            kv_cache_type=self.settings.kv_cache_type,
+            flash_attention=self.settings.flash_attention,
         )
 
     def options_for(self, record: ModelRecord, request_options: dict[str, Any] | None) -> dict[str, Any]:

@@ -85,6 +85,8 @@ class Settings:
     num_threads: int = 0  # 0 = let the engine pick (physical cores)
     starter_models: bool = True
     debug: bool = False
+    kv_cache_type: str = "f16"  # f16 | q8_0 | q4_0 (OLLAMA_KV_CACHE_TYPE)
+    flash_attention: bool = False  # OLLAMA_FLASH_ATTENTION
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +101,10 @@ class Settings:
         origins = tuple(o.strip() for o in origins_raw.split(",") if o.strip())
         starters = (env.get("CORRAL_STARTER_MODELS") or "1").strip().lower() not in ("0", "false", "no")
         debug = (_env(env, "DEBUG") or "0").lower() in ("1", "true", "yes")
+        kv_type = (_env(env, "KV_CACHE_TYPE") or "f16").lower()
+        if kv_type not in ("f16", "q8_0", "q4_0"):
+            raise ValueError(f"invalid OLLAMA_KV_CACHE_TYPE {kv_type!r}: use f16, q8_0 or q4_0")
+        flash = (_env(env, "FLASH_ATTENTION") or "0").lower() in ("1", "true", "yes")
         return cls(
             home=home,
             models_dir=models_dir,
@@ -114,6 +120,8 @@ class Settings:
             num_threads=_int(env, "NUM_THREADS", 0),
             starter_models=starters,
             debug=debug,
+            kv_cache_type=kv_type,
+            flash_attention=flash,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -123,3 +123,10 @@ def test_concurrent_streams_are_batched(start_server: Callable[..., ServerProc],
     assert len(spans) == 4
     # Continuous batching: every stream had started before any of them finished.
     assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values())
+
+
+def test_quantized_kv_cache_setting(start_server: Callable[..., ServerProc], shared_env: dict[str, str]) -> None:
+    srv = start_server({**shared_env, "OLLAMA_KV_CACHE_TYPE": "q8_0", "OLLAMA_FLASH_ATTENTION": "1"})
+    r = ollama.Client(host=srv.url).generate(model=SMOLLM, prompt="Hello", options={"num_predict": 8,
+                                                                                     "temperature": 0})
+    assert r.done and r.eval_count == 8 and r.response

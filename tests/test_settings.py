@@ -76,3 +76,10 @@ def test_cors_origins(start_server: Callable[..., ServerProc], server: ServerPro
     assert preflight("http://localhost:3000").headers.get("access-control-allow-origin") == "http://localhost:3000"
     assert preflight("http://allowed.example").headers.get("access-control-allow-origin") == "http://allowed.example"
     assert "access-control-allow-origin" not in preflight("http://evil.example").headers
+
+
+def test_kv_cache_type(tmp_path: Path) -> None:
+    s = Settings.from_env({"CORRAL_HOME": str(tmp_path), "OLLAMA_KV_CACHE_TYPE": "q8_0", "OLLAMA_FLASH_ATTENTION": "1"})
+    assert s.kv_cache_type == "q8_0" and s.flash_attention
+    with pytest.raises(ValueError):
+        Settings.from_env({"CORRAL_HOME": str(tmp_path), "OLLAMA_KV_CACHE_TYPE": "q2"})

@@ -24,6 +24,8 @@ class LoadSpec:
     num_batch: int = 512
     num_thread: int = 0
     embedding: bool = True
+    kv_cache_type: str = "f16"
+    flash_attention: bool = False
     adapters: tuple[Path, ...] = ()
     projector: Path | None = None
 

@@ -255,6 +255,12 @@ class LlamaCppEngine:
         p.cache_ram_mib = 256
         p.verbosity = 3 if self.verbose else -1
         p.embedding = spec.embedding
+        kv_type = {"q8_0": xl.ggml_type.GGML_TYPE_Q8_0, "q4_0": xl.ggml_type.GGML_TYPE_Q4_0}.get(spec.kv_cache_type)
+        if kv_type is not None:
+            p.cache_type_k = kv_type
+            p.cache_type_v = kv_type
+        flash = xl.llama_flash_attn_type
+        p.flash_attn_type = flash.LLAMA_FLASH_ATTN_TYPE_ENABLED if spec.flash_attention else flash.LLAMA_FLASH_ATTN_TYPE_AUTO
         if spec.embedding:
             p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN if not info.pooling else -1
         for adapter in spec.adapters:
