@@ -205,36 +205,33 @@ class ProcessModelResponse(BaseModel):
     context_length: int
 
 
-class GenerateResponse(BaseModel):
+class Metrics(BaseModel):
+    """Timing and token counts on a final chunk; durations in nanoseconds."""
+
+    done_reason: str | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class GenerateResponse(Metrics):
     model: str
     created_at: str
     response: str = ""
     thinking: str | None = None
     done: bool
-    done_reason: str | None = None
     context: list[int] | None = None
-    total_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    eval_count: int | None = None
-    eval_duration: int | None = None
-    logprobs: list[dict[str, Any]] | None = None
 
 
-class ChatResponse(BaseModel):
+class ChatResponse(Metrics):
     model: str
     created_at: str
     message: Message
     done: bool
-    done_reason: str | None = None
-    total_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    eval_count: int | None = None
-    eval_duration: int | None = None
-    logprobs: list[dict[str, Any]] | None = None
 
 
 class EmbedResponse(BaseModel):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.engine.base import CompletionRequest, DoneEvent, LoadSpec, TokenEvent
-from corral.errors import BadRequest
+from corral.errors import BadRequest, EngineError
 from corral.options import LOAD_OPTIONS, merge_options, validate_options
 from corral.parsers import ThinkingSplitter, ToolCallParser
 from corral.prompts import render_chat, render_generate
@@ -78,6 +78,34 @@ class Final:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     context: list[int] | None = None
     content: str = ""  # leftover content released at the end (e.g. a failed tool parse)
+
+
+@dataclass
+class Collected:
+    """A whole (non-streamed) answer: every piece folded into one."""
+
+    content: str
+    thinking: str
+    logprobs: list[dict[str, Any]]
+    final: Final
+
+
+async def collect(events: AsyncIterator[Piece | Final]) -> Collected:
+    content: list[str] = []
+    thinking: list[str] = []
+    logprobs: list[dict[str, Any]] = []
+    final: Final | None = None
+    async for ev in events:
+        if isinstance(ev, Piece):
+            content.append(ev.content)
+            thinking.append(ev.thinking)
+            logprobs.extend(ev.logprobs or [])
+        else:
+            content.append(ev.content)
+            final = ev
+    if final is None:  # the engine ended without a final event
+        raise EngineError("generation ended without a result")
+    return Collected("".join(content), "".join(thinking), logprobs, final)
 
 
 def _format_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from corral.api_types import ChatRequest, EmbeddingsRequest, EmbedRequest, Gener
 from corral.durations import parse_keep_alive
 from corral.errors import BadRequest
 from corral.server.http import JSON, dumps, read_json, stream_events
-from corral.service import ChatCall, Final, GenerateCall, Piece, Service
+from corral.service import ChatCall, Final, GenerateCall, Piece, Service, collect
 
 
 def now() -> str:
@@ -89,23 +89,15 @@ async def _generate_lines(events: AsyncIterator[Piece | Final], model: str) -> A
 
 
 async def _collect_generate(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
-    text, thinking, logprobs = [], [], []
-    out: dict[str, Any] = {}
-    async for ev in events:
-        if isinstance(ev, Piece):
-            text.append(ev.content)
-            thinking.append(ev.thinking)
-            logprobs.extend(ev.logprobs or [])
-        else:
-            text.append(ev.content)
-            out = {"model": model, "created_at": now(), "response": "".join(text), "done": True}
-            if any(thinking):
-                out["thinking"] = "".join(thinking)
-            out.update(_stats(ev))
-            if ev.context is not None:
-                out["context"] = ev.context
-            if logprobs:
-                out["logprobs"] = logprobs
+    got = await collect(events)
+    out: dict[str, Any] = {"model": model, "created_at": now(), "response": got.content, "done": True}
+    if got.thinking:
+        out["thinking"] = got.thinking
+    out.update(_stats(got.final))
+    if got.final.context is not None:
+        out["context"] = got.final.context
+    if got.logprobs:
+        out["logprobs"] = got.logprobs
     return out
 
 
@@ -161,24 +153,16 @@ async def _chat_lines(events: AsyncIterator[Piece | Final], model: str) -> Async
 
 
 async def _collect_chat(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
-    text, thinking, logprobs = [], [], []
-    out: dict[str, Any] = {}
-    async for ev in events:
-        if isinstance(ev, Piece):
-            text.append(ev.content)
-            thinking.append(ev.thinking)
-            logprobs.extend(ev.logprobs or [])
-        else:
-            text.append(ev.content)
-            message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
-            if any(thinking):
-                message["thinking"] = "".join(thinking)
-            if ev.tool_calls:
-                message["tool_calls"] = _tool_calls_wire(ev.tool_calls)
-            out = {"model": model, "created_at": now(), "message": message, "done": True}
-            out.update(_stats(ev))
-            if logprobs:
-                out["logprobs"] = logprobs
+    got = await collect(events)
+    message: dict[str, Any] = {"role": "assistant", "content": got.content}
+    if got.thinking:
+        message["thinking"] = got.thinking
+    if got.final.tool_calls:
+        message["tool_calls"] = _tool_calls_wire(got.final.tool_calls)
+    out: dict[str, Any] = {"model": model, "created_at": now(), "message": message, "done": True}
+    out.update(_stats(got.final))
+    if got.logprobs:
+        out["logprobs"] = got.logprobs
     return out
 
 
