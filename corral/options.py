@@ -24,6 +24,7 @@ OPTION_TYPES: dict[str, type] = {
     "main_gpu": int,
     "use_mmap": bool,
     "num_thread": int,
+    "draft_num_predict": int,  # accepted for Ollama compatibility; no draft models yet
     # sampling / prediction options
     "num_keep": int,
     "seed": int,
