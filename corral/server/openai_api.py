@@ -1,0 +1,557 @@
+"""OpenAI dialect: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+
+A thin translation onto :mod:`corral.service`, following Ollama's
+``openai/openai.go``: each handler validates the body
+(:mod:`corral.server.openai_types`), builds the same internal
+:class:`ChatCall` / :class:`GenerateCall` the Ollama dialect builds, and writes
+OpenAI's JSON answer or its server-sent events (``data: {...}\\n\\n`` chunks
+ending in ``data: [DONE]``). Per-token SSE lines are assembled from a
+precomputed prefix, as in :mod:`corral.server.ollama_api`.
+
+Errors are :class:`corral.errors.CorralError` subclasses; the app's single
+handler writes OpenAI's ``{"error": {...}}`` for ``/v1/`` paths, and an error
+after the stream has started becomes a last ``data: {"error": {...}}`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import secrets
+import string
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from corral.errors import BadRequest, CorralError, ModelNotFound
+from corral.server.app import error_body
+from corral.server.http import JSON, dumps, read_json, stream_events
+from corral.server.openai_types import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponseFormat,
+    parse,
+)
+from corral.service import ChatCall, Final, GenerateCall, Piece, Service
+from corral.store.store import LocalModel, Store
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = "fp_ollama"
+SSE_DONE = "data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache"}
+
+# OpenAI reasoning effort -> Ollama ``think`` (openai.go thinkFromReasoningEffort).
+# Corral's think levels stop at "high", so Ollama's "max" tier maps there.
+_EFFORT: dict[str, bool | str] = {
+    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+    "max": "high", "xhigh": "high", "ultra": "high",
+}
+_IMAGE_PREFIXES = ("data:;base64,",) + tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp"))
+_ID_CHARS = string.ascii_lowercase + string.digits
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+def _tool_call_id() -> str:
+    return "call_" + "".join(secrets.choice(_ID_CHARS) for _ in range(8))
+
+
+# ---- request translation ---------------------------------------------------------
+
+def _only_one(value: int | None, param: str) -> None:
+    if value is not None and value != 1:
+        raise BadRequest(f"{param}={value} is not supported; only {param}=1 is", param=param)
+
+
+def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> dict[str, Any]:
+    """OpenAI sampling fields -> Ollama options (OpenAI's defaults of 1.0, as Ollama)."""
+    opts: dict[str, Any] = {
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+    }
+    if max_tokens is not None:
+        opts["num_predict"] = max_tokens
+    if req.seed is not None:
+        opts["seed"] = req.seed
+    if req.presence_penalty is not None:
+        opts["presence_penalty"] = req.presence_penalty
+    if req.frequency_penalty is not None:
+        opts["frequency_penalty"] = req.frequency_penalty
+    if req.stop:
+        opts["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    return opts
+
+
+def _think(req: ChatCompletionRequest) -> bool | str | None:
+    effort = req.reasoning.effort if req.reasoning is not None else req.reasoning_effort
+    if not effort:
+        return None
+    if effort not in _EFFORT:
+        raise BadRequest(f"invalid reasoning value: {effort!r} (must be \"minimal\", \"low\", \"medium\", "
+                         "\"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")", param="reasoning_effort")
+    return _EFFORT[effort]
+
+
+def _format(rf: ResponseFormat | None) -> str | dict[str, Any] | None:
+    if rf is None:
+        return None
+    kind = rf.type.strip().lower()
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        if not rf.json_schema:
+            raise BadRequest("response_format.json_schema is required for type json_schema",
+                             param="response_format")
+        schema = rf.json_schema.get("schema")
+        if schema is None:
+            return "json"
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format.json_schema.schema must be an object", param="response_format")
+        return schema
+    raise BadRequest(f"invalid response_format type {rf.type!r}; expected text, json_object or json_schema",
+                     param="response_format")
+
+
+def _image(part: dict[str, Any]) -> str:
+    """An ``image_url`` part -> the base64 payload Ollama messages carry."""
+    ref = part.get("image_url")
+    url = ref.get("url") if isinstance(ref, dict) else ref
+    if not isinstance(url, str):
+        raise BadRequest("invalid message format: image_url needs a url", param="messages")
+    if url.startswith(("http://", "https://")):
+        raise BadRequest("image URLs are not currently supported, please use base64 encoded data instead",
+                         param="messages")
+    for prefix in _IMAGE_PREFIXES:
+        if url.startswith(prefix):
+            data = url[len(prefix):]
+            try:
+                base64.b64decode(data, validate=True)
+            except ValueError:
+                break
+            return data
+    raise BadRequest("invalid image input", param="messages")
+
+
+def _content(content: str | list[dict[str, Any]] | None) -> tuple[str, list[str]]:
+    if content is None or isinstance(content, str):
+        return content or "", []
+    texts: list[str] = []
+    images: list[str] = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            images.append(_image(part))
+        else:
+            raise BadRequest(f"invalid message format: unsupported content part {kind!r}", param="messages")
+    return "\n".join(texts), images
+
+
+def _tool_call_in(tc: dict[str, Any]) -> dict[str, Any]:
+    fn = tc.get("function")
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise BadRequest("invalid tool call: function.name is required", param="messages")
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            raise BadRequest("invalid tool call arguments", param="messages") from None
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise BadRequest("invalid tool call arguments", param="messages")
+    out: dict[str, Any] = {"function": {"name": fn["name"], "arguments": args}}
+    if tc.get("id"):
+        out["id"] = tc["id"]
+    return out
+
+
+def _messages(msgs: list[ChatMessage]) -> tuple[list[dict[str, Any]], list[str]]:
+    """OpenAI messages -> Ollama message dicts, plus every image they carry."""
+    names = {tc.get("id"): (tc.get("function") or {}).get("name") for m in msgs for tc in m.tool_calls or []}
+    out: list[dict[str, Any]] = []
+    images: list[str] = []
+    for m in msgs:
+        role = "system" if m.role == "developer" else m.role
+        if role not in ("system", "user", "assistant", "tool"):
+            raise BadRequest(f"invalid message role: {m.role!r}", param="messages")
+        text, imgs = _content(m.content)
+        msg: dict[str, Any] = {"role": role, "content": text}
+        if imgs:
+            msg["images"] = imgs
+            images.extend(imgs)
+        thinking = m.reasoning or m.reasoning_content
+        if thinking:
+            msg["thinking"] = thinking
+        if m.tool_calls:
+            msg["tool_calls"] = [_tool_call_in(tc) for tc in m.tool_calls]
+        if role == "tool":
+            tool_name = m.name or names.get(m.tool_call_id)
+            if tool_name:
+                msg["tool_name"] = tool_name
+            if m.tool_call_id:
+                msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
+    return out, images
+
+
+def _tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    """Apply tool_choice: ``none`` drops the tools, a named function keeps only it.
+
+    ``auto`` and ``required`` are accepted; ``required`` is not enforced (as in
+    Ollama): constrain the reply with ``response_format`` to force a call.
+    """
+    choice = req.tool_choice
+    tools = req.tools or None
+    if choice is None or choice in ("auto", "required"):
+        return tools
+    if choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise BadRequest("tool_choice must name a function: {\"type\": \"function\", \"function\": "
+                             "{\"name\": ...}}", param="tool_choice")
+        picked = [t for t in tools or [] if (t.get("function") or {}).get("name") == name]
+        if not picked:
+            raise BadRequest(f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
+        return picked
+    raise BadRequest(f"invalid tool_choice {choice!r}; expected none, auto, required or a named function",
+                     param="tool_choice")
+
+
+def chat_call_from(req: ChatCompletionRequest) -> ChatCall:
+    """Translate a validated chat completion request into the internal call."""
+    _only_one(req.n, "n")
+    if not req.messages:
+        raise BadRequest("[] is too short - 'messages'", param="messages")
+    messages, images = _messages(req.messages)
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    want_logprobs = bool(req.logprobs)
+    return ChatCall(
+        model=req.model, messages=messages, tools=_tools(req), format=_format(req.response_format),
+        options=_sampling(req, max_tokens), think=_think(req), logprobs=want_logprobs,
+        top_logprobs=(req.top_logprobs or 0) if want_logprobs else 0, images=images or None,
+    )
+
+
+# ---- response pieces ---------------------------------------------------------------
+
+def _usage(final: Final) -> dict[str, int]:
+    return {"prompt_tokens": final.prompt_eval_count, "completion_tokens": final.eval_count,
+            "total_tokens": final.prompt_eval_count + final.eval_count}
+
+
+def _finish_reason(final: Final, tool_calls: bool) -> str:
+    if final.done_reason == "length":
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
+
+
+def _tool_calls_out(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama tool calls -> OpenAI's: an id, type function, arguments as a JSON string."""
+    return [{"index": c["function"].get("index", i), "id": c.get("id") or _tool_call_id(), "type": "function",
+             "function": {"name": c["function"]["name"], "arguments": dumps(c["function"]["arguments"])}}
+            for i, c in enumerate(calls)]
+
+
+def _trim_top(entries: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Keep ``n`` alternatives per token (the engine returns at least one)."""
+    return [e if len(e.get("top_logprobs") or ()) <= n else {**e, "top_logprobs": e["top_logprobs"][:n]}
+            for e in entries]
+
+
+def _sse_error(path: str) -> Callable[[BaseException], str]:
+    def on_error(exc: BaseException) -> str:
+        if isinstance(exc, CorralError):
+            body = error_body(path, exc.status, exc.message, exc)
+        else:  # stream_events has logged it
+            body = error_body(path, 500, f"internal error: {exc}")
+        return "data: " + dumps(body) + "\n\n"
+
+    return on_error
+
+
+async def _sse(request: Request, lines: AsyncIterator[str]) -> Response:
+    return await stream_events(lines, media_type="text/event-stream", on_error=_sse_error(request.url.path),
+                               headers=SSE_HEADERS)
+
+
+# ---- /v1/chat/completions --------------------------------------------------------------
+
+async def chat_completions(request: Request) -> Response:
+    req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request))
+    call = chat_call_from(req)
+    events = _service(request).chat(call)
+    cid, created = _new_id("chatcmpl-"), int(time.time())
+    top_n = call.top_logprobs if call.logprobs else -1
+    if not req.stream:
+        return JSON(await _collect_chat(events, cid, created, req.model, top_n))
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return await _sse(request, _chat_sse(events, cid, created, req.model, top_n, include_usage))
+
+
+async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
+                    include_usage: bool) -> AsyncIterator[str]:
+    """Chunks as Ollama writes them: role on the first delta, then content,
+    thinking as ``reasoning``, tool calls as one delta, an empty-delta finish
+    chunk, the usage chunk when asked, then ``[DONE]``."""
+    head = ('data: {"id":' + dumps(cid) + ',"object":"chat.completion.chunk","created":' + str(created)
+            + ',"model":' + dumps(model) + ',"system_fingerprint":"' + FINGERPRINT + '","choices":')
+    delta_head = head + '[{"index":0,"delta":{'
+    tail = ',"finish_reason":null}]}\n\n'
+    role = '"role":"assistant",'
+    first = True
+    async for ev in events:
+        if isinstance(ev, Piece):
+            lp = ""
+            if ev.logprobs and top_n >= 0:
+                lp = ',"logprobs":{"content":' + dumps(_trim_top(ev.logprobs, top_n)) + "}"
+            if ev.thinking:
+                yield (delta_head + (role if first else "") + '"reasoning":' + dumps(ev.thinking) + "}"
+                       + ("" if ev.content else lp) + tail)
+                first = False
+                if not ev.content:
+                    continue
+                lp = ""
+            yield delta_head + (role if first else "") + '"content":' + dumps(ev.content) + "}" + lp + tail
+            first = False
+            continue
+        if ev.content or (first and not ev.tool_calls):
+            yield delta_head + (role if first else "") + '"content":' + dumps(ev.content) + "}" + tail
+            first = False
+        if ev.tool_calls:
+            yield (delta_head + (role if first else "") + '"tool_calls":' + dumps(_tool_calls_out(ev.tool_calls))
+                   + "}" + tail)
+        reason = _finish_reason(ev, bool(ev.tool_calls))
+        yield head + '[{"index":0,"delta":{},"finish_reason":"' + reason + '"}]}\n\n'
+        if include_usage:
+            yield head + '[],"usage":' + dumps(_usage(ev)) + "}\n\n"
+        yield SSE_DONE
+
+
+async def _collect_chat(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str,
+                        top_n: int) -> dict[str, Any]:
+    text: list[str] = []
+    thinking: list[str] = []
+    logprobs: list[dict[str, Any]] = []
+    final: Final | None = None
+    async for ev in events:
+        if isinstance(ev, Piece):
+            text.append(ev.content)
+            thinking.append(ev.thinking)
+            logprobs.extend(ev.logprobs or [])
+        else:
+            text.append(ev.content)
+            final = ev
+    if final is None:  # the service always ends with a Final
+        raise CorralError("the model stopped without a final event")
+    content = "".join(text)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if any(thinking):
+        message["reasoning"] = "".join(thinking)
+    if final.tool_calls:
+        message["tool_calls"] = _tool_calls_out(final.tool_calls)
+        if not content:
+            message["content"] = None
+    choice = {"index": 0, "message": message, "finish_reason": _finish_reason(final, bool(final.tool_calls)),
+              "logprobs": {"content": _trim_top(logprobs, top_n)} if top_n >= 0 else None}
+    return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+            "system_fingerprint": FINGERPRINT, "choices": [choice], "usage": _usage(final)}
+
+
+# ---- /v1/completions --------------------------------------------------------------------
+
+def generate_call_from(req: CompletionRequest) -> GenerateCall:
+    """Translate a legacy completion request into a raw internal generate call.
+
+    The prompt goes to the model as-is (``raw``), as OpenAI's completions
+    endpoint intends. A ``suffix`` needs fill-in-the-middle, so that request
+    goes through the model's insert support (a 400 for models without it).
+    """
+    _only_one(req.n, "n")
+    _only_one(req.best_of, "best_of")
+    prompt: str = ""
+    tokens: list[int] | None = None
+    raw_prompt: Any = req.prompt
+    if isinstance(raw_prompt, list):
+        if len(raw_prompt) == 1 and isinstance(raw_prompt[0], (str, list)):
+            raw_prompt = raw_prompt[0]
+        elif raw_prompt and not all(isinstance(t, int) for t in raw_prompt):
+            raise BadRequest("only a single prompt is supported", param="prompt")
+    if isinstance(raw_prompt, str):
+        prompt = raw_prompt
+    else:
+        tokens = list(raw_prompt)
+        if any(t < 0 for t in tokens):
+            raise BadRequest("prompt token ids must be non-negative", param="prompt")
+    if req.echo and req.logprobs is not None:
+        raise BadRequest("echo is not supported together with logprobs", param="echo")
+    if req.echo and tokens:
+        raise BadRequest("echo is not supported with a token-id prompt", param="echo")
+    if req.suffix and tokens:
+        raise BadRequest("suffix is not supported with a token-id prompt", param="suffix")
+    return GenerateCall(
+        model=req.model, prompt=prompt, context=tokens, suffix=req.suffix or None, raw=not req.suffix,
+        options=_sampling(req, req.max_tokens), logprobs=req.logprobs is not None,
+        top_logprobs=req.logprobs or 0,
+    )
+
+
+async def completions(request: Request) -> Response:
+    req: CompletionRequest = parse(CompletionRequest, await read_json(request))
+    call = generate_call_from(req)
+    events = _service(request).generate(call)
+    cid, created = _new_id("cmpl-"), int(time.time())
+    top_n = req.logprobs if req.logprobs is not None else -1
+    echo = call.prompt if req.echo else ""
+    if not req.stream:
+        return JSON(await _collect_completion(events, cid, created, req.model, top_n, echo))
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return await _sse(request, _completion_sse(events, cid, created, req.model, top_n, echo, include_usage))
+
+
+def _legacy_logprobs(entries: list[dict[str, Any]], offset: int, n: int) -> tuple[dict[str, Any], int]:
+    """Chat-style logprob entries -> the legacy ``{tokens, token_logprobs, top_logprobs, text_offset}``.
+
+    ``text_offset`` counts characters from the start of the returned text.
+    """
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for e in entries:
+        token = e.get("token", "")
+        tokens.append(token)
+        token_logprobs.append(e.get("logprob", 0.0))
+        top.append({t["token"]: t["logprob"] for t in (e.get("top_logprobs") or [])[:n]})
+        offsets.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}, offset
+
+
+async def _completion_sse(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
+                          echo: str, include_usage: bool) -> AsyncIterator[str]:
+    head = ('data: {"id":' + dumps(cid) + ',"object":"text_completion","created":' + str(created)
+            + ',"model":' + dumps(model) + ',"system_fingerprint":"' + FINGERPRINT + '","choices":')
+    text_head = head + '[{"index":0,"text":'
+    tail = ',"finish_reason":null}]}\n\n'
+    offset = 0
+    pending_echo = echo
+    async for ev in events:
+        if isinstance(ev, Piece):
+            lp = ""
+            if top_n >= 0 and ev.logprobs:
+                legacy, offset = _legacy_logprobs(ev.logprobs, offset, top_n)
+                lp = ',"logprobs":' + dumps(legacy)
+            yield text_head + dumps(pending_echo + ev.content) + lp + tail
+            pending_echo = ""
+            continue
+        reason = "length" if ev.done_reason == "length" else "stop"
+        yield text_head + dumps(pending_echo + ev.content) + ',"finish_reason":"' + reason + '"}]}\n\n'
+        if include_usage:
+            yield head + '[],"usage":' + dumps(_usage(ev)) + "}\n\n"
+        yield SSE_DONE
+
+
+async def _collect_completion(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
+                              echo: str) -> dict[str, Any]:
+    text: list[str] = [echo]
+    entries: list[dict[str, Any]] = []
+    final: Final | None = None
+    async for ev in events:
+        text.append(ev.content)
+        if isinstance(ev, Piece):
+            entries.extend(ev.logprobs or [])
+        else:
+            final = ev
+    if final is None:
+        raise CorralError("the model stopped without a final event")
+    choice: dict[str, Any] = {"index": 0, "text": "".join(text),
+                              "finish_reason": "length" if final.done_reason == "length" else "stop",
+                              "logprobs": _legacy_logprobs(entries, 0, top_n)[0] if top_n >= 0 else None}
+    return {"id": cid, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": FINGERPRINT, "choices": [choice], "usage": _usage(final)}
+
+
+# ---- /v1/embeddings ------------------------------------------------------------------------
+
+def _b64(vector: list[float]) -> str:
+    """Little-endian float32 bytes, base64-encoded (OpenAI's ``encoding_format=base64``)."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+async def embeddings(request: Request) -> Response:
+    req: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request))
+    fmt = (req.encoding_format or "float").lower()
+    if fmt not in ("float", "base64"):
+        raise BadRequest(f"Invalid value for 'encoding_format' = {req.encoding_format}. "
+                         "Supported values: ['float', 'base64'].", param="encoding_format")
+    inputs: Any = req.input
+    if isinstance(inputs, str) or (inputs and all(isinstance(i, int) for i in inputs)):  # one input
+        inputs = [inputs]
+    if not inputs or any(isinstance(i, list) and not i for i in inputs):
+        raise BadRequest("invalid input: expected a string, a list of strings or token arrays", param="input")
+    if any(isinstance(i, list) and any(t < 0 for t in i) for i in inputs):
+        raise BadRequest("invalid input: token ids must be non-negative", param="input")
+    vectors, n_tokens, _, _ = await _service(request).embed(
+        req.model, inputs, truncate=True, dimensions=req.dimensions, options=None, keep_alive=None)
+    encode: Callable[[list[float]], Any] = _b64 if fmt == "base64" else (lambda v: v)
+    data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(vectors)]
+    return JSON({"object": "list", "data": data, "model": req.model,
+                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+
+
+# ---- /v1/models ------------------------------------------------------------------------------
+
+def _model_entry(local: LocalModel) -> dict[str, Any]:
+    return {"id": local.name.display, "object": "model", "created": int(local.modified_at.timestamp()),
+            "owned_by": local.name.namespace}
+
+
+async def list_models(request: Request) -> Response:
+    models = await asyncio.to_thread(_store(request).list)
+    return JSON({"object": "list", "data": [_model_entry(m) for m in models]})
+
+
+async def retrieve_model(request: Request) -> Response:
+    name = request.path_params["model"]
+    try:
+        local = await asyncio.to_thread(_store(request).get, name)
+    except BadRequest:  # a name that can't exist is simply not found
+        raise ModelNotFound(name) from None
+    entry = _model_entry(local)
+    entry["id"] = name  # OpenAI (and Ollama) echo the id as asked
+    return JSON(entry)
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+]
+
+__all__ = ["chat_call_from", "generate_call_from", "routes"]
