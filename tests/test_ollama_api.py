@@ -296,3 +296,11 @@ def test_every_option_reaches_llama_cpp(client: ollama.Client) -> None:
     b = client.generate(model=SMOLLM, prompt="Name a fruit.", options=ALL_OPTIONS)
     assert a.done and a.eval_count <= 8 and a.response == b.response
     assert {m.model: m for m in client.ps().models}[SMOLLM].context_length == 1024
+
+
+def test_embeddings_do_not_depend_on_the_batch(client: ollama.Client) -> None:
+    words = ["cat", "dog", "airplane", "a much longer sentence about embeddings"]
+    batch = client.embed(model=SMOLLM, input=words).embeddings
+    for word, vec in zip(words, batch):
+        alone = client.embed(model=SMOLLM, input=word).embeddings[0]
+        assert max(abs(a - b) for a, b in zip(vec, alone)) < 1e-3

@@ -243,7 +243,11 @@ class LlamaCppEngine:
         p.model.path = str(spec.path)
         p.n_parallel = spec.num_parallel
         p.n_ctx = spec.num_ctx * spec.num_parallel
-        p.kv_unified = False
+        # One KV pool shared by the slots. With per-slot pools, llama.cpp's
+        # mean-pooled embeddings of a causal model change with what else is in
+        # the batch (measured: cosine 0.90 for the same text); unified, they
+        # are batch-invariant. Prompts are fitted to num_ctx by the service.
+        p.kv_unified = True
         p.ctx_shift = True
         p.n_batch = spec.num_batch
         p.n_ubatch = spec.num_batch
