@@ -143,7 +143,7 @@ def test_chat_non_streaming_and_history(client: ollama.Client) -> None:
         {"role": "user", "content": "What's my name?"},
     ], options=OPTS)
     assert r.message.role == "assistant" and r.message.content
-    assert r.done and r.done_reason == "length" and r.eval_count == 12 and r.prompt_eval_count > 20
+    assert r.done and r.done_reason in ("stop", "length") and 0 < r.eval_count <= 12 and r.prompt_eval_count > 20
 
 
 def test_chat_streaming(client: ollama.Client) -> None:
