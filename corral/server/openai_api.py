@@ -41,7 +41,7 @@ from corral.server.openai_types import (
     ResponseFormat,
     parse,
 )
-from corral.service import ChatCall, Final, GenerateCall, Piece, Service
+from corral.service import ChatCall, Final, GenerateCall, Piece, Service, collect
 from corral.store.store import LocalModel, Store
 
 log = logging.getLogger(__name__)
@@ -356,24 +356,11 @@ async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int
 
 async def _collect_chat(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str,
                         top_n: int) -> dict[str, Any]:
-    text: list[str] = []
-    thinking: list[str] = []
-    logprobs: list[dict[str, Any]] = []
-    final: Final | None = None
-    async for ev in events:
-        if isinstance(ev, Piece):
-            text.append(ev.content)
-            thinking.append(ev.thinking)
-            logprobs.extend(ev.logprobs or [])
-        else:
-            text.append(ev.content)
-            final = ev
-    if final is None:  # the service always ends with a Final
-        raise CorralError("the model stopped without a final event")
-    content = "".join(text)
+    got = await collect(events)
+    content, final, logprobs = got.content, got.final, got.logprobs
     message: dict[str, Any] = {"role": "assistant", "content": content}
-    if any(thinking):
-        message["reasoning"] = "".join(thinking)
+    if got.thinking:
+        message["reasoning"] = got.thinking
     if final.tool_calls:
         message["tool_calls"] = _tool_calls_out(final.tool_calls)
         if not content:
@@ -477,18 +464,9 @@ async def _completion_sse(events: AsyncIterator[Piece | Final], cid: str, create
 
 async def _collect_completion(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
                               echo: str) -> dict[str, Any]:
-    text: list[str] = [echo]
-    entries: list[dict[str, Any]] = []
-    final: Final | None = None
-    async for ev in events:
-        text.append(ev.content)
-        if isinstance(ev, Piece):
-            entries.extend(ev.logprobs or [])
-        else:
-            final = ev
-    if final is None:
-        raise CorralError("the model stopped without a final event")
-    choice: dict[str, Any] = {"index": 0, "text": "".join(text),
+    got = await collect(events)
+    final, entries = got.final, got.logprobs
+    choice: dict[str, Any] = {"index": 0, "text": echo + got.content,
                               "finish_reason": "length" if final.done_reason == "length" else "stop",
                               "logprobs": _legacy_logprobs(entries, 0, top_n)[0] if top_n >= 0 else None}
     return {"id": cid, "object": "text_completion", "created": created, "model": model,
