@@ -111,3 +111,30 @@ def test_create_from_modelfile(server: ServerProc, tmp_path: Path) -> None:
     assert corral(server, "show", "terse", "--system").stdout.strip() == "You are terse."
     assert corral(server, "rm", "terse").returncode == 0
     assert "terse" not in corral(server, "list").stdout
+
+
+def test_create_bad_modelfiles(server: ServerProc, tmp_path: Path) -> None:
+    broken = tmp_path / "Broken"
+    broken.write_text(f"FROM {SMOLLM}\nPARAMETER temperature 0.1\nFORM oops\n")
+    out = corral(server, "create", "broken", "-f", str(broken))
+    assert out.returncode == 1 and "line 3" in out.stderr
+    missing = tmp_path / "Missing"
+    missing.write_text("FROM ./does-not-exist.gguf\n")
+    out = corral(server, "create", "missing", "-f", str(missing))
+    assert out.returncode == 1 and "does-not-exist.gguf" in out.stderr
+    assert "broken" not in corral(server, "list").stdout
+
+
+def test_create_from_safetensors_folder_with_quantize(server: ServerProc, tmp_path: Path) -> None:
+    from corral.starters import minilm_folder
+
+    folder = minilm_folder()
+    assert folder is not None
+    mf = tmp_path / "Modelfile"
+    mf.write_text(f"FROM {folder}\n")
+    out = corral(server, "create", "minilm-cli", "-f", str(mf), "-q", "q8_0", timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "converting model" in lines and any("quantizing" in line for line in lines) and lines[-1] == "success"
+    shown = corral(server, "show", "minilm-cli")
+    assert "bert" in shown.stdout and "Q8_0" in shown.stdout and "embedding" in shown.stdout

@@ -84,3 +84,17 @@ def test_stop_sequences_cut_output(client: ollama.Client, tiny: str) -> None:
     cut = client.generate(model=tiny, prompt="hello", raw=True, options={**opts, "stop": [stop]})
     assert cut.done_reason == "stop"
     assert cut.response == full[: full.index(stop)]
+
+
+def test_suffix_uses_fill_in_the_middle_tokens(client: ollama.Client, tmp_path: Path) -> None:
+    digest = client.create_blob(tiny_llama(tmp_path / "fim.gguf", fim=True))
+    for _ in client.create(model="tiny-fim", files={"fim.gguf": digest}):
+        pass
+    assert "insert" in client.show("tiny-fim").capabilities
+    r = client.generate(model="tiny-fim", prompt="def add(a, b):\n", suffix="\n    return c",
+                        options={"num_ctx": 256, "num_predict": 6, "temperature": 0})
+    assert r.done and 1 <= r.eval_count <= 6  # a random model may end early
+    # The prompt went in as <fim_prefix> prefix <fim_suffix> suffix <fim_middle>.
+    prefix, suffix = len("def add(a, b):\n".encode()), len("\n    return c".encode())
+    assert r.prompt_eval_count == prefix + suffix + 3
+    assert r.context[:1] == [258] and 260 in r.context

@@ -29,9 +29,9 @@ def _byte_tokens() -> list[str]:
 
 
 def tiny_llama(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_ff: int = 128,
-               ctx: int = 256, seed: int = 0, chat_template: str | None = None) -> Path:
+               ctx: int = 256, seed: int = 0, chat_template: str | None = None, fim: bool = False) -> Path:
     rng = np.random.default_rng(seed)
-    tokens = _byte_tokens() + ["<s>", "</s>"]
+    tokens = _byte_tokens() + ["<s>", "</s>"] + (["<fim_prefix>", "<fim_suffix>", "<fim_middle>"] if fim else [])
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-llama")
@@ -47,7 +47,11 @@ def tiny_llama(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * 2)
+    w.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * (len(tokens) - 256))
+    if fim:
+        w.add_uint32("tokenizer.ggml.fim_pre_token_id", 258)
+        w.add_uint32("tokenizer.ggml.fim_suf_token_id", 259)
+        w.add_uint32("tokenizer.ggml.fim_mid_token_id", 260)
     w.add_token_merges(["Ġ t", "h e"])
     w.add_bos_token_id(256)
     w.add_eos_token_id(257)

@@ -1,0 +1,93 @@
+"""Errors once a stream has started, with a fake engine in front of the real app.
+
+A fake engine is the only way to make llama.cpp fail half-way through a
+generation on demand; everything above it (service, scheduler, HTTP layer,
+error handler) is the real code, run in-process with Starlette's TestClient.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from corral.engine.base import CompletionRequest, Event, LoadSpec, TokenEvent
+from corral.errors import EngineError
+from corral.server.app import create_app
+from corral.settings import Settings
+from corral.store.create import CreateSpec, create_model
+from corral.store.store import Store
+from tests.tiny_gguf import tiny_llama
+
+
+class FailingModel:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.n_ctx_per_slot = spec.num_ctx
+        self.size_bytes = 1
+
+    async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:
+        yield TokenEvent("Hello")
+        yield TokenEvent(" world")
+        raise EngineError("llama runner crashed: out of memory")
+
+    async def embed(self, inputs: list[Any]) -> tuple[list[list[float]], int]:
+        raise EngineError("no embeddings here")
+
+    async def tokenize(self, text: str, *, special: bool = True, add_special: bool = False) -> list[int]:
+        return list(text.encode())
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return bytes(tokens).decode(errors="replace")
+
+    async def slots(self) -> list[dict[str, Any]]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+class FailingEngine:
+    name = "failing"
+
+    async def load(self, spec: LoadSpec) -> FailingModel:
+        return FailingModel(spec)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_STARTER_MODELS": "0"})
+    store = Store(settings.models_dir)
+    digest, _ = store.import_file(tiny_llama(tmp_path / "tiny.gguf"))
+    for _ in create_model(store, CreateSpec(name="tiny", files={"tiny.gguf": digest})):
+        pass
+    with TestClient(create_app(settings, engine=FailingEngine())) as c:
+        yield c
+
+
+def test_error_after_stream_started_is_last_ndjson_line(client: TestClient) -> None:
+    for path, body in (("/api/generate", {"model": "tiny", "prompt": "hi"}),
+                       ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})):
+        r = client.post(path, json=body)
+        assert r.status_code == 200
+        lines = [json.loads(line) for line in r.text.splitlines()]
+        assert len(lines) == 3 and not lines[0]["done"]
+        assert lines[-1] == {"error": "llama runner crashed: out of memory"}
+
+
+def test_error_after_stream_started_is_last_sse_event(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json={"model": "tiny", "stream": True,
+                                                  "messages": [{"role": "user", "content": "hi"}]})
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert json.loads(events[-1])["error"]["message"] == "llama runner crashed: out of memory"
+
+
+def test_engine_crash_without_stream_is_500(client: TestClient) -> None:
+    r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False})
+    assert r.status_code == 500 and r.json() == {"error": "llama runner crashed: out of memory"}
+    r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
