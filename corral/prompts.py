@@ -43,14 +43,19 @@ def _jinja(source: str) -> Any:
         raise BadRequest(f"invalid chat template: {exc}") from exc
 
 
-def _hf_message(msg: dict[str, Any]) -> dict[str, Any]:
+def _call_id(n: int) -> str:
+    """A made-up tool call id: 9 alphanumerics (Mistral's templates insist), stable per position."""
+    return f"call{n:05d}"
+
+
+def _hf_message(msg: dict[str, Any], first_call: int = 0) -> dict[str, Any]:
     """Ollama message dict -> the shape HF chat templates expect."""
     out: dict[str, Any] = {"role": msg["role"], "content": msg.get("content") or ""}
     if msg.get("thinking"):
         out["reasoning_content"] = msg["thinking"]
     if msg.get("tool_calls"):
         out["tool_calls"] = [
-            {"type": "function", "id": tc.get("id") or f"call_{i}",
+            {"type": "function", "id": tc.get("id") or _call_id(first_call + i),
              "function": {"name": tc["function"]["name"], "arguments": tc["function"].get("arguments") or {}}}
             for i, tc in enumerate(msg["tool_calls"])
         ]
@@ -61,11 +66,35 @@ def _hf_message(msg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Convert a conversation, giving id-less tool calls ids and linking each tool result to its call.
+
+    Ollama's /api/chat carries no call ids (a result names only its tool), but templates such as
+    Mistral's print them and raise without them. A result with no ``tool_call_id`` answers the
+    earliest unanswered call of the same tool name, else the earliest unanswered call.
+    """
+    out: list[dict[str, Any]] = []
+    pending: list[tuple[str, str]] = []  # (id, name) of calls not answered yet
+    calls = 0
+    for msg in messages:
+        hf = _hf_message(msg, calls)
+        for tc in hf.get("tool_calls", ()):
+            pending.append((tc["id"], tc["function"]["name"]))
+            calls += 1
+        if hf["role"] == "tool":
+            if "tool_call_id" not in hf and pending:
+                at = next((i for i, (_, name) in enumerate(pending) if name == hf.get("name")), 0)
+                hf["tool_call_id"] = pending[at][0]
+            pending = [p for p in pending if p[0] != hf.get("tool_call_id")]
+        out.append(hf)
+    return out
+
+
 def render_jinja(source: str, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None,
                  think: bool | None, bos: str, eos: str, add_generation_prompt: bool = True) -> str:
     template = _jinja(source)
     ctx: dict[str, Any] = {
-        "messages": [_hf_message(m) for m in messages],
+        "messages": _hf_messages(messages),
         "add_generation_prompt": add_generation_prompt,
         "bos_token": bos,
         "eos_token": eos,

@@ -254,13 +254,13 @@ def test_chat_tool_calls(client: OpenAI, base_url: str) -> None:
         c = r.choices[0]
         assert c.finish_reason == "tool_calls" and c.message.content is None, c
         (call,) = c.message.tool_calls
-        assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather"
+        assert call.type == "function" and len(call.id) == 9 and call.id.isalnum() and call.function.name == "get_weather"
         assert isinstance(call.function.arguments, str) and json.loads(call.function.arguments) == {"city": "Paris"}
     streamed = list(client.chat.completions.create(model=TOOLS_MODEL, messages=msgs, tools=[WEATHER_TOOL],
                                                    response_format=WEATHER_CALL, temperature=0, max_tokens=40,
                                                    stream=True))
     deltas = [t for c in streamed if c.choices for t in c.choices[0].delta.tool_calls or []]
-    assert len(deltas) == 1 and deltas[0].index == 0 and deltas[0].id.startswith("call_")
+    assert len(deltas) == 1 and deltas[0].index == 0 and len(deltas[0].id) == 9
     assert deltas[0].type == "function" and deltas[0].function.name == "get_weather"
     assert json.loads(deltas[0].function.arguments) == {"city": "Paris"}
     assert streamed[-1].choices[0].finish_reason == "tool_calls"

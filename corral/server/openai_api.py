@@ -73,7 +73,8 @@ def _new_id(prefix: str) -> str:
 
 
 def _tool_call_id() -> str:
-    return "call_" + "".join(secrets.choice(_ID_CHARS) for _ in range(8))
+    # 9 alphanumerics: Mistral's chat templates reject any other tool call id.
+    return "".join(secrets.choice(_ID_CHARS) for _ in range(9))
 
 
 # ---- request translation ---------------------------------------------------------
