@@ -131,12 +131,37 @@ def cmd_run(args: argparse.Namespace) -> int:
             history.clear()
             _out("Cleared session context")
             continue
+        if text.startswith("/set parameter "):
+            _set_parameter(opts, text.split()[2:])
+            continue
         if text.startswith("/"):
             _out(f"Unknown command '{text.split()[0]}'. Type /bye to quit.")
             continue
         history.append({"role": "user", "content": text})
         history.append({"role": "assistant", "content": _stream_chat(client, args.model, history, opts)})
         _out()
+
+
+def _set_parameter(opts: dict[str, Any], args: list[str]) -> None:
+    """``/set parameter NAME VALUE`` in interactive mode, as ollama run has."""
+    from corral.errors import BadRequest
+    from corral.modelfile import ModelfileError, convert_parameter
+
+    if len(args) < 2:
+        _out("Usage: /set parameter <name> <value>")
+        return
+    name, raw = args[0], " ".join(args[1:])
+    try:
+        value = convert_parameter(name, raw)
+    except (ModelfileError, BadRequest) as exc:
+        _out(f"Couldn't set parameter: {exc}")
+        return
+    options = opts.setdefault("options", {})
+    if name == "stop":
+        options.setdefault("stop", []).append(value)
+    else:
+        options[name] = value
+    _out(f"Set parameter '{name}' to '{raw}'")
 
 
 def _upload_tree(client: Client, path: Path) -> dict[str, str]:

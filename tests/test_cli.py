@@ -49,7 +49,7 @@ def test_run_interactive_until_bye(server: ServerProc) -> None:
 
     def read_until(marker: bytes, count: int) -> None:
         nonlocal seen
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while seen.count(marker) < count and time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 1)
             if ready:
@@ -59,14 +59,17 @@ def test_run_interactive_until_bye(server: ServerProc) -> None:
                     return
 
     read_until(b">>> ", 1)
-    os.write(master, b"Hello there!\n")
+    os.write(master, b"/set parameter num_predict 12\n")
     read_until(b">>> ", 2)
+    assert b"Set parameter 'num_predict' to '12'" in seen
+    os.write(master, b"Hello there!\n")
+    read_until(b">>> ", 3)
     os.write(master, b"/bye\n")
     assert proc.wait(timeout=30) == 0
     os.close(master)
     text = seen.decode(errors="replace")
-    assert text.count(">>> ") >= 2
-    reply = text.split(">>> ")[1].replace("Hello there!", "")
+    assert text.count(">>> ") >= 3
+    reply = text.split(">>> ")[2].replace("Hello there!", "")
     assert reply.strip()
 
 
