@@ -1,0 +1,217 @@
+"""From raw samples to figures, ratios, targets and the Markdown table.
+
+A *sample* is one phase run once on one peer: its results plus the share of
+the machine that other processes used meanwhile (:mod:`bench.noise`). On a
+shared 2-core box that noise only ever slows a peer down, so the headline
+figure of each metric is the best of the interleaved repeats (fastest
+throughput, shortest time); the median is kept beside it in the JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.workload import Res, aggregate_tps, median, percentile, starvation
+
+GATEWAY_PLACEHOLDER = "gateway not landed yet"
+RSS_HEADROOM_MB = 300.0
+
+
+@dataclass
+class Sample:
+    results: list[Res]
+    background_share: float
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        def slim(r: Res) -> dict[str, Any]:
+            d = r.to_dict()
+            d["text"] = d["text"][:60]
+            return d
+
+        return {"background_share": round(self.background_share, 4), "wall_s": round(self.wall_s, 3),
+                "results": [slim(r) for r in self.results]}
+
+
+@dataclass
+class PeerSamples:
+    """Every sample of one peer, by phase ("single", "prompt_eval", "concurrency_<N>", "chat")."""
+
+    phases: dict[str, list[Sample]] = field(default_factory=dict)
+    discarded: dict[str, list[Sample]] = field(default_factory=dict)  # noisy samples that were re-run
+
+    def add(self, phase: str, sample: Sample) -> None:
+        self.phases.setdefault(phase, []).append(sample)
+
+    def discard(self, phase: str, sample: Sample) -> None:
+        self.discarded.setdefault(phase, []).append(sample)
+
+    def get(self, phase: str) -> list[Sample]:
+        return self.phases.get(phase, [])
+
+    def levels(self) -> list[int]:
+        return sorted(int(k.split("_")[1]) for k in self.phases if k.startswith("concurrency_"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept": {k: [s.to_dict() for s in v] for k, v in self.phases.items()},
+                "discarded_as_noisy": {k: [s.to_dict() for s in v] for k, v in self.discarded.items()}}
+
+
+def _best_and_median(values: list[float], higher_is_better: bool) -> tuple[float, float]:
+    if not values:
+        return 0.0, 0.0
+    return (max(values) if higher_is_better else min(values)), median(values)
+
+
+def figures(ps: PeerSamples, slots: int, fallback_prompt_tokens: float,
+            fallback_chat_tokens: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (best-of figures, median figures) for one peer."""
+    best: dict[str, Any] = {}
+    med: dict[str, Any] = {}
+
+    def put(key: str, values: list[float], higher: bool) -> None:
+        best[key], med[key] = _best_and_median(values, higher)
+
+    single = [r for s in ps.get("single") for r in s.results]
+    put("decode_tps_single", [r.decode_tps for r in single], True)
+    put("ttft_s", [r.ttft for r in single], False)
+
+    pe = [r for s in ps.get("prompt_eval") for r in s.results]
+    tokens = median([float(r.prompt_tokens) for r in pe if r.prompt_tokens > 0]) or fallback_prompt_tokens
+    best["prompt_tokens"] = med["prompt_tokens"] = tokens
+    put("prompt_eval_ttft_s", [r.ttft for r in pe], False)
+    best["prompt_eval_tps"] = tokens / best["prompt_eval_ttft_s"] if best["prompt_eval_ttft_s"] else 0.0
+    med["prompt_eval_tps"] = tokens / med["prompt_eval_ttft_s"] if med["prompt_eval_ttft_s"] else 0.0
+
+    for key in ("aggregate_tps", "latency_p50_s", "latency_p99_s", "starvation_ratio"):
+        best[key], med[key] = {}, {}
+    min_tokens = None
+    for lv in ps.levels():
+        samples = ps.get(f"concurrency_{lv}")
+        aggs = [aggregate_tps(s.results) for s in samples]
+        best["aggregate_tps"][str(lv)], med["aggregate_tps"][str(lv)] = _best_and_median(aggs, True)
+        top = samples[aggs.index(max(aggs))].results
+        pooled = [r.latency for s in samples for r in s.results]
+        best["latency_p50_s"][str(lv)] = percentile([r.latency for r in top], 50)
+        best["latency_p99_s"][str(lv)] = percentile([r.latency for r in top], 99)
+        med["latency_p50_s"][str(lv)] = percentile(pooled, 50)
+        med["latency_p99_s"][str(lv)] = percentile(pooled, 99)
+        starve = [starvation(s.results, lv, slots) for s in samples]
+        best["starvation_ratio"][str(lv)] = med["starvation_ratio"][str(lv)] = median(starve)
+        n = min(r.n_tokens for s in samples for r in s.results)
+        min_tokens = n if min_tokens is None else min(min_tokens, n)
+    best["min_tokens_per_request"] = med["min_tokens_per_request"] = min_tokens or 0
+
+    chats = [s.results for s in ps.get("chat")]
+    chat_tokens = median([float(c[0].prompt_tokens) for c in chats if c[0].prompt_tokens > 0])
+    best["chat_history_tokens"] = med["chat_history_tokens"] = chat_tokens or fallback_chat_tokens
+    put("chat_ttft_turn1_s", [c[0].ttft for c in chats], False)
+    put("chat_ttft_turn2_s", [c[1].ttft for c in chats], False)
+    best["chat_turn2_over_turn1"] = (best["chat_ttft_turn2_s"] / best["chat_ttft_turn1_s"]
+                                     if best["chat_ttft_turn1_s"] else 0.0)
+    med["chat_turn2_over_turn1"] = median([c[1].ttft / c[0].ttft for c in chats if c[0].ttft > 0])
+    return best, med
+
+
+def noise_summary(ps: PeerSamples) -> dict[str, float]:
+    shares = [s.background_share for v in ps.phases.values() for s in v]
+    return {"background_share_median": median(shares), "background_share_max": max(shares, default=0.0),
+            "noisy_samples_discarded": sum(len(v) for v in ps.discarded.values())}
+
+
+def ratios(peers: dict[str, Any], a: str, b: str) -> dict[str, float] | None:
+    fa = peers.get(a, {}).get("figures")
+    fb = peers.get(b, {}).get("figures")
+    if not fa or not fb:
+        return None
+    out = {k: fa[k] / fb[k] for k in ("decode_tps_single", "prompt_eval_tps", "ttft_s", "peak_rss_mb",
+                                      "chat_ttft_turn1_s", "chat_ttft_turn2_s") if fb.get(k)}
+    for lv, v in fa["aggregate_tps"].items():
+        if fb["aggregate_tps"].get(lv):
+            out[f"aggregate_tps@{lv}"] = v / fb["aggregate_tps"][lv]
+    return out
+
+
+def targets(peers: dict[str, Any], model_size: int, slots: int) -> list[dict[str, Any]]:
+    def fig(peer: str, *path: str) -> Any:
+        node: Any = peers.get(peer, {}).get("figures")
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return None
+            node = node[key]
+        return node
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return float(a) / float(b) if a and b else None
+
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, op: str, threshold: float, detail: str) -> None:
+        met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+        out.append({"target": name, "value": value, "op": op, "threshold": threshold, "met": met,
+                    "detail": detail})
+
+    add("single-stream decode tok/s: corral / llama-server",
+        ratio(fig("corral", "decode_tps_single"), fig("llama-server", "decode_tps_single")), ">=", 0.95,
+        "Corral /api/generate vs llama-server /completion, both streamed")
+    add("4-stream aggregate tok/s: corral / llama-server",
+        ratio(fig("corral", "aggregate_tps", "4"), fig("llama-server", "aggregate_tps", "4")), ">=", 0.9,
+        "4 concurrent streams")
+    add("4-stream aggregate tok/s: corral / llama-cpp-python",
+        ratio(fig("corral", "aggregate_tps", "4"), fig("llama-cpp-python", "aggregate_tps", "4")), ">=", 3.0,
+        "4 concurrent streams")
+    agg = fig("corral", "aggregate_tps") or {}
+    rising = [float(agg[k]) for k in sorted(agg, key=int) if int(k) <= slots]
+    steps = [b / a for a, b in zip(rising, rising[1:])]
+    add("corral throughput rises up to the slot count (smallest step ratio)", min(steps) if steps else None,
+        ">=", 1.0, f"aggregate tok/s at <= {slots} streams: " + ", ".join(f"{x:.1f}" for x in rising))
+    starve = fig("corral", "starvation_ratio") or {}
+    add("corral: no request starved (worst latency / FIFO expectation)",
+        max(starve.values()) if starve else None, "<=", 1.5,
+        "per level: " + ", ".join(f"{k}: {v:.2f}" for k, v in starve.items()))
+    add("corral chat turn-2 TTFT / turn-1 TTFT", fig("corral", "chat_turn2_over_turn1"), "<=", 0.30,
+        f"~{fig('corral', 'chat_history_tokens') or 0:.0f}-token history, prompt-cache reuse")
+    rss = fig("corral", "peak_rss_mb")
+    add("corral peak RSS minus model file (MB)", None if rss is None else rss - model_size / 2**20, "<=",
+        RSS_HEADROOM_MB, f"model file {model_size / 2**20:.0f} MB")
+    return out
+
+
+def _f(x: Any, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, (int, float)):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results table plus the targets table."""
+    levels = [str(lv) for lv in report["workload"]["levels"]]
+    lat_levels = [lv for lv in ("4", "16") if lv in levels] or levels[-1:]
+    head = ["peer", "decode tok/s (1 stream)", "prompt eval tok/s", "TTFT (s)"]
+    head += [f"agg tok/s @{lv}" for lv in levels]
+    head += [f"latency p50 / p99 @{lv} (s)" for lv in lat_levels]
+    head += ["peak RSS (MB)", "chat TTFT turn 1 → turn 2 (s)", "turn 2 / turn 1", "gateway overhead"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, peer in report["peers"].items():
+        fig = peer.get("figures")
+        if not fig:
+            rows.append("| " + " | ".join([name, peer["status"]] + [""] * (len(head) - 2)) + " |")
+            continue
+        cells = [name, _f(fig["decode_tps_single"]),
+                 f"{_f(fig['prompt_eval_tps'], 0)} ({fig['prompt_tokens']:.0f} tok)", _f(fig["ttft_s"], 3)]
+        cells += [_f(fig["aggregate_tps"].get(lv)) for lv in levels]
+        cells += [f"{_f(fig['latency_p50_s'].get(lv), 2)} / {_f(fig['latency_p99_s'].get(lv), 2)}"
+                  for lv in lat_levels]
+        cells += [_f(fig["peak_rss_mb"], 0),
+                  f"{_f(fig['chat_ttft_turn1_s'], 3)} → {_f(fig['chat_ttft_turn2_s'], 3)} "
+                  f"({fig['chat_history_tokens']:.0f} tok)",
+                  _f(fig["chat_turn2_over_turn1"], 3), peer["gateway_overhead"]]
+        rows.append("| " + " | ".join(cells) + " |")
+    rows += ["", "| target | value | goal | met |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        met = {True: "yes", False: "**no**", None: "n/a (peer missing)"}[t["met"]]
+        rows.append(f"| {t['target']} | {_f(t['value'], 2)} | {t['op']} {t['threshold']:g} | {met} |")
+    return "\n".join(rows)

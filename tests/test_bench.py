@@ -1,0 +1,161 @@
+"""The benchmark harness (bench/): quick mode runs end to end; helpers behave.
+
+Only proves the harness works: quick mode against the peers CI has (Corral,
+llama-server through xllamacpp, the in-process engine; not
+llama-cpp-python, which CI does not build). No timing is asserted: every
+figure only has to be a positive number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report as rp
+from bench.httpclient import stream_lines
+from bench.peers import parse_llama_server, parse_ollama, parse_openai, tree_peak_rss_bytes
+from bench.workload import Res, Workload, aggregate_tps, percentile, starvation
+
+ROOT = Path(__file__).resolve().parent.parent
+CI_PEERS = ("corral", "llama-server", "inproc")
+FIGURES = {
+    "decode_tps_single", "ttft_s", "prompt_tokens", "prompt_eval_tps", "prompt_eval_ttft_s", "aggregate_tps",
+    "latency_p50_s", "latency_p99_s", "starvation_ratio", "min_tokens_per_request", "chat_history_tokens",
+    "chat_ttft_turn1_s", "chat_ttft_turn2_s", "chat_turn2_over_turn1", "peak_rss_mb",
+}
+
+
+def _leaves(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, f"{path}.{k}")]
+    return [(path, node)]
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--peers", ",".join(CI_PEERS), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_quick_mode_json_shape(quick_report: tuple[dict[str, Any], str]) -> None:
+    report, _ = quick_report
+    for key in ("date", "mode", "command", "machine", "model", "settings", "workload", "peers", "ratios",
+                "targets", "table_markdown"):
+        assert key in report, key
+    assert report["mode"] == "quick"
+    assert report["machine"]["nproc"] >= 1 and report["machine"]["cpu_model"]
+    assert set(report["peers"]) == set(CI_PEERS)
+    levels = {str(lv) for lv in report["workload"]["levels"]}
+    for name, peer in report["peers"].items():
+        assert peer["status"] == "ok", (name, peer["status"])
+        assert peer["gateway_overhead"] == rp.GATEWAY_PLACEHOLDER
+        figures = peer["figures"]
+        assert set(figures) == FIGURES, name
+        for key in ("aggregate_tps", "latency_p50_s", "latency_p99_s", "starvation_ratio"):
+            assert set(figures[key]) == levels, (name, key)
+        for where, value in _leaves(figures) + _leaves(peer["median_figures"]):
+            assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, where, value)
+            assert value > 0, (name, where, value)
+    assert report["ratios"]["corral/llama-server"]["decode_tps_single"] > 0
+    names = {t["target"] for t in report["targets"]}
+    assert len(names) == 7
+    for t in report["targets"]:
+        if "llama-cpp-python" in t["target"]:
+            assert t["met"] is None  # peer not run in CI
+        else:
+            assert isinstance(t["value"], float) and t["met"] in (True, False), t
+
+
+def test_quick_mode_prints_markdown_table(quick_report: tuple[dict[str, Any], str]) -> None:
+    report, stdout = quick_report
+    assert "| peer | decode tok/s (1 stream) |" in stdout
+    for name in CI_PEERS:
+        assert f"| {name} | " in stdout
+    assert rp.GATEWAY_PLACEHOLDER in stdout
+    assert report["table_markdown"] in stdout
+
+
+# ---- helpers, no servers -----------------------------------------------------------------
+
+def test_percentile_and_aggregate() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([float(x) for x in range(1, 101)], 99) == 99.0
+    batch = [Res(t_start=0.0, t_first=0.1, t_last=1.0, t_end=1.0, n_tokens=10, n_chunks=10),
+             Res(t_start=0.0, t_first=0.1, t_last=2.0, t_end=2.0, n_tokens=10, n_chunks=10)]
+    assert aggregate_tps(batch) == 10.0
+    assert batch[0].decode_tps == pytest.approx(9 / 0.9)
+    # 8 requests, 4 slots: two waves, the second finishing at twice the first -> 1.0
+    waves = [Res(t_start=0.0, t_end=1.0)] * 4 + [Res(t_start=0.0, t_end=2.0)] * 4
+    assert starvation(waves, 8, 4) == pytest.approx(1.0)
+    assert starvation(waves[:4] + [Res(t_start=0.0, t_end=5.0)], 5, 4) == pytest.approx(2.5)
+
+
+def test_workload_prompts_are_unique_and_sized() -> None:
+    wl = Workload()
+    a, b = wl.short_generate(), wl.short_generate()
+    assert a.prompt != b.prompt and a.n_predict == 96
+    long = wl.long_generate()
+    assert long.count_prompt and 4000 < len(long.prompt) < 7000  # ~1,000 tokens
+    first = wl.chat_first_turn()
+    second = wl.chat_second_turn(first, "reply")
+    assert second.messages[: len(first.messages)] == first.messages
+    assert second.messages[-2] == {"role": "assistant", "content": "reply"}
+    quick = Workload.quick()
+    assert quick.levels == (1, 4) and quick.repeats == 1
+
+
+def test_line_parsers() -> None:
+    assert parse_ollama(b'{"response":"hi","done":false}') == ("hi", None)
+    assert parse_ollama(b'{"message":{"content":"yo"},"done":false}') == ("yo", None)
+    assert parse_ollama(b'{"response":"","done":true,"eval_count":96,"prompt_eval_count":20}') == (
+        None, {"n_tokens": 96, "prompt_tokens": 20})
+    with pytest.raises(RuntimeError):
+        parse_ollama(b'{"error":"boom"}')
+    assert parse_llama_server(b'data: {"content":" a","stop":false}') == (" a", None)
+    assert parse_llama_server(b'data: {"content":"","stop":true,"tokens_predicted":5,"tokens_evaluated":19}') == (
+        None, {"n_tokens": 5, "prompt_tokens": 19})
+    chat_final = b'data: {"choices":[{"delta":{}}],"timings":{"predicted_n":3,"prompt_n":2,"cache_n":10}}'
+    assert parse_llama_server(chat_final) == (None, {"n_tokens": 3, "prompt_tokens": 12})
+    assert parse_llama_server(b"data: [DONE]") == (None, None)
+    assert parse_openai(b'data: {"choices":[{"text":"x","finish_reason":null}]}') == ("x", None)
+    assert parse_openai(b'data: {"choices":[{"text":"","finish_reason":"length"}]}') == (
+        None, {"finish_reason": "length"})
+
+
+def test_stream_lines_dechunks() -> None:
+    async def go() -> list[bytes]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            await reader.readexactly(2)  # the "{}" body
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for piece in (b"one\ntw", b"o\n", b"\nthree"):
+                writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return [line async for line in stream_lines("127.0.0.1", port, "/x", {})]
+
+    assert asyncio.run(go()) == [b"one", b"two", b"three"]
+
+
+def test_peak_rss_of_this_process() -> None:
+    import os
+
+    assert tree_peak_rss_bytes(os.getpid()) > 10 * 2**20
