@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 from gguf.quants import quant_shape_to_byte_shape, quantize
+from corral.store.store import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +95,6 @@ def _tmp_path(dst: Path) -> Path:
     return dst.with_suffix(f".tmp-{secrets.token_hex(6)}")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_gguf(
     dst: Path,
     arch: str,
@@ -149,7 +137,7 @@ def write_gguf(
             os.fsync(fh.fileno())
         writer.close()
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
     except BaseException:
         writer.close()
         with contextlib.suppress(FileNotFoundError):

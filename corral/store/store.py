@@ -52,13 +52,16 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder so a rename into it survives a crash."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -73,7 +76,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -185,7 +188,7 @@ class Store:
             if expected and actual != expected:
                 raise BadRequest(f"digest mismatch, expected {expected!r}, got {actual!r}", param="digest")
             os.replace(tmp, self.blob_path(actual))
-            _fsync_dir(self.blobs)
+            fsync_dir(self.blobs)
             return actual, size
         finally:
             Path(tmp).unlink(missing_ok=True)
