@@ -9,13 +9,13 @@ fill-in-the-middle tokens. Results are cached per (path, mtime, size).
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from corral.errors import BadRequest
 
@@ -116,7 +116,7 @@ def _read(path: str, mtime: float, size: int) -> GGUFInfo:
         raise BadRequest("invalid GGUF file: general.architecture is missing")
     n_params = kv.get("general.parameter_count")
     if not isinstance(n_params, int):
-        n_params = sum(int(np.prod(dims)) for _, dims, _ in tensors)
+        n_params = sum(math.prod(dims) for _, dims, _ in tensors)
     ftype_raw = kv.get("general.file_type")
     file_type = FILE_TYPES.get(int(ftype_raw), "unknown") if isinstance(ftype_raw, int) else _guess_ftype(tensors)
     ctx = kv.get(f"{arch}.context_length")
@@ -160,7 +160,7 @@ def _guess_ftype(tensors: list[tuple[str, list[int], int]]) -> str:
     for _, dims, ttype in tensors:
         if len(dims) >= 2:
             name = _GGML_TYPE_NAMES.get(ttype, "unknown")
-            counts[name] = counts.get(name, 0) + int(np.prod(dims))
+            counts[name] = counts.get(name, 0) + math.prod(dims)
     return max(counts, key=lambda k: counts[k]) if counts else "unknown"
 
 

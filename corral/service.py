@@ -149,6 +149,7 @@ class Service:
             projector=record.projector,
             kv_cache_type=self.settings.kv_cache_type,
             flash_attention=self.settings.flash_attention,
+            prompt_cache_mib=self.settings.prompt_cache_mib,
         )
 
     def options_for(self, record: ModelRecord, request_options: dict[str, Any] | None) -> dict[str, Any]:

@@ -85,8 +85,11 @@ class Settings:
     num_threads: int = 0  # 0 = let the engine pick (physical cores)
     starter_models: bool = True
     debug: bool = False
+    # f16 as Ollama. q8_0 halves the KV memory but, measured on CPU, also
+    # halves prompt-eval speed (bench/RESULTS.md), so it is opt-in.
     kv_cache_type: str = "f16"  # f16 | q8_0 | q4_0 (OLLAMA_KV_CACHE_TYPE)
-    flash_attention: bool = False  # OLLAMA_FLASH_ATTENTION
+    flash_attention: bool = False  # OLLAMA_FLASH_ATTENTION (on anyway for a quantized KV cache)
+    prompt_cache_mib: int = 0  # CORRAL_PROMPT_CACHE_MIB: llama.cpp's host-RAM cache of idle slots' prompts
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +125,7 @@ class Settings:
             debug=debug,
             kv_cache_type=kv_type,
             flash_attention=flash,
+            prompt_cache_mib=max(0, _int(env, "PROMPT_CACHE_MIB", 0)),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -125,8 +125,16 @@ def test_concurrent_streams_are_batched(start_server: Callable[..., ServerProc],
     assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values())
 
 
-def test_quantized_kv_cache_setting(start_server: Callable[..., ServerProc], shared_env: dict[str, str]) -> None:
-    srv = start_server({**shared_env, "OLLAMA_KV_CACHE_TYPE": "q8_0", "OLLAMA_FLASH_ATTENTION": "1"})
-    r = ollama.Client(host=srv.url).generate(model=SMOLLM, prompt="Hello", options={"num_predict": 8,
-                                                                                     "temperature": 0})
+def test_quantized_kv_cache_setting(start_server: Callable[..., ServerProc], shared_env: dict[str, str],
+                                    server: ServerProc) -> None:
+    # No OLLAMA_FLASH_ATTENTION: a quantized V cache needs it, so Corral turns it on itself.
+    srv = start_server({**shared_env, "OLLAMA_KV_CACHE_TYPE": "q8_0"})
+    client = ollama.Client(host=srv.url)
+    r = client.generate(model=SMOLLM, prompt="Hello", options={"num_predict": 8, "temperature": 0})
     assert r.done and r.eval_count == 8 and r.response
+    f16 = ollama.Client(host=server.url)
+    f16.generate(model=SMOLLM, prompt="Hello", options={"num_predict": 1})
+    size_q8 = next(m.size for m in client.ps().models if m.model == SMOLLM)
+    size_f16 = next(m.size for m in f16.ps().models if m.model == SMOLLM)
+    # /api/ps counts the KV cache at its real element size: q8_0 is 34 bytes per 32 values.
+    assert size_q8 < size_f16

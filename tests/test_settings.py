@@ -20,6 +20,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert (s.host, s.port) == ("127.0.0.1", 11434)
     assert s.keep_alive == 300 and s.num_parallel == 4 and s.max_queue == 512
     assert s.max_loaded_models == 3 and s.context_length == 4096
+    assert s.kv_cache_type == "f16" and s.prompt_cache_mib == 0
+
+
+def test_prompt_cache_setting(tmp_path: Path) -> None:
+    s = Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_PROMPT_CACHE_MIB": "128"})
+    assert s.prompt_cache_mib == 128
+    with pytest.raises(ValueError):
+        Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_PROMPT_CACHE_MIB": "lots"})
 
 
 def test_corral_twin_wins(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ class LoadSpec:
     embedding: bool = True
     kv_cache_type: str = "f16"
     flash_attention: bool = False
+    prompt_cache_mib: int = 0
     adapters: tuple[Path, ...] = ()
     projector: Path | None = None
 

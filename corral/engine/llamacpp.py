@@ -18,12 +18,15 @@ auxiliary calls (``/tokenize``, ``/detokenize``, ``/slots``).
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.util
 import json
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,10 +40,22 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
+@functools.cache
 def _supported_archs() -> frozenset[str]:
-    import gguf
+    """Architecture names known to the pinned gguf package.
 
-    return frozenset(gguf.MODEL_ARCH_NAMES.values())
+    Its ``constants`` module is loaded on its own: importing the package would
+    pull in numpy (~15 MB of resident memory) for one table of names.
+    """
+    spec = importlib.util.find_spec("gguf")
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineError("the gguf package is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
+    mod_spec = importlib.util.spec_from_file_location("corral._gguf_constants", path)
+    assert mod_spec is not None and mod_spec.loader is not None
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return frozenset(module.MODEL_ARCH_NAMES.values())
 
 
 def _error_from_payload(payload: dict[str, Any]) -> CorralError:
@@ -211,7 +226,11 @@ def _drop(obj: Any) -> None:
     del obj
 
 
-def kv_bytes_per_token(path: Any) -> int:
+# Bytes per cached element: ggml's q8_0 packs 32 values in 34 bytes, q4_0 in 18.
+_KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+def kv_bytes_per_token(path: Any, kv_cache_type: str = "f16") -> int:
     info = read_gguf(path)
     arch = info.architecture
     kv = info.kv
@@ -221,7 +240,7 @@ def kv_bytes_per_token(path: Any) -> int:
     heads_kv = int(heads_kv if isinstance(heads_kv, int) else heads)
     emb = int(kv.get(f"{arch}.embedding_length", 0) or 0)
     head_dim = emb // heads if heads else 0
-    return 2 * layers * heads_kv * head_dim * 2  # K and V, f16
+    return int(2 * layers * heads_kv * head_dim * _KV_ELEMENT_BYTES.get(kv_cache_type, 2.0))  # K and V
 
 
 class LlamaCppEngine:
@@ -256,7 +275,10 @@ class LlamaCppEngine:
         p.cpuparams_batch.n_threads = threads
         p.port = 0
         p.n_threads_http = 2
-        p.cache_ram_mib = 256
+        # llama.cpp's host-RAM copy of idle slots' prompts. Off by default:
+        # idle slots keep their prefix in the unified KV pool anyway (turn-2
+        # reuse), and the copy cost up to its whole size in peak RSS.
+        p.cache_ram_mib = spec.prompt_cache_mib
         p.verbosity = 3 if self.verbose else -1
         p.embedding = spec.embedding
         kv_type = {"q8_0": xl.ggml_type.GGML_TYPE_Q8_0, "q4_0": xl.ggml_type.GGML_TYPE_Q4_0}.get(spec.kv_cache_type)
@@ -264,7 +286,9 @@ class LlamaCppEngine:
             p.cache_type_k = kv_type
             p.cache_type_v = kv_type
         flash = xl.llama_flash_attn_type
-        p.flash_attn_type = flash.LLAMA_FLASH_ATTN_TYPE_ENABLED if spec.flash_attention else flash.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # A quantized V cache needs flash attention in llama.cpp.
+        forced = spec.flash_attention or kv_type is not None
+        p.flash_attn_type = flash.LLAMA_FLASH_ATTN_TYPE_ENABLED if forced else flash.LLAMA_FLASH_ATTN_TYPE_AUTO
         if spec.embedding:
             p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN if not info.pooling else -1
         for adapter in spec.adapters:
@@ -278,5 +302,5 @@ class LlamaCppEngine:
         except Exception as exc:
             log.error("failed to load %s: %s", spec.path, exc)
             raise EngineError(f"llama runner failed to load model: {exc}") from exc
-        size = spec.path.stat().st_size + kv_bytes_per_token(spec.path) * p.n_ctx
+        size = spec.path.stat().st_size + kv_bytes_per_token(spec.path, spec.kv_cache_type) * p.n_ctx
         return LlamaCppModel(spec, server, size)

@@ -15,17 +15,18 @@ after the stream has started becomes a last ``data: {"error": {...}}`` event.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import json
 import logging
 import secrets
 import string
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -478,7 +479,10 @@ async def _collect_completion(events: AsyncIterator[Piece | Final], cid: str, cr
 
 def _b64(vector: list[float]) -> str:
     """Little-endian float32 bytes, base64-encoded (OpenAI's ``encoding_format=base64``)."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    packed = array.array("f", vector)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
 
 
 async def embeddings(request: Request) -> Response:
