@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, required=True)
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--like-corral", default="",
+                    help="for diagnosis, a '+'-separated list of Corral's engine settings to copy: "
+                         "embedding, kv_unified, batch, cache_ram, http_threads, ctx_shift, or all; and candidate "
+                         "changes: kv_q8 (q8_0 KV cache, flash attention on), cache_ram0 (no host prompt cache)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -39,6 +43,30 @@ def main(argv: list[str] | None = None) -> int:
     p.cpuparams_batch.n_threads = args.threads
     p.port = 0
     p.verbosity = 3 if args.verbose else -1
+    like = set(args.like_corral.split("+")) if args.like_corral else set()
+    if "all" in like:
+        like |= {"embedding", "kv_unified", "batch", "cache_ram", "http_threads", "ctx_shift"}
+    if "embedding" in like:  # as corral.engine.llamacpp.LlamaCppEngine.load does
+        p.embedding = True
+        p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+    if "kv_unified" in like:
+        p.kv_unified = True
+    if "batch" in like:
+        p.n_batch = p.n_ubatch = 512
+    if "cache_ram" in like:
+        p.cache_ram_mib = 256
+    if "http_threads" in like:
+        p.n_threads_http = 2
+    if "ctx_shift" in like:
+        p.ctx_shift = True
+    if "kv_q8" in like:
+        p.cache_type_k = p.cache_type_v = xl.ggml_type.GGML_TYPE_Q8_0
+        p.flash_attn_type = xl.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    if "cache_ram0" in like:
+        p.cache_ram_mib = 0
+    unknown = like - {"all", "embedding", "kv_unified", "batch", "cache_ram", "http_threads", "ctx_shift", "kv_q8", "cache_ram0"}
+    if unknown:
+        ap.error(f"unknown --like-corral items: {', '.join(sorted(unknown))}")
     server = xl.Server(p)
     url = str(server.listening_address)
     log.info("llama-server (xllamacpp) listening on %s (n_ctx=%d, n_parallel=%d, threads=%d)",

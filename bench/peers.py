@@ -184,6 +184,10 @@ class Peer(ABC):
 
     name: str = ""
     slots: int = 1
+    # True for a server that, by design, cuts a running request short when
+    # another one arrives: the concurrency phases then count what it did
+    # deliver instead of stopping the run.
+    abandons_requests: bool = False
 
     def __init__(self, cfg: PeerConfig) -> None:
         self.cfg = cfg
@@ -285,6 +289,7 @@ class HTTPPeer(Peer):
         except Exception as exc:  # recorded; the driver reports the peer as failed
             res.error = f"{type(exc).__name__}: {exc}"
         res.t_end = time.perf_counter()
+        res.cut = res.error is None and not t_final
         if not res.n_chunks and t_final:  # stopped at once (EOS): the final answer is the first token
             res.t_first = res.t_last = t_final
         res.text = "".join(parts)
@@ -302,10 +307,18 @@ class CorralPeer(HTTPPeer):
     name = "corral"
     model_name = "smollm2:135m"
 
-    def __init__(self, cfg: PeerConfig, home: Path) -> None:
+    def __init__(self, cfg: PeerConfig, home: Path, src: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         super().__init__(cfg)
         self.home = home
         self.slots = cfg.parallel
+        self.src = src  # another checkout of Corral to run instead of this one (A/B of a patch)
+        self.extra_env = extra_env or {}  # A/B of a setting, e.g. OLLAMA_KV_CACHE_TYPE=f16
+        if src is not None:
+            self.name = f"corral@{src.name}"
+            self.home = home.with_name(f"{home.name}-{src.name}")
+        if self.extra_env:
+            self.name = "corral[" + "+".join(f"{k}={v}" for k, v in self.extra_env.items()) + "]"
 
     def available(self) -> str | None:
         from corral.starters import smollm2_gguf
@@ -324,8 +337,11 @@ class CorralPeer(HTTPPeer):
             "OLLAMA_CONTEXT_LENGTH": str(self.cfg.ctx_per_slot),
             "OLLAMA_KEEP_ALIVE": "-1",
         })
+        env.update(self.extra_env)
+        if self.src is not None:
+            env["PYTHONPATH"] = str(self.src)
         self.command = [sys.executable, "-m", "corral", "serve"]
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.command, cwd=self.src or ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._open_log(), stderr=subprocess.STDOUT,
                                      preexec_fn=_die_with_parent)
         await self._wait_http("/")
@@ -344,9 +360,12 @@ class LlamaServerPeer(HTTPPeer):
 
     name = "llama-server"
 
-    def __init__(self, cfg: PeerConfig) -> None:
+    def __init__(self, cfg: PeerConfig, like_corral: str = "") -> None:
         super().__init__(cfg)
         self.slots = cfg.parallel
+        self.like_corral = like_corral
+        if like_corral:
+            self.name = f"llama-server[{like_corral}]"
 
     def available(self) -> str | None:
         import importlib.util
@@ -357,6 +376,8 @@ class LlamaServerPeer(HTTPPeer):
         self.command = [sys.executable, "-m", "bench.llama_server_proc", str(self.cfg.model),
                         "--ctx-per-slot", str(self.cfg.ctx_per_slot), "--parallel", str(self.cfg.parallel),
                         "--threads", str(self.cfg.threads)]
+        if self.like_corral:
+            self.command += ["--like-corral", self.like_corral]
         proc = await asyncio.create_subprocess_exec(*self.command, cwd=ROOT, stdin=subprocess.PIPE,
                                                     stdout=subprocess.PIPE, stderr=self._open_log(),
                                                     preexec_fn=_die_with_parent)
@@ -382,10 +403,25 @@ class LlamaServerPeer(HTTPPeer):
 
 
 class LlamaCppPythonPeer(HTTPPeer):
-    """llama-cpp-python's OpenAI server from the separate ``.bench-venv``."""
+    """llama-cpp-python's OpenAI server from the separate ``.bench-venv``.
+
+    As installed, with its defaults: ``interrupt_requests`` is on, so a
+    request that arrives while another streams makes the server end the
+    running one (the client sees its stream cut). ``serial=True`` turns that
+    off (``llama-cpp-python[serial]``): requests then queue and run one
+    after another.
+    """
 
     name = "llama-cpp-python"
     slots = 1
+    abandons_requests = True
+
+    def __init__(self, cfg: PeerConfig, serial: bool = False) -> None:
+        super().__init__(cfg)
+        self.serial = serial
+        if serial:
+            self.name = "llama-cpp-python[serial]"
+            self.abandons_requests = False
 
     def available(self) -> str | None:
         py = self.cfg.bench_python
@@ -402,10 +438,10 @@ class LlamaCppPythonPeer(HTTPPeer):
             str(self.cfg.bench_python), "-m", "llama_cpp.server", "--model", str(self.cfg.model),
             "--n_ctx", str(self.cfg.ctx_per_slot), "--n_batch", "512",
             "--n_threads", str(self.cfg.threads), "--n_threads_batch", str(self.cfg.threads),
-            "--host", self.host, "--port", str(self.port),
-            # Queue concurrent requests instead of aborting the running one.
-            "--interrupt_requests", "False", "--verbose", "False",
+            "--host", self.host, "--port", str(self.port), "--verbose", "False",
         ]
+        if self.serial:  # queue concurrent requests instead of cutting the running one short
+            self.command += ["--interrupt_requests", "False"]
         self.proc = subprocess.Popen(self.command, cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=self._open_log(), stderr=subprocess.STDOUT,
                                      preexec_fn=_die_with_parent)
@@ -481,16 +517,25 @@ class InProcPeer(Peer):
             self._reader.cancel()
 
 
-PEER_NAMES = ("corral", "llama-server", "llama-cpp-python", "inproc")
+PEER_NAMES = ("corral", "llama-server", "llama-cpp-python", "llama-cpp-python[serial]", "inproc")
 
 
 def make_peer(name: str, cfg: PeerConfig, corral_home: Path) -> Peer:
     if name == "corral":
         return CorralPeer(cfg, corral_home)
+    if name.startswith("corral[") and name.endswith("]"):  # A/B: corral[OLLAMA_KV_CACHE_TYPE=f16+...]
+        pairs = (item.split("=", 1) for item in name[len("corral["):-1].split("+") if "=" in item)
+        return CorralPeer(cfg, corral_home, extra_env={k: v for k, v in pairs})
+    if name.startswith("corral@"):  # A/B: corral@/path/to/a/patched/checkout
+        return CorralPeer(cfg, corral_home, Path(name[len("corral@"):]).resolve())
     if name == "llama-server":
         return LlamaServerPeer(cfg)
+    if name.startswith("llama-server[") and name.endswith("]"):  # diagnosis: copy some of Corral's settings
+        return LlamaServerPeer(cfg, name[len("llama-server["):-1])
     if name == "llama-cpp-python":
         return LlamaCppPythonPeer(cfg)
+    if name == "llama-cpp-python[serial]":
+        return LlamaCppPythonPeer(cfg, serial=True)
     if name == "inproc":
         return InProcPeer(cfg)
     raise ValueError(f"unknown peer {name!r}; expected one of {', '.join(PEER_NAMES)}")

@@ -99,6 +99,8 @@ class Res:
     prompt_tokens: int = 0  # 0 when the peer does not report it
     text: str = ""
     error: str | None = None
+    cut: bool = False  # the stream ended without the server's final marker (request abandoned)
+    round: int = 0  # concurrency phase: which of the client's back-to-back requests this was
 
     @property
     def ttft(self) -> float:
@@ -131,6 +133,7 @@ class Workload:
 
     n_predict: int = 96
     levels: tuple[int, ...] = (1, 2, 4, 8, 16)
+    rounds: int = 2  # concurrency phase: back-to-back requests per client (a closed loop)
     repeats: int = 5
     single_requests: int = 2  # sequential single-stream requests per repeat
     long_prompt_words: int = 890  # ~1,000 tokens with SmolLM2's tokenizer
@@ -138,11 +141,12 @@ class Workload:
     chat_history_words: int = 1250  # ~1,500 tokens of history incl. template
     chat_turn_predict: int = 32
     seed: int = 7
+    phases: tuple[str, ...] = ("single", "prompt_eval", "concurrency", "chat")
     _nonce: itertools.count = field(default_factory=lambda: itertools.count(random.SystemRandom().randrange(10**6)))
 
     @classmethod
     def quick(cls) -> Workload:
-        return cls(n_predict=32, levels=(1, 4), repeats=1, single_requests=1, long_prompt_words=180,
+        return cls(n_predict=32, levels=(1, 4), rounds=1, repeats=1, single_requests=1, long_prompt_words=180,
                    prompt_eval_predict=4, chat_history_words=280, chat_turn_predict=8)
 
     def describe(self) -> dict[str, Any]:
@@ -195,8 +199,22 @@ async def phase_prompt_eval(peer: Runner, wl: Workload) -> list[Res]:
 
 
 async def phase_concurrency(peer: Runner, wl: Workload, level: int) -> list[Res]:
-    """``level`` streams started at once; aggregate = all tokens / wall time."""
-    return list(await asyncio.gather(*(peer.run(wl.short_generate()) for _ in range(level))))
+    """``level`` clients start at once, each sending ``wl.rounds`` requests back to back.
+
+    A closed loop, as real clients are: a server that drops the running
+    request whenever another one waits (llama-cpp-python's default) is
+    measured as it behaves under sustained load, not just on one wave.
+    Aggregate = every token received / wall time.
+    """
+    async def client() -> list[Res]:
+        out = []
+        for rnd in range(wl.rounds):
+            res = await peer.run(wl.short_generate())
+            res.round = rnd
+            out.append(res)
+        return out
+
+    return [r for batch in await asyncio.gather(*(client() for _ in range(level))) for r in batch]
 
 
 async def phase_chat(peer: Runner, wl: Workload) -> list[Res]:
@@ -221,8 +239,20 @@ def median(values: list[float]) -> float:
 
 
 def aggregate_tps(batch: list[Res]) -> float:
+    """Every token received, abandoned requests' included, over the phase's wall time."""
     span = max(r.t_end for r in batch) - min(r.t_start for r in batch)
     return sum(r.n_tokens for r in batch) / span if span > 0 else 0.0
+
+
+def goodput_tps(batch: list[Res]) -> float:
+    """Tokens of the answers received in full over the phase's wall time: a cut answer is no answer."""
+    span = max(r.t_end for r in batch) - min(r.t_start for r in batch)
+    return sum(r.n_tokens for r in batch if r.error is None and not r.cut) / span if span > 0 else 0.0
+
+
+def complete_share(batch: list[Res]) -> float:
+    """Share of requests answered in full (no error, stream not cut)."""
+    return sum(1 for r in batch if r.error is None and not r.cut) / len(batch) if batch else 0.0
 
 
 def starvation(batch: list[Res], level: int, slots: int) -> float:
@@ -233,6 +263,7 @@ def starvation(batch: list[Res], level: int, slots: int) -> float:
     shortest latency. ~1 means every request was served in its turn; above
     1.5 some request waited well past its place in the queue (starved).
     """
+    batch = [r for r in batch if r.round == 0] or batch  # only the first round starts together
     waves = math.ceil(level / max(1, slots))
     fastest = min(r.latency for r in batch)
     worst = max(r.latency for r in batch)

@@ -20,14 +20,16 @@ import pytest
 from bench import report as rp
 from bench.httpclient import stream_lines
 from bench.peers import parse_llama_server, parse_ollama, parse_openai, tree_peak_rss_bytes
-from bench.workload import Res, Workload, aggregate_tps, percentile, starvation
+from bench.workload import (Req, Res, Workload, aggregate_tps, complete_share, goodput_tps, percentile,
+                            phase_concurrency, starvation)
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_PEERS = ("corral", "llama-server", "inproc")
 FIGURES = {
     "decode_tps_single", "ttft_s", "prompt_tokens", "prompt_eval_tps", "prompt_eval_ttft_s", "aggregate_tps",
     "latency_p50_s", "latency_p99_s", "starvation_ratio", "min_tokens_per_request", "chat_history_tokens",
-    "chat_ttft_turn1_s", "chat_ttft_turn2_s", "chat_turn2_over_turn1", "peak_rss_mb",
+    "chat_ttft_turn1_s", "chat_ttft_turn2_s", "chat_turn2_over_turn1", "peak_rss_mb", "complete_share",
+    "goodput_tps",
 }
 
 
@@ -62,14 +64,15 @@ def test_quick_mode_json_shape(quick_report: tuple[dict[str, Any], str]) -> None
         assert peer["gateway_overhead"] == rp.GATEWAY_PLACEHOLDER
         figures = peer["figures"]
         assert set(figures) == FIGURES, name
-        for key in ("aggregate_tps", "latency_p50_s", "latency_p99_s", "starvation_ratio"):
+        for key in ("aggregate_tps", "latency_p50_s", "latency_p99_s", "starvation_ratio", "complete_share",
+                    "goodput_tps"):
             assert set(figures[key]) == levels, (name, key)
         for where, value in _leaves(figures) + _leaves(peer["median_figures"]):
             assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, where, value)
             assert value > 0, (name, where, value)
     assert report["ratios"]["corral/llama-server"]["decode_tps_single"] > 0
     names = {t["target"] for t in report["targets"]}
-    assert len(names) == 7
+    assert len(names) == 9
     for t in report["targets"]:
         if "llama-cpp-python" in t["target"]:
             assert t["met"] is None  # peer not run in CI
@@ -99,6 +102,19 @@ def test_percentile_and_aggregate() -> None:
     waves = [Res(t_start=0.0, t_end=1.0)] * 4 + [Res(t_start=0.0, t_end=2.0)] * 4
     assert starvation(waves, 8, 4) == pytest.approx(1.0)
     assert starvation(waves[:4] + [Res(t_start=0.0, t_end=5.0)], 5, 4) == pytest.approx(2.5)
+    # Closed loop: only the first round starts together, so only it counts for starvation.
+    second = [Res(t_start=1.0, t_end=9.0, round=1)] * 4
+    assert starvation(waves[:4] + second, 4, 4) == pytest.approx(1.0)
+
+
+def test_goodput_counts_only_answers_received_in_full() -> None:
+    full = Res(t_start=0.0, t_first=0.1, t_last=2.0, t_end=2.0, n_tokens=96, n_chunks=96)
+    cut = Res(t_start=0.0, t_first=0.1, t_last=0.2, t_end=0.2, n_tokens=2, n_chunks=2, cut=True)
+    failed = Res(t_start=0.0, t_end=0.1, n_tokens=0, error="RemoteProtocolError")
+    batch = [full, cut, failed]
+    assert aggregate_tps(batch) == pytest.approx(98 / 2.0)
+    assert goodput_tps(batch) == pytest.approx(96 / 2.0)
+    assert complete_share(batch) == pytest.approx(1 / 3)
 
 
 def test_workload_prompts_are_unique_and_sized() -> None:
@@ -159,3 +175,23 @@ def test_peak_rss_of_this_process() -> None:
     import os
 
     assert tree_peak_rss_bytes(os.getpid()) > 10 * 2**20
+
+
+def test_concurrency_phase_is_a_closed_loop() -> None:
+    """Each client sends its next request only when the previous answer is in."""
+    open_now = 0
+    most_open = 0
+
+    class Echo:
+        async def run(self, req: Req) -> Res:
+            nonlocal open_now, most_open
+            open_now += 1
+            most_open = max(most_open, open_now)
+            await asyncio.sleep(0.01)
+            open_now -= 1
+            return Res(t_start=0.0, t_end=0.01, n_tokens=req.n_predict)
+
+    wl = Workload(rounds=3)
+    results = asyncio.run(phase_concurrency(Echo(), wl, 4))
+    assert len(results) == 12 and most_open == 4
+    assert sorted(r.round for r in results) == [0] * 4 + [1] * 4 + [2] * 4
