@@ -304,3 +304,36 @@ def test_embeddings_do_not_depend_on_the_batch(client: ollama.Client) -> None:
     for word, vec in zip(words, batch):
         alone = client.embed(model=SMOLLM, input=word).embeddings[0]
         assert max(abs(a - b) for a, b in zip(vec, alone)) < 1e-3
+
+
+def test_embeddings_while_generating_match_embeddings_alone(client: ollama.Client) -> None:
+    """A causal model's embeddings run in their own one-slot runner, apart from generation."""
+    import threading
+
+    text = "a much longer sentence about embeddings"
+    alone = client.embed(model=SMOLLM, input=text).embeddings[0]
+    done = threading.Event()
+
+    def generate(i: int) -> None:
+        while not done.is_set():
+            client.generate(model=SMOLLM, prompt=f"Story {i}: a cat", options={"num_predict": 24})
+
+    threads = [threading.Thread(target=generate, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        during = [client.embed(model=SMOLLM, input=[text, "cat"]).embeddings[0] for _ in range(3)]
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+    for vec in during:
+        assert max(abs(a - b) for a, b in zip(vec, alone)) < 1e-3
+    # /api/ps counts both runners' KV caches: 4 generation slots + 1 embedding slot, num_ctx each.
+    from corral.engine.llamacpp import kv_bytes_per_token
+    from corral.starters import smollm2_gguf
+
+    path = smollm2_gguf()
+    assert path is not None
+    m = next(m for m in client.ps().models if m.model == SMOLLM)
+    assert m.size == path.stat().st_size + kv_bytes_per_token(path) * m.context_length * 5

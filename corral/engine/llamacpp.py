@@ -7,7 +7,9 @@ cache reuse, per-request sampling, logprobs with token ids, and embeddings.
 llama-cpp-python, the alternative, compiles for minutes and serves one
 request at a time (measured: see ``bench/RESULTS.md``).
 
-Each loaded model is one ``xllamacpp.Server``. Completions run through its
+Each loaded model is one ``xllamacpp.Server`` (plus, for a causal model
+asked for embeddings, a one-slot embedding server started on first use, see
+``LlamaCppEngine.load``). Completions run through its
 in-process ``handle_completions`` call on a worker thread; every streamed
 chunk is handed to the event loop, and the callback's return value is how a
 client disconnect cancels generation and frees the slot. The server core
@@ -125,10 +127,16 @@ def _logprobs(choice: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list
 class LlamaCppModel:
     """One model loaded in-process (see module docstring)."""
 
-    def __init__(self, spec: LoadSpec, server: Any, size_bytes: int) -> None:
+    def __init__(self, spec: LoadSpec, server: Any, size_bytes: int, embed_params: Any = None) -> None:
         self.spec = spec
         self.server = server
         self.size_bytes = size_bytes
+        # Causal models: parameters of the one-slot embedding runner, started
+        # on the first embed() (one slot, so a request's inputs go through it
+        # one at a time and each vector is the same as it would be alone).
+        self._embed_params = embed_params
+        self._embed_server: Any = None
+        self._embed_lock = asyncio.Lock()
         self.n_ctx_per_slot = spec.num_ctx
         self.base_url = str(server.listening_address)
         self._pool = ThreadPoolExecutor(max_workers=spec.num_parallel + 2, thread_name_prefix="llama")
@@ -186,10 +194,20 @@ class LlamaCppModel:
         finally:
             cancel.set()
 
+    async def _embedder(self) -> Any:
+        if self._embed_params is None:
+            return self.server
+        async with self._embed_lock:
+            if self._embed_server is None:
+                self._embed_server = await _start(self._embed_params, self.spec)
+                self.size_bytes += kv_bytes_per_token(self.spec.path, self.spec.kv_cache_type) * self.spec.num_ctx
+            return self._embed_server
+
     async def embed(self, inputs: list[list[int] | str]) -> tuple[list[list[float]], int]:
         loop = asyncio.get_running_loop()
+        server = await self._embedder()
         payload = json.dumps({"input": inputs, "encoding_format": "float"})
-        raw = await loop.run_in_executor(self._pool, self.server.handle_embeddings, payload)
+        raw = await loop.run_in_executor(self._pool, server.handle_embeddings, payload)
         data = json.loads(raw)
         if "error" in data:
             raise _error_from_payload(data)
@@ -216,9 +234,12 @@ class LlamaCppModel:
     async def close(self) -> None:
         await self._http.aclose()
         server, self.server = self.server, None
+        embed_server, self._embed_server = self._embed_server, None
         loop = asyncio.get_running_loop()
         # ~Server joins llama.cpp's loop thread: do it off the event loop.
         await loop.run_in_executor(None, _drop, server)
+        if embed_server is not None:
+            await loop.run_in_executor(None, _drop, embed_server)
         self._pool.shutdown(wait=False)
 
 
@@ -256,17 +277,33 @@ class LlamaCppEngine:
         info = read_gguf(spec.path)
         if info.architecture not in _supported_archs():
             raise BadRequest(f'unsupported model architecture "{info.architecture}"')
+        # An encoder (BERT and kin) embeds in its main runner: it has no KV
+        # cache, so its pooled vectors cannot depend on the batch. A causal
+        # model's main runner only generates; its embeddings come from a
+        # second, one-slot runner started on first use (LlamaCppModel.embed).
+        params = self.params(spec, parallel=spec.num_parallel, embedding=spec.embedding and info.pooling)
+        server = await _start(params, spec)
+        size = spec.path.stat().st_size + kv_bytes_per_token(spec.path, spec.kv_cache_type) * params.n_ctx
+        embed_params = None
+        if spec.embedding and not info.pooling:
+            embed_params = self.params(spec, parallel=1, embedding=True)
+        return LlamaCppModel(spec, server, size, embed_params)
+
+    def params(self, spec: LoadSpec, *, parallel: int, embedding: bool) -> Any:
+        """llama.cpp server parameters for ``spec`` with ``parallel`` slots."""
         import xllamacpp as xl
 
         p = xl.CommonParams()
         p.model.path = str(spec.path)
-        p.n_parallel = spec.num_parallel
-        p.n_ctx = spec.num_ctx * spec.num_parallel
-        # One KV pool shared by the slots. With per-slot pools, llama.cpp's
-        # mean-pooled embeddings of a causal model change with what else is in
-        # the batch (measured: cosine 0.90 for the same text); unified, they
-        # are batch-invariant. Prompts are fitted to num_ctx by the service.
-        p.kv_unified = True
+        p.n_parallel = parallel
+        p.n_ctx = spec.num_ctx * parallel
+        # One KV stream per slot, each exactly num_ctx, as Ollama. A unified
+        # pool makes every slot's attention span the cells of all the others
+        # (measured: a 1,200-token prompt 12% slower with three other slots
+        # holding ~1,000 tokens each) and lets one long generation run past
+        # num_ctx. Its one benefit, batch-invariant pooled embeddings of a
+        # causal model, comes from the separate one-slot embedding runner.
+        p.kv_unified = False
         p.ctx_shift = True
         p.n_batch = spec.num_batch
         p.n_ubatch = spec.num_batch
@@ -276,11 +313,11 @@ class LlamaCppEngine:
         p.port = 0
         p.n_threads_http = 2
         # llama.cpp's host-RAM copy of idle slots' prompts. Off by default:
-        # idle slots keep their prefix in the unified KV pool anyway (turn-2
+        # idle slots keep their prefix in their KV stream anyway (turn-2
         # reuse), and the copy cost up to its whole size in peak RSS.
         p.cache_ram_mib = spec.prompt_cache_mib
         p.verbosity = 3 if self.verbose else -1
-        p.embedding = spec.embedding
+        p.embedding = embedding
         kv_type = {"q8_0": xl.ggml_type.GGML_TYPE_Q8_0, "q4_0": xl.ggml_type.GGML_TYPE_Q4_0}.get(spec.kv_cache_type)
         if kv_type is not None:
             p.cache_type_k = kv_type
@@ -289,18 +326,24 @@ class LlamaCppEngine:
         # A quantized V cache needs flash attention in llama.cpp.
         forced = spec.flash_attention or kv_type is not None
         p.flash_attn_type = flash.LLAMA_FLASH_ATTN_TYPE_ENABLED if forced else flash.LLAMA_FLASH_ATTN_TYPE_AUTO
-        if spec.embedding:
-            p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN if not info.pooling else -1
+        if embedding:
+            pooled = read_gguf(spec.path).pooling
+            p.pooling_type = -1 if pooled else xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
         for adapter in spec.adapters:
             lora = xl.CommonAdapterLoraInfo(str(adapter), 1.0)
             p.lora_adapters = list(p.lora_adapters) + [lora]
         if spec.projector is not None:
             p.mmproj.path = str(spec.projector)
-        loop = asyncio.get_running_loop()
-        try:
-            server = await loop.run_in_executor(None, xl.Server, p)
-        except Exception as exc:
-            log.error("failed to load %s: %s", spec.path, exc)
-            raise EngineError(f"llama runner failed to load model: {exc}") from exc
-        size = spec.path.stat().st_size + kv_bytes_per_token(spec.path, spec.kv_cache_type) * p.n_ctx
-        return LlamaCppModel(spec, server, size)
+        return p
+
+
+async def _start(params: Any, spec: LoadSpec) -> Any:
+    """Start one in-process llama.cpp server (off the event loop)."""
+    import xllamacpp as xl
+
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, xl.Server, params)
+    except Exception as exc:
+        log.error("failed to load %s: %s", spec.path, exc)
+        raise EngineError(f"llama runner failed to load model: {exc}") from exc
