@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--like-corral", default="",
                     help="for diagnosis, a '+'-separated list of Corral's engine settings to copy: "
-                         "embedding, kv_unified, batch, cache_ram, http_threads, ctx_shift, or all; and candidate "
-                         "changes: kv_q8 (q8_0 KV cache, flash attention on), cache_ram0 (no host prompt cache)")
+                         "batch, cache_ram0 (no host prompt cache), http_threads, ctx_shift, or all of those; "
+                         "Corral's former settings: embedding, kv_unified, cache_ram (256 MiB); and a "
+                         "candidate: kv_q8 (q8_0 KV cache, flash attention on)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.verbosity = 3 if args.verbose else -1
     like = set(args.like_corral.split("+")) if args.like_corral else set()
     if "all" in like:
-        like |= {"embedding", "kv_unified", "batch", "cache_ram", "http_threads", "ctx_shift"}
-    if "embedding" in like:  # as corral.engine.llamacpp.LlamaCppEngine.load does
+        like |= {"batch", "cache_ram0", "http_threads", "ctx_shift"}
+    if "embedding" in like:  # Corral's main runner did this before embeddings got their own runner
         p.embedding = True
         p.pooling_type = xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
     if "kv_unified" in like:
