@@ -26,8 +26,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-from corral.gotemplate_exec import (BUILTINS, FuncError, execute, fmt_exp, fmt_fixed, go_sprint, shortest_digits,
-                                    sorted_items, struct_fields)
+from corral.gotemplate_exec import BUILTINS, FuncError, execute
+from corral.gotemplate_fmt import fmt_exp, fmt_fixed, go_sprint, shortest_digits, sorted_items, struct_fields
 from corral.gotemplate_lexer import (ActionNode, BranchNode, CommandNode, FieldNode, ListNode, PipeNode,
                                      TemplateError, VariableNode, parse_template)
 
