@@ -35,7 +35,7 @@ import httpx
 
 from corral.engine.base import CompletionRequest, DoneEvent, Event, LoadSpec, TokenEvent
 from corral.errors import BadRequest, CorralError, EngineError
-from corral.gguf_meta import read_gguf
+from corral.gguf_meta import GGUFInfo, read_gguf
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class LlamaCppModel:
         async with self._embed_lock:
             if self._embed_server is None:
                 self._embed_server = await _start(self._embed_params, self.spec)
-                self.size_bytes += kv_bytes_per_token(self.spec.path, self.spec.kv_cache_type) * self.spec.num_ctx
+                self.size_bytes += _kv_cache_bytes(self.spec, self._embed_params)
             return self._embed_server
 
     async def embed(self, inputs: list[list[int] | str]) -> tuple[list[list[float]], int]:
@@ -264,6 +264,11 @@ def kv_bytes_per_token(path: Any, kv_cache_type: str = "f16") -> int:
     return int(2 * layers * heads_kv * head_dim * _KV_ELEMENT_BYTES.get(kv_cache_type, 2.0))  # K and V
 
 
+def _kv_cache_bytes(spec: LoadSpec, params: Any) -> int:
+    """The KV cache one llama.cpp server built from ``params`` allocates."""
+    return kv_bytes_per_token(spec.path, spec.kv_cache_type) * int(params.n_ctx)
+
+
 class LlamaCppEngine:
     """Loads GGUF files into in-process llama.cpp servers."""
 
@@ -281,16 +286,16 @@ class LlamaCppEngine:
         # cache, so its pooled vectors cannot depend on the batch. A causal
         # model's main runner only generates; its embeddings come from a
         # second, one-slot runner started on first use (LlamaCppModel.embed).
-        params = self.params(spec, parallel=spec.num_parallel, embedding=spec.embedding and info.pooling)
+        params = self.params(spec, info, parallel=spec.num_parallel, embedding=spec.embedding and info.pooling)
         server = await _start(params, spec)
-        size = spec.path.stat().st_size + kv_bytes_per_token(spec.path, spec.kv_cache_type) * params.n_ctx
+        size = spec.path.stat().st_size + _kv_cache_bytes(spec, params)
         embed_params = None
         if spec.embedding and not info.pooling:
-            embed_params = self.params(spec, parallel=1, embedding=True)
+            embed_params = self.params(spec, info, parallel=1, embedding=True)
         return LlamaCppModel(spec, server, size, embed_params)
 
-    def params(self, spec: LoadSpec, *, parallel: int, embedding: bool) -> Any:
-        """llama.cpp server parameters for ``spec`` with ``parallel`` slots."""
+    def params(self, spec: LoadSpec, info: GGUFInfo, *, parallel: int, embedding: bool) -> Any:
+        """llama.cpp server parameters for ``spec`` (a model described by ``info``) with ``parallel`` slots."""
         import xllamacpp as xl
 
         p = xl.CommonParams()
@@ -327,8 +332,7 @@ class LlamaCppEngine:
         forced = spec.flash_attention or kv_type is not None
         p.flash_attn_type = flash.LLAMA_FLASH_ATTN_TYPE_ENABLED if forced else flash.LLAMA_FLASH_ATTN_TYPE_AUTO
         if embedding:
-            pooled = read_gguf(spec.path).pooling
-            p.pooling_type = -1 if pooled else xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+            p.pooling_type = -1 if info.pooling else xl.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
         for adapter in spec.adapters:
             lora = xl.CommonAdapterLoraInfo(str(adapter), 1.0)
             p.lora_adapters = list(p.lora_adapters) + [lora]
