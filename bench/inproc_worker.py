@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import child
 from bench.workload import SAMPLING, Req, Res
 
 log = logging.getLogger("bench.inproc_worker")
@@ -107,11 +108,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("model")
-    ap.add_argument("--ctx-per-slot", type=int, required=True)
-    ap.add_argument("--parallel", type=int, required=True)
-    ap.add_argument("--threads", type=int, required=True)
+    ap = child.argument_parser(__doc__)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

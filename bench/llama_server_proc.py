@@ -10,21 +10,18 @@ shares a GIL (or a core's worth of Python work) with the benchmark driver.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 import threading
 
+from bench import child
+
 log = logging.getLogger("bench.llama_server_proc")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("model")
-    ap.add_argument("--ctx-per-slot", type=int, required=True)
-    ap.add_argument("--parallel", type=int, required=True)
-    ap.add_argument("--threads", type=int, required=True)
+    ap = child.argument_parser(__doc__)
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--like-corral", default="",
                     help="for diagnosis, a '+'-separated list of Corral's engine settings to copy: "

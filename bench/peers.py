@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from bench import child
 from bench.httpclient import get_status, post_json, stream_lines
 from bench.workload import SAMPLING, Req, Res
 
@@ -221,6 +222,21 @@ class Peer(ABC):
         self._log = open(self.cfg.log_dir / f"{self.name}.log", "wb")
         return self._log
 
+    async def _start_child(self, module: str, extra: list[str], what: str,
+                           **kwargs: Any) -> bytes:
+        """Start a bench child process (see bench.child); return its first stdout line, the handshake."""
+        self.command = child.command(module, self.cfg.model, ctx_per_slot=self.cfg.ctx_per_slot,
+                                     parallel=self.cfg.parallel, threads=self.cfg.threads) + extra
+        proc = await asyncio.create_subprocess_exec(*self.command, cwd=ROOT, stdin=subprocess.PIPE,
+                                                    stdout=subprocess.PIPE, stderr=self._open_log(),
+                                                    preexec_fn=_die_with_parent, **kwargs)
+        self.proc = proc
+        assert proc.stdout is not None
+        try:
+            return await asyncio.wait_for(proc.stdout.readline(), self.cfg.start_timeout)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"{what} did not start within {self.cfg.start_timeout:.0f}s") from None
+
     def log_tail(self, n: int = 2000) -> str:
         path = self.cfg.log_dir / f"{self.name}.log"
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
@@ -373,20 +389,8 @@ class LlamaServerPeer(HTTPPeer):
         return None if importlib.util.find_spec("xllamacpp") else "xllamacpp not installed"
 
     async def start(self) -> None:
-        self.command = [sys.executable, "-m", "bench.llama_server_proc", str(self.cfg.model),
-                        "--ctx-per-slot", str(self.cfg.ctx_per_slot), "--parallel", str(self.cfg.parallel),
-                        "--threads", str(self.cfg.threads)]
-        if self.like_corral:
-            self.command += ["--like-corral", self.like_corral]
-        proc = await asyncio.create_subprocess_exec(*self.command, cwd=ROOT, stdin=subprocess.PIPE,
-                                                    stdout=subprocess.PIPE, stderr=self._open_log(),
-                                                    preexec_fn=_die_with_parent)
-        self.proc = proc
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self.cfg.start_timeout)
-        except asyncio.TimeoutError:
-            raise RuntimeError(f"llama-server did not start within {self.cfg.start_timeout:.0f}s") from None
+        extra = ["--like-corral", self.like_corral] if self.like_corral else []
+        line = await self._start_child("bench.llama_server_proc", extra, "llama-server")
         if not line.startswith(b"LISTENING "):
             raise RuntimeError(f"llama-server failed to start:\n{self.log_tail()}")
         address = line.split()[1].decode().removeprefix("http://")
@@ -474,21 +478,11 @@ class InProcPeer(Peer):
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.command = [sys.executable, "-m", "bench.inproc_worker", str(self.cfg.model),
-                        "--ctx-per-slot", str(self.cfg.ctx_per_slot), "--parallel", str(self.cfg.parallel),
-                        "--threads", str(self.cfg.threads)]
-        proc = await asyncio.create_subprocess_exec(*self.command, cwd=ROOT, stdin=subprocess.PIPE,
-                                                    stdout=subprocess.PIPE, stderr=self._open_log(),
-                                                    limit=16 * 1024 * 1024, preexec_fn=_die_with_parent)
-        self.proc = proc
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self.cfg.start_timeout)
-        except asyncio.TimeoutError:
-            raise RuntimeError(f"inproc worker did not start within {self.cfg.start_timeout:.0f}s") from None
+        line = await self._start_child("bench.inproc_worker", [], "inproc worker", limit=16 * 1024 * 1024)
         if line.strip() != b"READY":
             raise RuntimeError(f"inproc worker failed to start:\n{self.log_tail()}")
-        self._reader = asyncio.create_task(self._read_answers(proc))
+        assert isinstance(self.proc, asyncio.subprocess.Process)
+        self._reader = asyncio.create_task(self._read_answers(self.proc))
 
     async def _read_answers(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
