@@ -352,6 +352,12 @@ def test_mistral_v3_rejects_non_alternating_roles_as_bad_request() -> None:
         render(MISTRAL_V3, msgs)
 
 
+# A question, a tool call with a Mistral-style 9-character id, and its result echoing that id.
+WEATHER_TURNS_WITH_IDS = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "abc123xyz", city="Paris")]},
+    {"role": "tool", "content": '{"temperature": 22}', "tool_name": "get_weather", "tool_call_id": "abc123xyz"},
+]
 MISTRAL_V3_TOOLS = "[AVAILABLE_TOOLS] [" + WEATHER_TOOL_JSON + "][/AVAILABLE_TOOLS]"
 MISTRAL_NEMO_TOOLS = "[AVAILABLE_TOOLS][" + WEATHER_TOOL_JSON + "][/AVAILABLE_TOOLS]"
 
@@ -361,9 +367,7 @@ def test_mistral_v3_tools_call_and_result_with_ids() -> None:
     # system prompt is attached to the last message only if it is a user turn.
     msgs = [
         SYSTEM,
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "abc123xyz", city="Paris")]},
-        {"role": "tool", "content": '{"temperature": 22}', "tool_name": "get_weather", "tool_call_id": "abc123xyz"},
+        *WEATHER_TURNS_WITH_IDS,
     ]
     assert render(MISTRAL_V3, msgs, tools=[WEATHER_TOOL]) == (
         "<s>" + MISTRAL_V3_TOOLS + "[INST] What is the weather in Paris?[/INST]"
@@ -375,9 +379,7 @@ def test_mistral_v3_tools_call_and_result_with_ids() -> None:
 def test_mistral_v3_tools_follow_up_user_turn() -> None:
     msgs = [
         SYSTEM,
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "abc123xyz", city="Paris")]},
-        {"role": "tool", "content": '{"temperature": 22}', "tool_name": "get_weather", "tool_call_id": "abc123xyz"},
+        *WEATHER_TURNS_WITH_IDS,
         {"role": "assistant", "content": "It is 22°C in Paris. "},
         {"role": "user", "content": "Thanks!"},
     ]
@@ -425,9 +427,7 @@ def test_mistral_nemo_system_multi_turn() -> None:
 def test_mistral_nemo_tools_call_and_result_with_ids() -> None:
     msgs = [
         SYSTEM,
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "abc123xyz", city="Paris")]},
-        {"role": "tool", "content": '{"temperature": 22}', "tool_name": "get_weather", "tool_call_id": "abc123xyz"},
+        *WEATHER_TURNS_WITH_IDS,
         {"role": "assistant", "content": "It is 22°C in Paris."},
         {"role": "user", "content": "Thanks!"},
     ]
