@@ -50,17 +50,13 @@ class InProcRunner:
         try:
             async for ev in self.model.complete(CompletionRequest([self._prompt(req)], options)):
                 if isinstance(ev, TokenEvent) and ev.text:
-                    now = time.perf_counter()
-                    if not res.n_chunks:
-                        res.t_first = now
-                    res.t_last = now
-                    res.n_chunks += 1
+                    res.chunk(time.perf_counter())
                     parts.append(ev.text)
                 elif isinstance(ev, DoneEvent):
                     res.n_tokens = ev.eval_count
                     res.prompt_tokens = ev.prompt_tokens
                     if not res.n_chunks:  # stopped at once (EOS): this is the first token
-                        res.t_first = res.t_last = time.perf_counter()
+                        res.chunk(time.perf_counter())
         except Exception as exc:  # reported to the driver, which marks the peer failed
             res.error = f"{type(exc).__name__}: {exc}"
         res.t_end = time.perf_counter()

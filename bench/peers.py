@@ -14,6 +14,9 @@ summed over the process and its descendants) is its own:
   driven through ``/v1/completions`` (EOS suppressed with ``logit_bias``)
   and ``/v1/chat/completions``; it has one sequence, so one slot.
 * ``inproc``: Corral's engine with no HTTP (:mod:`bench.inproc_worker`).
+* ``corral[defaults]``: ``corral serve`` with none of those settings, i.e.
+  at its (and Ollama's) defaults: one slot of 4,096 tokens. It is the
+  figure for the memory target; the others show what 4 slots cost.
 """
 
 from __future__ import annotations
@@ -293,11 +296,7 @@ class HTTPPeer(Peer):
             async for line in stream_lines(self.host, self.port, path, payload):
                 text, fin = parse(line)
                 if text:
-                    now = time.perf_counter()
-                    if not res.n_chunks:
-                        res.t_first = now
-                    res.t_last = now
-                    res.n_chunks += 1
+                    res.chunk(time.perf_counter())
                     parts.append(text)
                 if fin:
                     t_final = t_final or time.perf_counter()
@@ -308,6 +307,7 @@ class HTTPPeer(Peer):
         res.cut = res.error is None and not t_final
         if not res.n_chunks and t_final:  # stopped at once (EOS): the final answer is the first token
             res.t_first = res.t_last = t_final
+            res.t_chunks = [t_final]
         res.text = "".join(parts)
         res.prompt_tokens = int(final.get("prompt_tokens", 0) or 0)
         n = int(final.get("n_tokens", 0) or 0)
@@ -324,10 +324,17 @@ class CorralPeer(HTTPPeer):
     model_name = "smollm2:135m"
 
     def __init__(self, cfg: PeerConfig, home: Path, src: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, defaults: bool = False) -> None:
         super().__init__(cfg)
         self.home = home
         self.slots = cfg.parallel
+        self.defaults = defaults  # leave slots and context at Corral's defaults
+        if defaults:
+            from corral.settings import Settings
+
+            self.name = "corral[defaults]"
+            self.home = home.with_name(f"{home.name}-defaults")
+            self.slots = Settings.from_env({}).num_parallel
         self.src = src  # another checkout of Corral to run instead of this one (A/B of a patch)
         self.extra_env = extra_env or {}  # A/B of a setting, e.g. OLLAMA_KV_CACHE_TYPE=f16
         if src is not None:
@@ -349,10 +356,11 @@ class CorralPeer(HTTPPeer):
             "CORRAL_HOME": str(self.home),
             "CORRAL_HOST": f"{self.host}:{self.port}",
             "CORRAL_NUM_THREADS": str(self.cfg.threads),
-            "OLLAMA_NUM_PARALLEL": str(self.cfg.parallel),
-            "OLLAMA_CONTEXT_LENGTH": str(self.cfg.ctx_per_slot),
             "OLLAMA_KEEP_ALIVE": "-1",
         })
+        if not self.defaults:
+            env.update({"OLLAMA_NUM_PARALLEL": str(self.cfg.parallel),
+                        "OLLAMA_CONTEXT_LENGTH": str(self.cfg.ctx_per_slot)})
         env.update(self.extra_env)
         if self.src is not None:
             env["PYTHONPATH"] = str(self.src)
@@ -511,12 +519,14 @@ class InProcPeer(Peer):
             self._reader.cancel()
 
 
-PEER_NAMES = ("corral", "llama-server", "llama-cpp-python", "llama-cpp-python[serial]", "inproc")
+PEER_NAMES = ("corral", "llama-server", "llama-cpp-python", "llama-cpp-python[serial]", "inproc", "corral[defaults]")
 
 
 def make_peer(name: str, cfg: PeerConfig, corral_home: Path) -> Peer:
     if name == "corral":
         return CorralPeer(cfg, corral_home)
+    if name == "corral[defaults]":
+        return CorralPeer(cfg, corral_home, defaults=True)
     if name.startswith("corral[") and name.endswith("]"):  # A/B: corral[OLLAMA_KV_CACHE_TYPE=f16+...]
         pairs = (item.split("=", 1) for item in name[len("corral["):-1].split("+") if "=" in item)
         return CorralPeer(cfg, corral_home, extra_env={k: v for k, v in pairs})

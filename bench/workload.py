@@ -13,10 +13,12 @@ second chat turn, which is meant to.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import math
 import random
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -101,6 +103,17 @@ class Res:
     error: str | None = None
     cut: bool = False  # the stream ended without the server's final marker (request abandoned)
     round: int = 0  # concurrency phase: which of the client's back-to-back requests this was
+    t_chunks: list[float] = field(default_factory=list)  # arrival of each text chunk (dropped after the phase)
+    window_s: float = 0.0  # concurrency phase: length of the measurement window
+    window_tokens: float = 0.0  # concurrency phase: this request's tokens that arrived inside the window
+
+    def chunk(self, now: float) -> None:
+        """Record one text chunk arriving at ``now``."""
+        if not self.n_chunks:
+            self.t_first = now
+        self.t_last = now
+        self.n_chunks += 1
+        self.t_chunks.append(now)
 
     @property
     def ttft(self) -> float:
@@ -133,7 +146,7 @@ class Workload:
 
     n_predict: int = 96
     levels: tuple[int, ...] = (1, 2, 4, 8, 16)
-    rounds: int = 2  # concurrency phase: back-to-back requests per client (a closed loop)
+    window_s: float = 10.0  # concurrency phase: seconds of sustained load measured per level
     repeats: int = 5
     single_requests: int = 2  # sequential single-stream requests per repeat
     long_prompt_words: int = 890  # ~1,000 tokens with SmolLM2's tokenizer
@@ -146,7 +159,7 @@ class Workload:
 
     @classmethod
     def quick(cls) -> Workload:
-        return cls(n_predict=32, levels=(1, 4), rounds=1, repeats=1, single_requests=1, long_prompt_words=180,
+        return cls(n_predict=32, levels=(1, 4), window_s=3.0, repeats=1, single_requests=1, long_prompt_words=180,
                    prompt_eval_predict=4, chat_history_words=280, chat_turn_predict=8)
 
     def describe(self) -> dict[str, Any]:
@@ -199,22 +212,35 @@ async def phase_prompt_eval(peer: Runner, wl: Workload) -> list[Res]:
 
 
 async def phase_concurrency(peer: Runner, wl: Workload, level: int) -> list[Res]:
-    """``level`` clients start at once, each sending ``wl.rounds`` requests back to back.
+    """``level`` clients keep the peer under load for ``wl.window_s`` seconds.
 
-    A closed loop, as real clients are: a server that drops the running
-    request whenever another one waits (llama-cpp-python's default) is
-    measured as it behaves under sustained load, not just on one wave.
-    Aggregate = every token received / wall time.
+    A closed loop, as real clients are: each client sends its next request
+    as soon as the previous answer is in, until the window closes; requests
+    still running then are let finish (their latencies count), but only the
+    tokens that arrived inside the window count for throughput. So the
+    figure is the rate at which the peer serves ``level`` concurrent
+    streams, without the tail where fewer are left, and a server that drops
+    the running request whenever another one waits (llama-cpp-python's
+    default) is measured as it behaves under that load.
     """
+    t0 = time.perf_counter()
+    deadline = t0 + wl.window_s
+
     async def client() -> list[Res]:
-        out = []
-        for rnd in range(wl.rounds):
+        out: list[Res] = []
+        while not out or time.perf_counter() < deadline:
             res = await peer.run(wl.short_generate())
-            res.round = rnd
+            res.round = len(out)
             out.append(res)
         return out
 
-    return [r for batch in await asyncio.gather(*(client() for _ in range(level))) for r in batch]
+    results = [r for batch in await asyncio.gather(*(client() for _ in range(level))) for r in batch]
+    for r in results:
+        r.window_s = wl.window_s
+        inside = bisect.bisect_right(r.t_chunks, deadline) - bisect.bisect_left(r.t_chunks, t0)
+        r.window_tokens = r.n_tokens * inside / len(r.t_chunks) if r.t_chunks else 0.0
+        r.t_chunks = []
+    return results
 
 
 async def phase_chat(peer: Runner, wl: Workload) -> list[Res]:
@@ -238,16 +264,29 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def aggregate_tps(batch: list[Res]) -> float:
-    """Every token received, abandoned requests' included, over the phase's wall time."""
+def _rate(batch: list[Res], keep: bool | None = None) -> float:
+    """Tokens per second of ``batch`` (only the requests where ``keep`` is true, if given).
+
+    A windowed batch (concurrency phase) counts the tokens that arrived
+    inside its window over the window's length; any other batch counts
+    every token over its wall time.
+    """
+    chosen = [r for r in batch if keep is None or (r.error is None and not r.cut) == keep]
+    window = max((r.window_s for r in batch), default=0.0)
+    if window > 0:
+        return sum(r.window_tokens for r in chosen) / window
     span = max(r.t_end for r in batch) - min(r.t_start for r in batch)
-    return sum(r.n_tokens for r in batch) / span if span > 0 else 0.0
+    return sum(r.n_tokens for r in chosen) / span if span > 0 else 0.0
+
+
+def aggregate_tps(batch: list[Res]) -> float:
+    """Every token received, abandoned requests' included, per second of the phase (or of its window)."""
+    return _rate(batch)
 
 
 def goodput_tps(batch: list[Res]) -> float:
-    """Tokens of the answers received in full over the phase's wall time: a cut answer is no answer."""
-    span = max(r.t_end for r in batch) - min(r.t_start for r in batch)
-    return sum(r.n_tokens for r in batch if r.error is None and not r.cut) / span if span > 0 else 0.0
+    """Tokens of the answers received in full, per second: a cut answer is no answer."""
+    return _rate(batch, keep=True)
 
 
 def complete_share(batch: list[Res]) -> float:

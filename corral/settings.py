@@ -77,7 +77,7 @@ class Settings:
     port: int = DEFAULT_PORT
     scheme: str = "http"
     keep_alive: float = 300.0  # seconds; <0 keeps forever, 0 unloads at once
-    num_parallel: int = 4
+    num_parallel: int = 1
     max_queue: int = 512
     max_loaded_models: int = 3
     context_length: int = 4096
@@ -115,7 +115,7 @@ class Settings:
             port=port,
             scheme=scheme,
             keep_alive=keep_alive if keep_alive is not None else 300.0,
-            num_parallel=max(1, _int(env, "NUM_PARALLEL", 4)),
+            num_parallel=max(1, _int(env, "NUM_PARALLEL", 1)),
             max_queue=max(1, _int(env, "MAX_QUEUE", 512)),
             max_loaded_models=max(1, _int(env, "MAX_LOADED_MODELS", 3)),
             context_length=max(256, _int(env, "CONTEXT_LENGTH", 4096)),

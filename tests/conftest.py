@@ -79,7 +79,8 @@ def launch(home: Path, env_extra: dict[str, str] | None = None, port: int | None
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    srv = launch(tmp_path_factory.mktemp("corral-home"))
+    # Four slots, so the suite exercises batching of concurrent requests (the default is one, as Ollama's).
+    srv = launch(tmp_path_factory.mktemp("corral-home"), {"OLLAMA_NUM_PARALLEL": "4"})
     yield srv
     srv.stop()
 

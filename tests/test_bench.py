@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from bench.workload import (Req, Res, Workload, aggregate_tps, complete_share, g
                             phase_concurrency, starvation)
 
 ROOT = Path(__file__).resolve().parent.parent
-CI_PEERS = ("corral", "llama-server", "inproc")
+CI_PEERS = ("corral", "llama-server", "inproc", "corral[defaults]")
 FIGURES = {
     "decode_tps_single", "ttft_s", "prompt_tokens", "prompt_eval_tps", "prompt_eval_ttft_s", "aggregate_tps",
     "latency_p50_s", "latency_p99_s", "starvation_ratio", "min_tokens_per_request", "chat_history_tokens",
@@ -72,10 +73,12 @@ def test_quick_mode_json_shape(quick_report: tuple[dict[str, Any], str]) -> None
             assert value > 0, (name, where, value)
     assert report["ratios"]["corral/llama-server"]["decode_tps_single"] > 0
     names = {t["target"] for t in report["targets"]}
-    assert len(names) == 9
+    assert len(names) == 10
     for t in report["targets"]:
         if "llama-cpp-python" in t["target"]:
             assert t["met"] is None  # peer not run in CI
+        elif t["threshold"] is None:  # shown for reference only
+            assert isinstance(t["value"], float) and t["met"] is None, t
         else:
             assert isinstance(t["value"], float) and t["met"] in (True, False), t
 
@@ -115,6 +118,11 @@ def test_goodput_counts_only_answers_received_in_full() -> None:
     assert aggregate_tps(batch) == pytest.approx(98 / 2.0)
     assert goodput_tps(batch) == pytest.approx(96 / 2.0)
     assert complete_share(batch) == pytest.approx(1 / 3)
+    # Windowed (concurrency phase): only tokens inside the 1 s window count, cut answers only for aggregate.
+    for r, inside in zip(batch, (40.0, 2.0, 0.0)):
+        r.window_s, r.window_tokens = 1.0, inside
+    assert aggregate_tps(batch) == pytest.approx(42.0)
+    assert goodput_tps(batch) == pytest.approx(40.0)
 
 
 def test_workload_prompts_are_unique_and_sized() -> None:
@@ -177,8 +185,8 @@ def test_peak_rss_of_this_process() -> None:
     assert tree_peak_rss_bytes(os.getpid()) > 10 * 2**20
 
 
-def test_concurrency_phase_is_a_closed_loop() -> None:
-    """Each client sends its next request only when the previous answer is in."""
+def test_concurrency_phase_is_a_closed_loop_over_a_window() -> None:
+    """Each client sends its next request only when the previous answer is in, until the window closes."""
     open_now = 0
     most_open = 0
 
@@ -187,11 +195,23 @@ def test_concurrency_phase_is_a_closed_loop() -> None:
             nonlocal open_now, most_open
             open_now += 1
             most_open = max(most_open, open_now)
-            await asyncio.sleep(0.01)
+            res = Res(t_start=time.perf_counter())
+            for _ in range(req.n_predict):
+                await asyncio.sleep(0.005)
+                res.chunk(time.perf_counter())
             open_now -= 1
-            return Res(t_start=0.0, t_end=0.01, n_tokens=req.n_predict)
+            res.t_end = time.perf_counter()
+            res.n_tokens = req.n_predict
+            return res
 
-    wl = Workload(rounds=3)
+    wl = Workload(window_s=0.4, n_predict=10)  # one request takes ~0.05 s: ~8 rounds per client
+    t0 = time.perf_counter()
     results = asyncio.run(phase_concurrency(Echo(), wl, 4))
-    assert len(results) == 12 and most_open == 4
-    assert sorted(r.round for r in results) == [0] * 4 + [1] * 4 + [2] * 4
+    assert most_open == 4 and time.perf_counter() - t0 < 1.0
+    rounds = sorted(r.round for r in results)
+    assert rounds.count(0) == 4 and max(rounds) >= 3
+    # Only tokens that arrived inside the window count, and the last request of each client straddles it.
+    inside = sum(r.window_tokens for r in results)
+    assert 0 < inside < sum(r.n_tokens for r in results)
+    assert aggregate_tps(results) == pytest.approx(inside / 0.4)
+    assert all(r.t_chunks == [] and r.window_s == 0.4 for r in results)

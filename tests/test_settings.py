@@ -18,7 +18,7 @@ def test_defaults(tmp_path: Path) -> None:
     s = Settings.from_env({"CORRAL_HOME": str(tmp_path)})
     assert s.models_dir == tmp_path / "models"
     assert (s.host, s.port) == ("127.0.0.1", 11434)
-    assert s.keep_alive == 300 and s.num_parallel == 4 and s.max_queue == 512
+    assert s.keep_alive == 300 and s.num_parallel == 1 and s.max_queue == 512
     assert s.max_loaded_models == 3 and s.context_length == 4096
     assert s.kv_cache_type == "f16" and s.prompt_cache_mib == 0
 
