@@ -34,6 +34,10 @@ class Sample:
         return {"background_share": round(self.background_share, 4), "wall_s": round(self.wall_s, 3),
                 "results": [slim(r) for r in self.results]}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sample:
+        return cls([Res.from_dict(r) for r in d["results"]], d["background_share"], d["wall_s"])
+
 
 @dataclass
 class PeerSamples:
@@ -57,6 +61,11 @@ class PeerSamples:
     def to_dict(self) -> dict[str, Any]:
         return {"kept": {k: [s.to_dict() for s in v] for k, v in self.phases.items()},
                 "discarded_as_noisy": {k: [s.to_dict() for s in v] for k, v in self.discarded.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PeerSamples:
+        return cls({k: [Sample.from_dict(s) for s in v] for k, v in d["kept"].items()},
+                   {k: [Sample.from_dict(s) for s in v] for k, v in d["discarded_as_noisy"].items()})
 
 
 def _best_and_median(values: list[float], higher_is_better: bool) -> tuple[float, float]:
@@ -85,14 +94,15 @@ def figures(ps: PeerSamples, slots: int, fallback_prompt_tokens: float,
     best["prompt_eval_tps"] = tokens / best["prompt_eval_ttft_s"] if best["prompt_eval_ttft_s"] else 0.0
     med["prompt_eval_tps"] = tokens / med["prompt_eval_ttft_s"] if med["prompt_eval_ttft_s"] else 0.0
 
-    for key in ("aggregate_tps", "latency_p50_s", "latency_p99_s", "starvation_ratio", "complete_share",
-                "goodput_tps"):
+    for key in ("aggregate_tps", "aggregate_tps_worst", "latency_p50_s", "latency_p99_s", "starvation_ratio",
+                "complete_share", "goodput_tps"):
         best[key], med[key] = {}, {}
     min_tokens = None
     for lv in ps.levels():
         samples = ps.get(f"concurrency_{lv}")
         aggs = [aggregate_tps(s.results) for s in samples]
         best["aggregate_tps"][str(lv)], med["aggregate_tps"][str(lv)] = _best_and_median(aggs, True)
+        best["aggregate_tps_worst"][str(lv)] = med["aggregate_tps_worst"][str(lv)] = min(aggs)
         top = samples[aggs.index(max(aggs))].results
         pooled = [r.latency for s in samples for r in s.results]
         best["latency_p50_s"][str(lv)] = percentile([r.latency for r in top], 50)
@@ -179,11 +189,23 @@ def targets(peers: dict[str, Any], model_size: int, slots: int) -> list[dict[str
     add("4-stream goodput (tokens of answers received in full): corral / llama-cpp-python",
         ratio(fig("corral", "goodput_tps", "4"), fig("llama-cpp-python", "goodput_tps", "4")), ">=", 3.0,
         "not the issue's measure; shown because llama-cpp-python cuts most answers short under load")
+    # Rising: more at the slot count than at one stream, and no step down larger than the spread of
+    # the repeats (the best sample of a level at least reaches the worst sample of the level below).
+    # On 2 cores one extra stream buys ~0-10%, less than the box's run-to-run noise, so comparing two
+    # best-ofs step by step would be a coin toss where the true step is flat.
     agg = fig("corral", "aggregate_tps") or {}
-    rising = [float(agg[k]) for k in sorted(agg, key=int) if int(k) <= slots]
-    steps = [b / a for a, b in zip(rising, rising[1:])]
-    add("corral throughput rises up to the slot count (smallest step ratio)", min(steps) if steps else None,
-        ">=", 1.0, f"aggregate tok/s at <= {slots} streams: " + ", ".join(f"{x:.1f}" for x in rising))
+    worst = fig("corral", "aggregate_tps_worst") or {}
+    levels = [k for k in sorted(agg, key=int) if int(k) <= slots]
+    falls = [f"{a}->{b}" for a, b in zip(levels, levels[1:]) if agg[b] < worst.get(a, agg[a])]
+    rise = agg[levels[-1]] / agg[levels[0]] if len(levels) > 1 and agg[levels[0]] else None
+    detail = "aggregate tok/s best [worst of the repeats]: " + ", ".join(
+        f"@{k} {agg[k]:.1f} [{worst.get(k, agg[k]):.1f}]" for k in levels)
+    if falls:
+        detail += "; fell beyond the repeats' spread at " + ", ".join(falls)
+    add(f"corral throughput rises up to the slot count (@{levels[-1] if levels else slots} / @1, "
+        "no step down beyond the repeats' spread)", rise, ">=", 1.0, detail)
+    if falls and out[-1]["met"]:
+        out[-1]["met"] = False
     starve = fig("corral", "starvation_ratio") or {}
     add("corral: no request starved (worst latency / FIFO expectation)",
         max(starve.values()) if starve else None, "<=", 1.5,
@@ -250,3 +272,58 @@ def markdown(report: dict[str, Any]) -> str:
         value = "∞" if t["value"] is None and t["met"] is not None else _f(t["value"], 2)
         rows.append(f"| {t['target']} | {value} | {t['op']} {t['threshold']:g} | {met} |")
     return "\n".join(rows)
+
+
+RATIO_PAIRS = (("corral", "llama-server"), ("corral", "llama-cpp-python"), ("corral", "llama-cpp-python[serial]"),
+               ("corral", "inproc"), ("llama-server", "inproc"))
+
+
+def summarize(report: dict[str, Any], samples: dict[str, PeerSamples], rss_bytes: dict[str, int]) -> None:
+    """Fill ``report`` (whose "peers" entries already describe each peer) with figures, ratios,
+    targets and the Markdown table, from the raw samples and each peer's peak RSS."""
+    def pooled(phase: str) -> float:
+        return median([float(s.results[0].prompt_tokens) for ps in samples.values() for s in ps.get(phase)
+                       if s.results[0].prompt_tokens])
+
+    for name, entry in report["peers"].items():
+        if name not in samples:
+            continue
+        best, med = figures(samples[name], entry["slots"], pooled("prompt_eval"), pooled("chat"))
+        best["peak_rss_mb"] = med["peak_rss_mb"] = rss_bytes[name] / 2**20
+        entry["figures"] = best
+        entry["median_figures"] = med
+        entry["noise"] = noise_summary(samples[name])
+        entry["samples"] = samples[name].to_dict()
+    report["ratios"] = {f"{a}/{b}": ratios(report["peers"], a, b) for a, b in RATIO_PAIRS}
+    report["targets"] = targets(report["peers"], report["model"]["size_bytes"], report["settings"]["parallel"])
+    report["table_markdown"] = markdown(report)
+
+
+def resummarize(report: dict[str, Any]) -> dict[str, Any]:
+    """Recompute a saved run's figures, targets and table from its raw samples (after a change to
+    how they are computed), keeping each peer's measured peak RSS."""
+    samples = {n: PeerSamples.from_dict(e["samples"]) for n, e in report["peers"].items() if "samples" in e}
+    rss = {n: int(e["figures"]["peak_rss_mb"] * 2**20) for n, e in report["peers"].items() if "samples" in e}
+    summarize(report, samples, rss)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report RUN.json [OUT.json]``: re-summarize a saved run and print its table."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("out", type=Path, nargs="?", help="where to write the re-summarized JSON (default: print only)")
+    args = ap.parse_args(argv)
+    report = resummarize(json.loads(args.run.read_text()))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+    print(report["table_markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

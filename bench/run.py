@@ -252,28 +252,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             await p.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    def pooled(phase: str) -> float:
-        return median([float(s.results[0].prompt_tokens) for ps in samples.values() for s in ps.get(phase)
-                       if s.results[0].prompt_tokens])
-
     for p in peers:
-        entry: dict[str, Any] = p.describe()
-        entry["gateway_overhead"] = rp.GATEWAY_PLACEHOLDER
-        if p.name in samples:
-            best, med = rp.figures(samples[p.name], p.slots, pooled("prompt_eval"), pooled("chat"))
-            best["peak_rss_mb"] = med["peak_rss_mb"] = rss[p.name] / 2**20
-            entry["figures"] = best
-            entry["median_figures"] = med
-            entry["noise"] = rp.noise_summary(samples[p.name])
-            entry["samples"] = samples[p.name].to_dict()
-        report["peers"][p.name] = entry
-    report["ratios"] = {f"{a}/{b}": rp.ratios(report["peers"], a, b) for a, b in (
-        ("corral", "llama-server"), ("corral", "llama-cpp-python"), ("corral", "llama-cpp-python[serial]"),
-        ("corral", "inproc"),
-        ("llama-server", "inproc"))}
-    report["targets"] = rp.targets(report["peers"], model.stat().st_size, args.parallel)
+        report["peers"][p.name] = {**p.describe(), "gateway_overhead": rp.GATEWAY_PLACEHOLDER}
+    rp.summarize(report, samples, rss)
     report["elapsed_s"] = round(time.monotonic() - t0, 1)
-    report["table_markdown"] = rp.markdown(report)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=1))
     report["json_path"] = str(out_path)
