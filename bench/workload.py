@@ -159,7 +159,7 @@ class Workload:
 
     @classmethod
     def quick(cls) -> Workload:
-        return cls(n_predict=32, levels=(1, 4), window_s=3.0, repeats=1, single_requests=1, long_prompt_words=180,
+        return cls(n_predict=32, levels=(1, 4), window_s=2.0, repeats=1, single_requests=1, long_prompt_words=180,
                    prompt_eval_predict=4, chat_history_words=280, chat_turn_predict=8)
 
     def describe(self) -> dict[str, Any]:
