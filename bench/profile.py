@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 from bench.noise import Meter, wait_quiet
 from bench.peers import ROOT, Peer, PeerConfig, make_peer
 from bench.run import OUT_DIR, default_model
-from bench.workload import Workload
+from bench.workload import Workload, phase_concurrency
 
 log = logging.getLogger("bench.profile")
 _TCK = os.sysconf("SC_CLK_TCK")
@@ -71,20 +72,12 @@ def hot_spots(raw_path: Path, top: int) -> list[tuple[str, float, float]]:
 
 
 async def load(peer: Peer, wl: Workload, streams: int, seconds: float) -> int:
-    """Keep ``streams`` requests in flight for ``seconds``; return tokens generated."""
-    deadline = time.monotonic() + seconds
-    tokens = 0
-
-    async def worker() -> None:
-        nonlocal tokens
-        while time.monotonic() < deadline:
-            res = await peer.run(wl.short_generate())
-            if res.error:
-                raise RuntimeError(res.error)
-            tokens += res.n_tokens
-
-    await asyncio.gather(*(worker() for _ in range(streams)))
-    return tokens
+    """Keep ``streams`` requests in flight for ``seconds`` (the bench's closed loop); return tokens generated."""
+    results = await phase_concurrency(peer, dataclasses.replace(wl, window_s=seconds), streams)
+    failed = [r.error for r in results if r.error]
+    if failed:
+        raise RuntimeError(failed[0])
+    return sum(r.n_tokens for r in results)
 
 
 async def amain(args: argparse.Namespace) -> None:
