@@ -212,32 +212,45 @@ async def phase_prompt_eval(peer: Runner, wl: Workload) -> list[Res]:
 
 
 async def phase_concurrency(peer: Runner, wl: Workload, level: int) -> list[Res]:
-    """``level`` clients keep the peer under load for ``wl.window_s`` seconds.
+    """``level`` clients keep the peer under load for at least ``wl.window_s`` seconds.
 
     A closed loop, as real clients are: each client sends its next request
-    as soon as the previous answer is in, until the window closes; requests
-    still running then are let finish (their latencies count), but only the
-    tokens that arrived inside the window count for throughput. So the
-    figure is the rate at which the peer serves ``level`` concurrent
-    streams, without the tail where fewer are left, and a server that drops
-    the running request whenever another one waits (llama-cpp-python's
-    default) is measured as it behaves under that load.
+    as soon as the previous answer is in. The window closes at the first
+    request end after ``wl.window_s`` once every client has had one answer
+    (so a peer slower than the window still gets measured); until then all
+    ``level`` clients keep going. Requests still running when it closes
+    finish (their latencies count), but only tokens that arrived inside
+    the window count for throughput. So the figure is the rate at which
+    the peer serves ``level`` concurrent streams, without a tail where
+    fewer are left, and a server that drops the running request whenever
+    another one waits (llama-cpp-python's default) is measured as it
+    behaves under that load.
     """
     t0 = time.perf_counter()
     deadline = t0 + wl.window_s
+    answered = 0  # clients that have had their first answer
+    closed_at = 0.0
+
+    def window_open() -> bool:
+        nonlocal closed_at
+        if not closed_at and answered == level and time.perf_counter() >= deadline:
+            closed_at = time.perf_counter()
+        return not closed_at
 
     async def client() -> list[Res]:
+        nonlocal answered
         out: list[Res] = []
-        while not out or time.perf_counter() < deadline:
+        while not out or window_open():
             res = await peer.run(wl.short_generate())
             res.round = len(out)
             out.append(res)
+            answered += res.round == 0
         return out
 
     results = [r for batch in await asyncio.gather(*(client() for _ in range(level))) for r in batch]
     for r in results:
-        r.window_s = wl.window_s
-        inside = bisect.bisect_right(r.t_chunks, deadline) - bisect.bisect_left(r.t_chunks, t0)
+        r.window_s = closed_at - t0
+        inside = bisect.bisect_right(r.t_chunks, closed_at) - bisect.bisect_left(r.t_chunks, t0)
         r.window_tokens = r.n_tokens * inside / len(r.t_chunks) if r.t_chunks else 0.0
         r.t_chunks = []
     return results

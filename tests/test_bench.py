@@ -212,9 +212,26 @@ def test_concurrency_phase_is_a_closed_loop_over_a_window() -> None:
     assert rounds.count(0) == 4 and max(rounds) >= 3
     # Only tokens that arrived inside the window count, and the last request of each client straddles it.
     inside = sum(r.window_tokens for r in results)
+    window = results[0].window_s
+    assert 0.4 <= window < 0.5 and all(r.t_chunks == [] and r.window_s == window for r in results)
     assert 0 < inside < sum(r.n_tokens for r in results)
-    assert aggregate_tps(results) == pytest.approx(inside / 0.4)
-    assert all(r.t_chunks == [] and r.window_s == 0.4 for r in results)
+    assert aggregate_tps(results) == pytest.approx(inside / window)
+
+
+def test_concurrency_window_waits_for_every_client_s_first_answer() -> None:
+    """A peer slower than the window is still measured: it closes only once every client got an answer."""
+    class Slow:
+        async def run(self, req: Req) -> Res:
+            res = Res(t_start=time.perf_counter())
+            await asyncio.sleep(0.3)
+            res.chunk(time.perf_counter())
+            res.t_end = time.perf_counter()
+            res.n_tokens = 1
+            return res
+
+    results = asyncio.run(phase_concurrency(Slow(), Workload(window_s=0.05), 3))
+    assert sum(r.round == 0 for r in results) == 3 and all(r.window_s >= 0.3 for r in results)
+    assert aggregate_tps(results) == pytest.approx(3 / results[0].window_s)
 
 
 def test_saved_run_resummarizes_to_the_same_table(quick_report: tuple[dict[str, Any], str]) -> None:
