@@ -14,9 +14,9 @@ summed over the process and its descendants) is its own:
   driven through ``/v1/completions`` (EOS suppressed with ``logit_bias``)
   and ``/v1/chat/completions``; it has one sequence, so one slot.
 * ``inproc``: Corral's engine with no HTTP (:mod:`bench.inproc_worker`).
-* ``corral[defaults]``: ``corral serve`` with none of those settings, i.e.
-  at its (and Ollama's) defaults: one slot of 4,096 tokens. It is the
-  figure for the memory target; the others show what 4 slots cost.
+* ``corral[defaults]``: ``corral serve`` without the slot and context
+  settings, i.e. at its (and Ollama's) defaults: one slot of 4,096 tokens.
+  It is the figure for the memory target; the others show what 4 slots cost.
 """
 
 from __future__ import annotations
