@@ -127,7 +127,8 @@ def _logprobs(choice: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list
 class LlamaCppModel:
     """One model loaded in-process (see module docstring)."""
 
-    def __init__(self, spec: LoadSpec, server: Any, size_bytes: int, embed_params: Any = None) -> None:
+    def __init__(self, spec: LoadSpec, server: Any, size_bytes: int, embed_params: Any = None,
+                 embed_kv_bytes: int = 0) -> None:
         self.spec = spec
         self.server = server
         self.size_bytes = size_bytes
@@ -135,6 +136,7 @@ class LlamaCppModel:
         # on the first embed() (one slot, so a request's inputs go through it
         # one at a time and each vector is the same as it would be alone).
         self._embed_params = embed_params
+        self._embed_kv_bytes = embed_kv_bytes  # its KV cache, added to size_bytes once it runs
         self._embed_server: Any = None
         self._embed_lock = asyncio.Lock()
         self.n_ctx_per_slot = spec.num_ctx
@@ -200,7 +202,7 @@ class LlamaCppModel:
         async with self._embed_lock:
             if self._embed_server is None:
                 self._embed_server = await _start(self._embed_params, self.spec)
-                self.size_bytes += _kv_cache_bytes(self.spec, self._embed_params)
+                self.size_bytes += self._embed_kv_bytes
             return self._embed_server
 
     async def embed(self, inputs: list[list[int] | str]) -> tuple[list[list[float]], int]:
@@ -252,7 +254,11 @@ _KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 def kv_bytes_per_token(path: Any, kv_cache_type: str = "f16") -> int:
-    info = read_gguf(path)
+    """Bytes of KV cache one token takes for the GGUF model at ``path``."""
+    return _kv_bytes_per_token(read_gguf(path), kv_cache_type)
+
+
+def _kv_bytes_per_token(info: GGUFInfo, kv_cache_type: str) -> int:
     arch = info.architecture
     kv = info.kv
     layers = int(kv.get(f"{arch}.block_count", 0) or 0)
@@ -262,11 +268,6 @@ def kv_bytes_per_token(path: Any, kv_cache_type: str = "f16") -> int:
     emb = int(kv.get(f"{arch}.embedding_length", 0) or 0)
     head_dim = emb // heads if heads else 0
     return int(2 * layers * heads_kv * head_dim * _KV_ELEMENT_BYTES.get(kv_cache_type, 2.0))  # K and V
-
-
-def _kv_cache_bytes(spec: LoadSpec, params: Any) -> int:
-    """The KV cache one llama.cpp server built from ``params`` allocates."""
-    return kv_bytes_per_token(spec.path, spec.kv_cache_type) * int(params.n_ctx)
 
 
 class LlamaCppEngine:
@@ -288,11 +289,12 @@ class LlamaCppEngine:
         # second, one-slot runner started on first use (LlamaCppModel.embed).
         params = self.params(spec, info, parallel=spec.num_parallel, embedding=spec.embedding and info.pooling)
         server = await _start(params, spec)
-        size = spec.path.stat().st_size + _kv_cache_bytes(spec, params)
-        embed_params = None
+        per_token = _kv_bytes_per_token(info, spec.kv_cache_type)
+        size = spec.path.stat().st_size + per_token * int(params.n_ctx)
         if spec.embedding and not info.pooling:
             embed_params = self.params(spec, info, parallel=1, embedding=True)
-        return LlamaCppModel(spec, server, size, embed_params)
+            return LlamaCppModel(spec, server, size, embed_params, per_token * int(embed_params.n_ctx))
+        return LlamaCppModel(spec, server, size)
 
     def params(self, spec: LoadSpec, info: GGUFInfo, *, parallel: int, embedding: bool) -> Any:
         """llama.cpp server parameters for ``spec`` (a model described by ``info``) with ``parallel`` slots."""
