@@ -306,8 +306,7 @@ class HTTPPeer(Peer):
         res.t_end = time.perf_counter()
         res.cut = res.error is None and not t_final
         if not res.n_chunks and t_final:  # stopped at once (EOS): the final answer is the first token
-            res.t_first = res.t_last = t_final
-            res.t_chunks = [t_final]
+            res.chunk(t_final)
         res.text = "".join(parts)
         res.prompt_tokens = int(final.get("prompt_tokens", 0) or 0)
         n = int(final.get("n_tokens", 0) or 0)

@@ -167,8 +167,9 @@ def targets(peers: dict[str, Any], model_size: int, slots: int) -> list[dict[str
 
     out: list[dict[str, Any]] = []
 
-    def add(name: str, value: float | None, op: str, threshold: float, detail: str) -> None:
-        met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+    def add(name: str, value: float | None, op: str, threshold: float, detail: str, holds: bool = True) -> None:
+        """One target; ``holds`` is a further condition it needs besides ``value op threshold``."""
+        met = None if value is None else holds and (value >= threshold if op == ">=" else value <= threshold)
         if value is not None and math.isinf(value):  # JSON has no infinity: null value, "met" still says
             value, detail = None, f"{detail} (the peer's figure is 0)"
         out.append({"target": name, "value": value, "op": op, "threshold": threshold, "met": met,
@@ -203,9 +204,7 @@ def targets(peers: dict[str, Any], model_size: int, slots: int) -> list[dict[str
     if falls:
         detail += "; fell beyond the repeats' spread at " + ", ".join(falls)
     add(f"corral throughput rises up to the slot count (@{levels[-1] if levels else slots} / @1, "
-        "no step down beyond the repeats' spread)", rise, ">=", 1.0, detail)
-    if falls and out[-1]["met"]:
-        out[-1]["met"] = False
+        "no step down beyond the repeats' spread)", rise, ">=", 1.0, detail, holds=not falls)
     starve = fig("corral", "starvation_ratio") or {}
     add("corral: no request starved (worst latency / FIFO expectation)",
         max(starve.values()) if starve else None, "<=", 1.5,
@@ -285,10 +284,11 @@ def summarize(report: dict[str, Any], samples: dict[str, PeerSamples], rss_bytes
         return median([float(s.results[0].prompt_tokens) for ps in samples.values() for s in ps.get(phase)
                        if s.results[0].prompt_tokens])
 
+    prompt_tokens, chat_tokens = pooled("prompt_eval"), pooled("chat")  # fallbacks for peers that don't say
     for name, entry in report["peers"].items():
         if name not in samples:
             continue
-        best, med = figures(samples[name], entry["slots"], pooled("prompt_eval"), pooled("chat"))
+        best, med = figures(samples[name], entry["slots"], prompt_tokens, chat_tokens)
         best["peak_rss_mb"] = med["peak_rss_mb"] = rss_bytes[name] / 2**20
         entry["figures"] = best
         entry["median_figures"] = med
