@@ -20,6 +20,7 @@ auxiliary calls (``/tokenize``, ``/detokenize``, ``/slots``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import importlib.util
 import json
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from corral.engine.base import CompletionRequest, DoneEvent, Event, LoadSpec, TokenEvent
 from corral.errors import BadRequest, CorralError, EngineError
@@ -124,6 +126,64 @@ def _logprobs(choice: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list
     return out, ids
 
 
+class _Stream:
+    """One completion's chunks, in order, waiting on the event loop."""
+
+    __slots__ = ("_loop", "_items", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: collections.deque[Any] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def deliver(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+class _Inbox:
+    """Hands chunks from llama.cpp's worker threads to the event loop.
+
+    Every streamed token arrives on a worker thread. Waking the event loop
+    costs a syscall on each side and CPU that, on a small machine, comes out
+    of llama.cpp's own threads; so a post only wakes the loop when no
+    wake-up is pending, and one wake-up delivers everything posted since
+    (under load, the tokens of every slot from one decode step).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[_Stream, Any]] = []
+        self._scheduled = False
+
+    def post(self, stream: _Stream, item: Any) -> None:
+        with self._lock:
+            self._pending.append((stream, item))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+            self._scheduled = False
+        for stream, item in items:
+            stream.deliver(item)
+
+
 class LlamaCppModel:
     """One model loaded in-process (see module docstring)."""
 
@@ -142,37 +202,40 @@ class LlamaCppModel:
         self.n_ctx_per_slot = spec.num_ctx
         self.base_url = str(server.listening_address)
         self._pool = ThreadPoolExecutor(max_workers=spec.num_parallel + 2, thread_name_prefix="llama")
+        self._inbox: _Inbox | None = None
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=60.0)
 
     async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:  # type: ignore[override]
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stream = _Stream(loop)
         cancel = threading.Event()
         body = json.dumps(_sampling_body(request))
-        put = queue.put_nowait
+        if self._inbox is None or self._inbox.loop is not loop:
+            self._inbox = _Inbox(loop)
+        post = self._inbox.post
 
         def on_chunk(chunk: str) -> bool:
-            loop.call_soon_threadsafe(put, chunk)
+            post(stream, chunk)
             return cancel.is_set()
 
         def run() -> None:
             try:
                 self.server.handle_completions(body, on_chunk)
             except Exception as exc:  # surfaced to the caller as an engine error
-                loop.call_soon_threadsafe(put, exc)
+                post(stream, exc)
             finally:
-                loop.call_soon_threadsafe(put, _END)
+                post(stream, _END)
 
         loop.run_in_executor(self._pool, run)
         try:
             while True:
-                item = await queue.get()
+                item = await stream.get()
                 if item is _END:
                     return
                 if isinstance(item, Exception):
                     log.error("engine crashed during completion: %s", item)
                     raise EngineError(f"engine error: {item}")
-                payload = json.loads(item)
+                payload = orjson.loads(item)
                 if "error" in payload or "choices" not in payload:
                     raise _error_from_payload(payload)
                 choice = payload["choices"][0]

@@ -8,9 +8,10 @@ rather than by building a pydantic object per token.
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 from typing import Any
 
 from starlette.requests import Request
@@ -25,7 +26,15 @@ from corral.service import ChatCall, Final, GenerateCall, Piece, Service, collec
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC time as Ollama's ``created_at`` (RFC 3339, microseconds); called for every streamed token."""
+    t = time.time()
+    second = int(t)
+    return f"{_rfc3339_second(second)}.{int((t - second) * 1e6):06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc3339_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def _service(request: Request) -> Service:
