@@ -10,8 +10,9 @@ request at a time (measured: see ``bench/RESULTS.md``).
 Each loaded model is one ``xllamacpp.Server`` (plus, for a causal model
 asked for embeddings, a one-slot embedding server started on first use, see
 ``LlamaCppEngine.load``). Completions run through its
-in-process ``handle_completions`` call on a worker thread; every streamed
-chunk is handed to the event loop, and the callback's return value is how a
+in-process ``handle_completions`` call on a worker thread; streamed chunks
+reach the event loop through a per-model ``_Inbox`` (one loop wake-up per
+batch of chunks, not per chunk), and the callback's return value is how a
 client disconnect cancels generation and frees the slot. The server core
 also listens on an ephemeral loopback port, which we use only for the cheap
 auxiliary calls (``/tokenize``, ``/detokenize``, ``/slots``).
