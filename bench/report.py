@@ -124,9 +124,10 @@ def figures(ps: PeerSamples, slots: int, fallback_prompt_tokens: float,
     best["chat_history_tokens"] = med["chat_history_tokens"] = chat_tokens or fallback_chat_tokens
     put("chat_ttft_turn1_s", [c[0].ttft for c in chats], False)
     put("chat_ttft_turn2_s", [c[1].ttft for c in chats], False)
+    # None (not 0, which would pass the target) when the run left the chat phase out
     best["chat_turn2_over_turn1"] = (best["chat_ttft_turn2_s"] / best["chat_ttft_turn1_s"]
-                                     if best["chat_ttft_turn1_s"] else 0.0)
-    med["chat_turn2_over_turn1"] = median([c[1].ttft / c[0].ttft for c in chats if c[0].ttft > 0])
+                                     if best["chat_ttft_turn1_s"] else None)
+    med["chat_turn2_over_turn1"] = median([c[1].ttft / c[0].ttft for c in chats if c[0].ttft > 0]) if chats else None
     return best, med
 
 
@@ -267,7 +268,7 @@ def markdown(report: dict[str, Any]) -> str:
         if t["threshold"] is None:  # a figure shown for reference, not a target
             rows.append(f"| {t['target']} | {_f(t['value'], 2)} | – | – |")
             continue
-        met = {True: "yes", False: "**no**", None: "n/a (peer missing)"}[t["met"]]
+        met = {True: "yes", False: "**no**", None: "n/a (peer or phase not run)"}[t["met"]]
         value = "∞" if t["value"] is None and t["met"] is not None else _f(t["value"], 2)
         rows.append(f"| {t['target']} | {value} | {t['op']} {t['threshold']:g} | {met} |")
     return "\n".join(rows)
