@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.conftest import ROOT, SMOLLM, ServerProc
 
 
@@ -32,9 +34,16 @@ def test_list_prints_ollama_columns(server: ServerProc) -> None:
 
 
 def test_run_with_prompt_streams_answer(server: ServerProc) -> None:
-    out = corral(server, "run", SMOLLM, "Say hello in one word.")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip()
+    # A copy of the model whose answers are bounded, so a rambling sample cannot outlast the timeout.
+    r = httpx.post(f"{server.url}/api/create", json={"model": "smollm-brief", "from": SMOLLM, "stream": False,
+                                                    "parameters": {"num_predict": 32}}, timeout=120)
+    assert r.status_code == 200, r.text
+    try:
+        out = corral(server, "run", "smollm-brief", "Say hello in one word.")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip()
+    finally:
+        httpx.request("DELETE", f"{server.url}/api/delete", json={"model": "smollm-brief"}, timeout=60)
 
 
 def test_run_interactive_until_bye(server: ServerProc) -> None:
@@ -74,7 +83,10 @@ def test_run_interactive_until_bye(server: ServerProc) -> None:
 
 
 def test_ps_and_stop(server: ServerProc) -> None:
-    corral(server, "run", SMOLLM, "hi")
+    # Load without generating: an unbounded answer at the default temperature sometimes runs for
+    # minutes (it once outlasted the 120 s timeout), and generation is not what this test is about.
+    r = httpx.post(f"{server.url}/api/generate", json={"model": SMOLLM, "keep_alive": "5m"}, timeout=120)
+    assert r.status_code == 200 and r.json()["done_reason"] == "load"
     out = corral(server, "ps")
     assert out.returncode == 0 and SMOLLM in out.stdout and "CONTEXT" in out.stdout.splitlines()[0]
     assert corral(server, "stop", SMOLLM).returncode == 0
