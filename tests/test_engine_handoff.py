@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from corral.engine.llamacpp import _Inbox, _Stream
+from typing import Any
+
+from corral.engine.llamacpp import _Inbox
 
 
 class CountingInbox(_Inbox):
@@ -28,9 +30,10 @@ class CountingInbox(_Inbox):
 async def test_chunks_posted_while_the_loop_is_busy_arrive_in_order_with_one_wake_up() -> None:
     loop = asyncio.get_running_loop()
     inbox = CountingInbox(loop)
-    a, b = _Stream(loop), _Stream(loop)
+    a: asyncio.Queue[Any] = asyncio.Queue()
+    b: asyncio.Queue[Any] = asyncio.Queue()
 
-    def worker(stream: _Stream, tag: str) -> None:
+    def worker(stream: asyncio.Queue[Any], tag: str) -> None:
         for i in range(200):
             inbox.post(stream, f"{tag}{i}")
 
@@ -52,7 +55,7 @@ async def test_chunks_posted_while_the_loop_is_busy_arrive_in_order_with_one_wak
 async def test_a_waiting_reader_is_woken_by_a_post_from_another_thread() -> None:
     loop = asyncio.get_running_loop()
     inbox = CountingInbox(loop)
-    stream = _Stream(loop)
+    stream: asyncio.Queue[Any] = asyncio.Queue()
     reader = asyncio.ensure_future(stream.get())
     await asyncio.sleep(0)  # the reader is now parked on its waiter
     assert not reader.done()

@@ -21,7 +21,6 @@ auxiliary calls (``/tokenize``, ``/detokenize``, ``/slots``).
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import importlib.util
 import json
@@ -127,32 +126,6 @@ def _logprobs(choice: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list
     return out, ids
 
 
-class _Stream:
-    """One completion's chunks, in order, waiting on the event loop."""
-
-    __slots__ = ("_loop", "_items", "_waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._items: collections.deque[Any] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def deliver(self, item: Any) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> Any:
-        while not self._items:
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-
 class _Inbox:
     """Hands chunks from llama.cpp's worker threads to the event loop.
 
@@ -166,10 +139,10 @@ class _Inbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._pending: list[tuple[_Stream, Any]] = []
+        self._pending: list[tuple[asyncio.Queue[Any], Any]] = []
         self._scheduled = False
 
-    def post(self, stream: _Stream, item: Any) -> None:
+    def post(self, stream: asyncio.Queue[Any], item: Any) -> None:
         with self._lock:
             self._pending.append((stream, item))
             if self._scheduled:
@@ -182,7 +155,7 @@ class _Inbox:
             items, self._pending = self._pending, []
             self._scheduled = False
         for stream, item in items:
-            stream.deliver(item)
+            stream.put_nowait(item)
 
 
 class LlamaCppModel:
@@ -208,7 +181,7 @@ class LlamaCppModel:
 
     async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:  # type: ignore[override]
         loop = asyncio.get_running_loop()
-        stream = _Stream(loop)
+        stream: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
         body = json.dumps(_sampling_body(request))
         if self._inbox is None or self._inbox.loop is not loop:
