@@ -5,9 +5,11 @@ loads the model with ``LlamaCppEngine().load(LoadSpec(...))`` exactly as the
 scheduler does, prints ``READY``, then reads one JSON request per stdin line
 (``{"id": 1, "req": {...}}``) and answers each on stdout with
 ``{"id": 1, "res": {...}}``. Requests run concurrently as asyncio tasks, and
-every timestamp is taken here, next to ``model.complete()``, so the pipe to
-the driver adds nothing to the figures. This is the ceiling for Corral's
-HTTP layer: same engine, same slots, no server.
+every timestamp is taken here, where llama.cpp's in-process
+``handle_completions`` hands each token over, so the pipe to the driver adds
+nothing to the figures. This is the ceiling for Corral's HTTP layer: same
+engine, same parameters, same slots, no server (not even the loopback stream
+Corral's engine reads completions through).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +45,41 @@ class InProcRunner:
         return render_jinja(self.chat_template, req.messages, tools=None, think=None, bos="", eos="<|im_end|>")
 
     async def run(self, req: Req) -> Res:
-        from corral.engine.base import CompletionRequest, DoneEvent, TokenEvent
+        """One request straight into llama.cpp's server core: no HTTP, no event loop per token.
+
+        ``handle_completions`` blocks and calls back on its own thread with
+        each chunk, so every timestamp is taken right where llama.cpp hands
+        the token over.
+        """
+        import orjson
+
+        from corral.engine.base import CompletionRequest
+        from corral.engine.llamacpp import _sampling_body
 
         options = dict(SAMPLING, num_predict=req.n_predict)
+        body = orjson.dumps(_sampling_body(CompletionRequest([self._prompt(req)], options)))
         res = Res(t_start=time.perf_counter())
         parts: list[str] = []
-        try:
-            async for ev in self.model.complete(CompletionRequest([self._prompt(req)], options)):
-                if isinstance(ev, TokenEvent) and ev.text:
+
+        def on_chunk(raw: bytes) -> bool:
+            payload = orjson.loads(raw)
+            if "choices" not in payload:
+                res.error = f"engine error: {payload.get('error', payload)}"
+                return True
+            choice = payload["choices"][0]
+            if choice.get("text"):
+                res.chunk(time.perf_counter())
+                parts.append(choice["text"])
+            if choice.get("finish_reason"):
+                usage = payload.get("usage") or {}
+                res.n_tokens = int(usage.get("completion_tokens", 0))
+                res.prompt_tokens = int(usage.get("prompt_tokens", 0))
+                if not res.n_chunks:  # stopped at once (EOS): this is the first token
                     res.chunk(time.perf_counter())
-                    parts.append(ev.text)
-                elif isinstance(ev, DoneEvent):
-                    res.n_tokens = ev.eval_count
-                    res.prompt_tokens = ev.prompt_tokens
-                    if not res.n_chunks:  # stopped at once (EOS): this is the first token
-                        res.chunk(time.perf_counter())
+            return False
+
+        try:
+            await asyncio.to_thread(self.model.server.handle_completions, body, on_chunk)
         except Exception as exc:  # reported to the driver, which marks the peer failed
             res.error = f"{type(exc).__name__}: {exc}"
         res.t_end = time.perf_counter()
@@ -78,6 +101,8 @@ async def serve(args: argparse.Namespace) -> None:
     template = str(read_gguf(path).kv.get("tokenizer.chat_template") or "")
     runner = InProcRunner(model, template)
     loop = asyncio.get_running_loop()
+    # One blocking handle_completions call per request in flight (up to 16 streams).
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=32, thread_name_prefix="inproc"))
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     out = sys.stdout

@@ -9,13 +9,13 @@ request at a time (measured: see ``bench/RESULTS.md``).
 
 Each loaded model is one ``xllamacpp.Server`` (plus, for a causal model
 asked for embeddings, a one-slot embedding server started on first use, see
-``LlamaCppEngine.load``). Completions run through its
-in-process ``handle_completions`` call on a worker thread; streamed chunks
-reach the event loop through a per-model ``_Inbox`` (one loop wake-up per
-batch of chunks, not per chunk), and the callback's return value is how a
-client disconnect cancels generation and frees the slot. The server core
-also listens on an ephemeral loopback port, which we use only for the cheap
-auxiliary calls (``/tokenize``, ``/detokenize``, ``/slots``).
+``LlamaCppEngine.load``). The server core listens on an ephemeral loopback
+port. Completions stream from it straight into the event loop
+(``corral.engine.sse``: no Python thread per request, no thread hop per
+token), and dropping that connection is how a client disconnect cancels
+generation and frees the slot. The same port serves the auxiliary calls
+(``/tokenize``, ``/detokenize``, ``/slots``); embeddings go through the
+in-process ``handle_embeddings`` call on a worker thread.
 """
 
 from __future__ import annotations
@@ -26,22 +26,21 @@ import importlib.util
 import json
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
 from corral.engine.base import CompletionRequest, DoneEvent, Event, LoadSpec, TokenEvent
+from corral.engine.sse import open_completion
 from corral.errors import BadRequest, CorralError, EngineError
 from corral.gguf_meta import GGUFInfo, read_gguf
 
 log = logging.getLogger(__name__)
-
-_END = object()
 
 
 @functools.cache
@@ -126,38 +125,6 @@ def _logprobs(choice: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list
     return out, ids
 
 
-class _Inbox:
-    """Hands chunks from llama.cpp's worker threads to the event loop.
-
-    Every streamed token arrives on a worker thread. Waking the event loop
-    costs a syscall on each side and CPU that, on a small machine, comes out
-    of llama.cpp's own threads; so a post only wakes the loop when no
-    wake-up is pending, and one wake-up delivers everything posted since
-    (under load, the tokens of every slot from one decode step).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._pending: list[tuple[asyncio.Queue[Any], Any]] = []
-        self._scheduled = False
-
-    def post(self, stream: asyncio.Queue[Any], item: Any) -> None:
-        with self._lock:
-            self._pending.append((stream, item))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self.loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        with self._lock:
-            items, self._pending = self._pending, []
-            self._scheduled = False
-        for stream, item in items:
-            stream.put_nowait(item)
-
-
 class LlamaCppModel:
     """One model loaded in-process (see module docstring)."""
 
@@ -175,40 +142,15 @@ class LlamaCppModel:
         self._embed_lock = asyncio.Lock()
         self.n_ctx_per_slot = spec.num_ctx
         self.base_url = str(server.listening_address)
+        address = urlsplit(self.base_url)
+        self._host, self._port = address.hostname or "127.0.0.1", int(address.port or 80)
         self._pool = ThreadPoolExecutor(max_workers=spec.num_parallel + 2, thread_name_prefix="llama")
-        self._inbox: _Inbox | None = None
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=60.0)
 
     async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:  # type: ignore[override]
-        loop = asyncio.get_running_loop()
-        stream: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-        body = json.dumps(_sampling_body(request))
-        if self._inbox is None or self._inbox.loop is not loop:
-            self._inbox = _Inbox(loop)
-        post = self._inbox.post
-
-        def on_chunk(chunk: str) -> bool:
-            post(stream, chunk)
-            return cancel.is_set()
-
-        def run() -> None:
-            try:
-                self.server.handle_completions(body, on_chunk)
-            except Exception as exc:  # surfaced to the caller as an engine error
-                post(stream, exc)
-            finally:
-                post(stream, _END)
-
-        loop.run_in_executor(self._pool, run)
+        stream = await open_completion(self._host, self._port, orjson.dumps(_sampling_body(request)))
         try:
-            while True:
-                item = await stream.get()
-                if item is _END:
-                    return
-                if isinstance(item, Exception):
-                    log.error("engine crashed during completion: %s", item)
-                    raise EngineError(f"engine error: {item}")
+            async for item in stream.payloads():
                 payload = orjson.loads(item)
                 if "error" in payload or "choices" not in payload:
                     raise _error_from_payload(payload)
@@ -231,7 +173,7 @@ class LlamaCppModel:
                         extra={"timings": t},
                     )
         finally:
-            cancel.set()
+            stream.close()
 
     async def _embedder(self) -> Any:
         if self._embed_params is None:
@@ -355,7 +297,9 @@ class LlamaCppEngine:
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
         p.port = 0
-        p.n_threads_http = 2
+        # Every streamed completion holds one of llama.cpp's HTTP threads
+        # (corral.engine.sse), plus room for the auxiliary calls.
+        p.n_threads_http = parallel + 2
         # llama.cpp's host-RAM copy of idle slots' prompts. Off by default:
         # idle slots keep their prefix in their KV stream anyway (turn-2
         # reuse), and the copy cost up to its whole size in peak RSS.
