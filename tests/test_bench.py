@@ -30,13 +30,15 @@ FIGURES = {
     "decode_tps_single", "ttft_s", "prompt_tokens", "prompt_eval_tps", "prompt_eval_ttft_s", "aggregate_tps",
     "latency_p50_s", "latency_p99_s", "starvation_ratio", "min_tokens_per_request", "chat_history_tokens",
     "chat_ttft_turn1_s", "chat_ttft_turn2_s", "chat_turn2_over_turn1", "peak_rss_mb", "complete_share",
-    "goodput_tps", "aggregate_tps_worst",
+    "goodput_tps", "aggregate_tps_worst", "per_repeat",
 }
 
 
 def _leaves(node: Any, path: str = "") -> list[tuple[str, Any]]:
     if isinstance(node, dict):
         return [leaf for k, v in node.items() for leaf in _leaves(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [leaf for i, v in enumerate(node) for leaf in _leaves(v, f"{path}[{i}]")]
     return [(path, node)]
 
 
@@ -81,6 +83,8 @@ def test_quick_mode_json_shape(quick_report: tuple[dict[str, Any], str]) -> None
             assert isinstance(t["value"], float) and t["met"] is None, t
         else:
             assert isinstance(t["value"], float) and t["met"] in (True, False), t
+        if "/ llama-server" in t["target"]:  # paired per repeat: one repeat in quick mode
+            assert len(t["per_repeat"]) == 1 and t["per_repeat_median"] > 0, t
 
 
 def test_quick_mode_prints_markdown_table(quick_report: tuple[dict[str, Any], str]) -> None:
@@ -239,6 +243,25 @@ def test_saved_run_resummarizes_to_the_same_table(quick_report: tuple[dict[str, 
     again = rp.resummarize(json.loads(json.dumps(report)))
     assert again["table_markdown"] == report["table_markdown"]
     assert again["targets"] == report["targets"]
+
+
+def test_ratios_against_llama_server_are_also_paired_per_repeat() -> None:
+    def peer(single: list[float], at4: list[float]) -> dict[str, Any]:
+        per_repeat = {"decode_tps_single": single, "aggregate_tps": {"4": at4}}
+        return {"figures": {"decode_tps_single": max(single), "aggregate_tps": {"4": max(at4)},
+                            "aggregate_tps_worst": {"4": min(at4)}, "per_repeat": per_repeat}}
+
+    # Corral's best repeat came in a quiet moment llama-server missed: the best-of flatters it,
+    # the per-repeat ratios (each repeat runs the peers back to back) do not.
+    peers = {"corral": peer([110.0, 80.0, 82.0], [100.0, 90.0, 91.0]),
+             "llama-server": peer([90.0, 88.0, 86.0], [99.0, 100.0, 98.0])}
+    by_name = {t["target"]: t for t in rp.targets(peers, 100 * 2**20, 4)}
+    single = by_name["single-stream decode tok/s: corral / llama-server"]
+    assert single["value"] == pytest.approx(110 / 90) and single["met"] is True
+    assert single["per_repeat"] == [round(110 / 90, 3), round(80 / 88, 3), round(82 / 86, 3)]
+    assert single["per_repeat_median"] == pytest.approx(82 / 86)
+    assert by_name["4-stream aggregate tok/s: corral / llama-server"]["per_repeat_median"] == pytest.approx(91 / 98)
+    assert "per_repeat" not in by_name["corral: no request starved (worst latency / FIFO expectation)"]
 
 
 def test_rising_target_tolerates_noise_but_not_a_real_fall() -> None:
