@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -277,3 +278,30 @@ def test_rising_target_tolerates_noise_but_not_a_real_fall() -> None:
     assert t["met"] is False and "2->4" in t["detail"]
     # Collapse (llama-cpp-python as installed): not met.
     assert rising({"1": 78.0, "2": 7.7, "4": 8.6}, {"1": 69.0, "2": 7.5, "4": 8.0})["met"] is False
+
+
+def test_paired_rounds_run_both_peers_and_report_paired_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "paired.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.paired", "--peers", "corral,llama-server", "--mode", "single", "--rounds", "2",
+         "--n-predict", "8", "--threads", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    corral, server = report["rows"]
+    assert (corral["peer"], server["peer"]) == ("corral", "llama-server")
+    assert len(corral["values"]) == len(server["values"]) == 2 and min(corral["values"] + server["values"]) > 0
+    assert corral["ratio_median"] == pytest.approx(
+        statistics.median(a / b for a, b in zip(corral["values"], server["values"])))
+    assert server["ratio_median"] == 1.0
+    assert report["table_markdown"] in proc.stdout
+
+
+def test_bootstrap_interval_brackets_the_median() -> None:
+    from bench.paired import median_with_interval
+
+    ratios = [0.9, 0.95, 0.97, 1.0, 1.02, 0.96, 0.99, 0.93]
+    med, lo, hi = median_with_interval(ratios)
+    assert med == statistics.median(ratios) and lo <= med <= hi and lo >= 0.9 and hi <= 1.02
+    assert median_with_interval([1.0] * 5) == (1.0, 1.0, 1.0)
