@@ -9,7 +9,7 @@ a 4xx/5xx status when the request is refused up front.
 Why a socket and not xllamacpp's in-process ``handle_completions`` call:
 that call blocks, so it needs a Python worker thread per request, and every
 token then cost that thread a GIL acquisition plus a cross-thread wake-up of
-the event loop (measured: ~270 µs of worker CPU per token besides the event
+the event loop (measured: ~190-270 µs of worker CPU per token besides the event
 loop's own, on a 2-core box where that CPU comes out of llama.cpp's two
 compute threads). Here llama.cpp's C++ HTTP thread writes the token and the
 event loop reads it as one more readable socket, in the same epoll wake-up
