@@ -54,10 +54,10 @@ class InProcRunner:
         import orjson
 
         from corral.engine.base import CompletionRequest
-        from corral.engine.llamacpp import _sampling_body
+        from corral.engine.llamacpp import sampling_body
 
         options = dict(SAMPLING, num_predict=req.n_predict)
-        body = orjson.dumps(_sampling_body(CompletionRequest([self._prompt(req)], options)))
+        body = orjson.dumps(sampling_body(CompletionRequest([self._prompt(req)], options)))
         res = Res(t_start=time.perf_counter())
         parts: list[str] = []
 

@@ -285,9 +285,9 @@ ALL_OPTIONS = {"num_ctx": 1024, "num_predict": 8, "temperature": 0.5, "top_k": 2
 
 def test_every_option_reaches_llama_cpp(client: ollama.Client) -> None:
     from corral.engine.base import CompletionRequest
-    from corral.engine.llamacpp import _sampling_body
+    from corral.engine.llamacpp import sampling_body
 
-    body = _sampling_body(CompletionRequest(["x"], dict(ALL_OPTIONS)))
+    body = sampling_body(CompletionRequest(["x"], dict(ALL_OPTIONS)))
     expected = {"n_predict": 8, "temperature": 0.5, "top_k": 20, "top_p": 0.8, "min_p": 0.05, "typical_p": 0.9,
                 "repeat_penalty": 1.2, "repeat_last_n": 32, "presence_penalty": 0.3, "frequency_penalty": 0.2,
                 "seed": 7, "stop": ["\n\n"], "n_keep": 8}

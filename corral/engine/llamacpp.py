@@ -73,7 +73,8 @@ def _error_from_payload(payload: dict[str, Any]) -> CorralError:
     return EngineError(message)
 
 
-def _sampling_body(request: CompletionRequest) -> dict[str, Any]:
+def sampling_body(request: CompletionRequest) -> dict[str, Any]:
+    """llama.cpp's completion request for ``request`` (Ollama option names mapped to llama.cpp's)."""
     o = request.options
     body: dict[str, Any] = {
         "prompt": request.prompt,
@@ -148,7 +149,7 @@ class LlamaCppModel:
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=60.0)
 
     async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:  # type: ignore[override]
-        stream = await open_completion(self._host, self._port, orjson.dumps(_sampling_body(request)))
+        stream = await open_completion(self._host, self._port, orjson.dumps(sampling_body(request)))
         try:
             async for item in stream.payloads():
                 payload = orjson.loads(item)
