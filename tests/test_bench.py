@@ -305,3 +305,20 @@ def test_bootstrap_interval_brackets_the_median() -> None:
     med, lo, hi = median_with_interval(ratios)
     assert med == statistics.median(ratios) and lo <= med <= hi and lo >= 0.9 and hi <= 1.02
     assert median_with_interval([1.0] * 5) == (1.0, 1.0, 1.0)
+
+
+def test_overhead_harness_measures_corral_against_the_stub(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.overhead", "--rounds", "1", "--seconds", "1", "--streams", "1,2",
+         "--tokens", "8", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(r["src"], r["streams"]) for r in report["summary"]] == [(".", 1), (".", 2)]
+    for row in report["windows"]:
+        # every token was answered and cost the server some CPU
+        assert row["tokens"] > 0 and row["tokens"] % 8 == 0
+        assert 0 < row["us_per_token_event_loop"] <= row["us_per_token_total"]
+    assert "| . | 2 |" in proc.stdout
