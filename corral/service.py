@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +126,44 @@ def _think_flag(think: bool | str | None) -> bool | None:
     return bool(think)
 
 
+class _Shaper:
+    """Engine events -> Pieces and the Final, for one request: thinking split off, tool calls parsed.
+
+    Synchronous on purpose: it runs once per token, and a plain call costs a
+    fraction of one more async-generator layer.
+    """
+
+    def __init__(self, think: bool | None, tools: ToolCallParser | None, final: Callable[[DoneEvent], Final]) -> None:
+        self.splitter = ThinkingSplitter() if think else None
+        self.tools = tools
+        self.final = final
+
+    def token(self, event: TokenEvent) -> Piece | None:
+        if self.splitter is not None:
+            thinking, content = self.splitter.feed(event.text)
+        else:
+            thinking, content = "", event.text
+        if self.tools is not None and content:
+            content = self.tools.feed(content)
+        if content or thinking or event.logprobs:
+            return Piece(content, thinking, event.logprobs)
+        return None
+
+    def done(self, event: DoneEvent) -> list[Piece | Final]:
+        out: list[Piece | Final] = []
+        final = self.final(event)
+        if self.splitter is not None:
+            thinking, content = self.splitter.flush()
+            if content and self.tools is not None:
+                content = self.tools.feed(content)
+            if thinking or content:
+                out.append(Piece(content, thinking))
+        if self.tools is not None:
+            final.content, final.tool_calls = self.tools.finish()
+        out.append(final)
+        return out
+
+
 class Service:
     def __init__(self, settings: Settings, store: Store, scheduler: Scheduler) -> None:
         self.settings = settings
@@ -202,9 +240,15 @@ class Service:
             request = CompletionRequest([prompt], opts, json_schema=schema,
                                         n_probs=call.top_logprobs, want_logprobs=call.logprobs)
             names = {t.get("function", {}).get("name") for t in call.tools or []} or None
-            tools = ToolCallParser(names) if call.tools else None
-            async for event in self._run(lease, request, think, tools, start, record.name):
-                yield event
+            shape = _Shaper(think, ToolCallParser(names) if call.tools else None,
+                            self._final_maker(lease, start, record.name))
+            async for event in lease.model.complete(request):
+                if isinstance(event, TokenEvent):
+                    if (piece := shape.token(event)) is not None:
+                        yield piece
+                else:
+                    for item in shape.done(event):
+                        yield item
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[Piece | Final]:
         start = time.monotonic()
@@ -230,12 +274,19 @@ class Service:
             request = CompletionRequest(parts, opts, json_schema=schema,
                                         n_probs=call.top_logprobs, want_logprobs=call.logprobs)
             output: list[str] = []
-            async for event in self._run(lease, request, think, None, start, record.name):
-                if isinstance(event, Piece):
-                    output.append(event.content)
-                elif not call.raw:
-                    event.context = await self._context(lease, parts, "".join(output))
-                yield event
+            shape = _Shaper(think, None, self._final_maker(lease, start, record.name))
+            async for event in lease.model.complete(request):
+                if isinstance(event, TokenEvent):
+                    if (piece := shape.token(event)) is not None:
+                        output.append(piece.content)
+                        yield piece
+                    continue
+                for item in shape.done(event):
+                    if isinstance(item, Piece):
+                        output.append(item.content)
+                    elif not call.raw:
+                        item.context = await self._context(lease, parts, "".join(output))
+                    yield item
 
     # ---- helpers -------------------------------------------------------------------
     async def _context(self, lease: Lease, parts: list[int | str], output: str) -> list[int]:
@@ -275,40 +326,21 @@ class Service:
         log.warning("truncating input prompt: %d tokens > limit %d (num_ctx %d)", len(tokens), limit, num_ctx)
         return list(tokens[:keep] + tokens[len(tokens) - (limit - keep):])
 
-    async def _run(self, lease: Lease, request: CompletionRequest, think: bool | None, tools: ToolCallParser | None,
-                   start: float, model_name: str) -> AsyncIterator[Piece | Final]:
-        splitter = ThinkingSplitter() if think else None
-        async for event in lease.model.complete(request):
-            if isinstance(event, TokenEvent):
-                thinking, content = splitter.feed(event.text) if splitter else ("", event.text)
-                if tools is not None and content:
-                    content = tools.feed(content)
-                if content or thinking or event.logprobs:
-                    yield Piece(content, thinking, event.logprobs)
-            elif isinstance(event, DoneEvent):
-                final = self._final(event, lease, start, model_name)
-                if splitter:
-                    thinking, content = splitter.flush()
-                    if content and tools is not None:
-                        content = tools.feed(content)
-                    if thinking or content:
-                        yield Piece(content, thinking)
-                if tools is not None:
-                    final.content, final.tool_calls = tools.finish()
-                yield final
-
     @staticmethod
-    def _final(event: DoneEvent, lease: Lease, start: float, model_name: str) -> Final:
-        return Final(
-            done_reason=event.done_reason,
-            model=model_name,
-            total_ns=int((time.monotonic() - start) * 1e9),
-            load_ns=int(lease.load_seconds * 1e9),
-            prompt_eval_count=event.prompt_tokens,
-            prompt_eval_ns=event.prompt_eval_ns,
-            eval_count=event.eval_count,
-            eval_ns=event.eval_ns,
-        )
+    def _final_maker(lease: Lease, start: float, model_name: str) -> Callable[[DoneEvent], Final]:
+        def final(event: DoneEvent) -> Final:
+            return Final(
+                done_reason=event.done_reason,
+                model=model_name,
+                total_ns=int((time.monotonic() - start) * 1e9),
+                load_ns=int(lease.load_seconds * 1e9),
+                prompt_eval_count=event.prompt_tokens,
+                prompt_eval_ns=event.prompt_eval_ns,
+                eval_count=event.eval_count,
+                eval_ns=event.eval_ns,
+            )
+
+        return final
 
     # ---- embeddings -------------------------------------------------------------------
     async def embed(self, model: str, inputs: list[str] | list[list[int]], *, truncate: bool, dimensions: int | None,

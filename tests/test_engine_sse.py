@@ -104,7 +104,7 @@ async def test_request_goes_out_and_close_hangs_up_on_the_runner() -> None:
         stream = await open_completion("127.0.0.1", port, b'{"prompt": "hi", "stream": true}')
         first = await anext(stream.payloads())
         head, body = await received
-        assert head.startswith(b"POST /v1/completions HTTP/1.1\r\n")
+        assert head.startswith(b"POST /completion HTTP/1.1\r\n")
         assert json.loads(body) == {"prompt": "hi", "stream": True}
         assert json.loads(first) == {"n": 1}
         stream.close()

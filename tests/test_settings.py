@@ -91,3 +91,14 @@ def test_kv_cache_type(tmp_path: Path) -> None:
     assert s.kv_cache_type == "q8_0" and s.flash_attention
     with pytest.raises(ValueError):
         Settings.from_env({"CORRAL_HOME": str(tmp_path), "OLLAMA_KV_CACHE_TYPE": "q2"})
+
+
+def test_cors_headers_only_for_cross_origin_requests(server: ServerProc) -> None:
+    # Like Ollama's CORS layer: a request with no Origin is left alone (no
+    # Vary, no Allow-Origin); one from an allowed origin gets it mirrored.
+    plain = httpx.get(server.url + "/api/version")
+    assert plain.status_code == 200 and "vary" not in plain.headers
+    assert "access-control-allow-origin" not in plain.headers
+    cross = httpx.get(server.url + "/api/version", headers={"Origin": "http://localhost:5173"})
+    assert cross.headers.get("access-control-allow-origin") == "http://localhost:5173"
+    assert "Origin" in cross.headers.get("vary", "")

@@ -103,16 +103,13 @@ def sampling_body(request: CompletionRequest) -> dict[str, Any]:
         body["grammar"] = request.grammar
     if request.n_probs or request.want_logprobs:
         body["n_probs"] = max(1, request.n_probs)
-        body["logprobs"] = True
     return body
 
 
-def _logprobs(choice: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list[int] | None]:
-    lp = choice.get("logprobs")
-    if not lp:
-        return None, None
+def _logprobs(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """llama.cpp's ``completion_probabilities`` -> Ollama's logprobs, and the token ids."""
     out, ids = [], []
-    for item in lp.get("content") or []:
+    for item in entries:
         ids.append(item.get("id"))
         out.append({
             "token": item.get("token", ""),
@@ -124,6 +121,20 @@ def _logprobs(choice: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list
             ],
         })
     return out, ids
+
+
+def _done(payload: dict[str, Any]) -> DoneEvent:
+    """The last event of a native ``/completion`` stream -> DoneEvent."""
+    t = payload.get("timings") or {}
+    return DoneEvent(
+        done_reason="length" if payload.get("stop_type") == "limit" else "stop",
+        prompt_tokens=int(payload.get("tokens_evaluated", t.get("prompt_n", 0))),
+        cached_tokens=int(t.get("cache_n", 0)),
+        prompt_eval_ns=int(float(t.get("prompt_ms", 0.0)) * 1e6),
+        eval_count=int(payload.get("tokens_predicted", t.get("predicted_n", 0))),
+        eval_ns=int(float(t.get("predicted_ms", 0.0)) * 1e6),
+        extra={"timings": t},
+    )
 
 
 class LlamaCppModel:
@@ -150,29 +161,21 @@ class LlamaCppModel:
 
     async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:  # type: ignore[override]
         stream = await open_completion(self._host, self._port, orjson.dumps(sampling_body(request)))
+        loads, get = orjson.loads, stream.next
         try:
-            async for item in stream.payloads():
-                payload = orjson.loads(item)
-                if "error" in payload or "choices" not in payload:
+            while (item := await get()) is not None:
+                payload = loads(item)
+                if payload.get("stop") is False:  # one token (its text may be held back: a stop word)
+                    text = payload.get("content") or ""
+                    probs = payload.get("completion_probabilities")
+                    if probs:
+                        yield TokenEvent(text, *_logprobs(probs))
+                    elif text:
+                        yield TokenEvent(text)
+                elif "error" in payload or "stop" not in payload:
                     raise _error_from_payload(payload)
-                choice = payload["choices"][0]
-                text = choice.get("text") or ""
-                if text or choice.get("logprobs"):
-                    logprobs, ids = _logprobs(choice) if request.want_logprobs or request.n_probs else (None, None)
-                    yield TokenEvent(text, logprobs, ids)
-                reason = choice.get("finish_reason")
-                if reason:
-                    t = payload.get("timings") or {}
-                    usage = payload.get("usage") or {}
-                    yield DoneEvent(
-                        done_reason="length" if reason == "length" else "stop",
-                        prompt_tokens=int(usage.get("prompt_tokens", t.get("prompt_n", 0))),
-                        cached_tokens=int(t.get("cache_n", 0)),
-                        prompt_eval_ns=int(float(t.get("prompt_ms", 0.0)) * 1e6),
-                        eval_count=int(usage.get("completion_tokens", t.get("predicted_n", 0))),
-                        eval_ns=int(float(t.get("predicted_ms", 0.0)) * 1e6),
-                        extra={"timings": t},
-                    )
+                else:
+                    yield _done(payload)
         finally:
             stream.close()
 

@@ -3,26 +3,34 @@
 ``read_json`` turns malformed bodies into 400s. ``stream_events`` primes an
 async generator before the response starts, so an error raised before the
 first chunk still gets its proper status code, while an error raised after
-becomes the stream's last line.
+becomes the stream's last line. ``LineStream`` is the per-token hot path:
+it sends each line from the request's own task, with nothing in between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from corral.errors import BadRequest, CorralError
 
 log = logging.getLogger(__name__)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON with UTF-8 left as is (one encoder for all calls: json.dumps with
+    arguments builds a new one each time, and this runs per streamed token)."""
+    return _ENCODER.encode(obj)
 
 
 class JSON(Response):
@@ -53,31 +61,91 @@ def error_line(exc: BaseException) -> str:
     return dumps({"error": message}) + "\n"
 
 
+class LineStream(Response):
+    """A streamed response of ready-made lines, written straight to ``send``.
+
+    Starlette's StreamingResponse runs the body in an anyio task group child
+    task and re-encodes each chunk; every token then resumes three extra
+    frames. Here the lines are pulled and sent from the request's own task,
+    and a side task watches for the client going away and cancels it (which
+    closes the engine stream, so llama.cpp frees the slot). ``render`` turns
+    each event into the text to send ("" sends nothing).
+    """
+
+    def __init__(self, first: str | None, events: AsyncIterator[Any], render: Callable[[Any], str],
+                 on_error: Callable[[BaseException], str], media_type: str,
+                 headers: dict[str, str] | None) -> None:
+        self.first = first
+        self.events = events
+        self.render = render
+        self.on_error = on_error
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"streaming": True, "gone": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if state["streaming"]:
+                state["gone"] = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self._write(send)
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            task.uncancel()
+        finally:
+            state["streaming"] = False
+            watcher.cancel()
+
+    async def _write(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        events, render = self.events, self.render
+        try:
+            if self.first:
+                await send({"type": "http.response.body", "body": self.first.encode(), "more_body": True})
+            async for event in events:
+                text = render(event)
+                if text:
+                    await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+        except CorralError as exc:
+            await send({"type": "http.response.body", "body": self.on_error(exc).encode(), "more_body": True})
+        except Exception as exc:  # an engine crash mid-stream: log and end the stream
+            log.exception("stream failed")
+            await send({"type": "http.response.body", "body": self.on_error(exc).encode(), "more_body": True})
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _same(line: str) -> str:
+    return line
+
+
 async def stream_events(
-    events: AsyncIterator[str],
+    events: AsyncIterator[Any],
+    render: Callable[[Any], str] = _same,
     *,
     media_type: str = "application/x-ndjson",
     on_error: Callable[[BaseException], str] = error_line,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """Start a streaming response from an iterator of ready-made lines."""
+    """Start a streamed response from ``events``, each sent as ``render(event)`` (ready-made lines by default).
+
+    The first event is awaited before the response starts, so an error
+    raised before it still gets its proper status code.
+    """
     try:
-        first = await events.__anext__()
+        first: str | None = render(await events.__anext__())
     except StopAsyncIteration:
         first = None
-
-    async def body() -> AsyncIterator[str]:
-        try:
-            if first is not None:
-                yield first
-            async for line in events:
-                yield line
-        except CorralError as exc:
-            yield on_error(exc)
-        except Exception as exc:  # an engine crash mid-stream: log and end the stream
-            log.exception("stream failed")
-            yield on_error(exc)
-        finally:
-            await events.aclose()
-
-    return StreamingResponse(body(), media_type=media_type, headers=headers)
+    return LineStream(first, events, render, on_error, media_type, headers)

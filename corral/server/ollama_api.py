@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -76,25 +76,29 @@ async def generate(request: Request) -> Response:
     events = service.generate(call)
     if req.stream is False:
         return JSON(await _collect_generate(events, req.model))
-    return await stream_events(_generate_lines(events, req.model))
+    return await stream_events(events, _generate_line(req.model))
 
 
-async def _generate_lines(events: AsyncIterator[Piece | Final], model: str) -> AsyncIterator[str]:
+def _generate_line(model: str) -> Callable[[Piece | Final], str]:
+    """Render one event of /api/generate as its NDJSON line (called per token: no pydantic, no dict)."""
     prefix = '{"model":' + dumps(model) + ',"created_at":"'
-    async for ev in events:
-        if isinstance(ev, Piece):
+
+    def render(ev: Piece | Final) -> str:
+        if type(ev) is Piece:
             line = prefix + now() + '","response":' + dumps(ev.content)
             if ev.thinking:
                 line += ',"thinking":' + dumps(ev.thinking)
             if ev.logprobs:
                 line += ',"logprobs":' + dumps(ev.logprobs)
-            yield line + ',"done":false}\n'
-        else:
-            out: dict[str, Any] = {"model": model, "created_at": now(), "response": ev.content, "done": True}
-            out.update(_stats(ev))
-            if ev.context is not None:
-                out["context"] = ev.context
-            yield dumps(out) + "\n"
+            return line + ',"done":false}\n'
+        assert isinstance(ev, Final)
+        out: dict[str, Any] = {"model": model, "created_at": now(), "response": ev.content, "done": True}
+        out.update(_stats(ev))
+        if ev.context is not None:
+            out["context"] = ev.context
+        return dumps(out) + "\n"
+
+    return render
 
 
 async def _collect_generate(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
@@ -137,28 +141,33 @@ async def chat(request: Request) -> Response:
     events = service.chat(chat_call_from(req, keep_alive))
     if req.stream is False:
         return JSON(await _collect_chat(events, req.model))
-    return await stream_events(_chat_lines(events, req.model))
+    return await stream_events(events, _chat_line(req.model))
 
 
-async def _chat_lines(events: AsyncIterator[Piece | Final], model: str) -> AsyncIterator[str]:
+def _chat_line(model: str) -> Callable[[Piece | Final], str]:
+    """Render one event of /api/chat as its NDJSON line(s) (called per token)."""
     prefix = '{"model":' + dumps(model) + ',"created_at":"'
-    async for ev in events:
-        if isinstance(ev, Piece):
+
+    def render(ev: Piece | Final) -> str:
+        if type(ev) is Piece:
             line = prefix + now() + '","message":{"role":"assistant","content":' + dumps(ev.content)
             if ev.thinking:
                 line += ',"thinking":' + dumps(ev.thinking)
             line += "}"
             if ev.logprobs:
                 line += ',"logprobs":' + dumps(ev.logprobs)
-            yield line + ',"done":false}\n'
-        else:
-            if ev.tool_calls:
-                msg = {"role": "assistant", "content": "", "tool_calls": _tool_calls_wire(ev.tool_calls)}
-                yield dumps({"model": model, "created_at": now(), "message": msg, "done": False}) + "\n"
-            out: dict[str, Any] = {"model": model, "created_at": now(),
-                                   "message": {"role": "assistant", "content": ev.content}, "done": True}
-            out.update(_stats(ev))
-            yield dumps(out) + "\n"
+            return line + ',"done":false}\n'
+        assert isinstance(ev, Final)
+        lines = ""
+        if ev.tool_calls:
+            msg = {"role": "assistant", "content": "", "tool_calls": _tool_calls_wire(ev.tool_calls)}
+            lines = dumps({"model": model, "created_at": now(), "message": msg, "done": False}) + "\n"
+        out: dict[str, Any] = {"model": model, "created_at": now(),
+                               "message": {"role": "assistant", "content": ev.content}, "done": True}
+        out.update(_stats(ev))
+        return lines + dumps(out) + "\n"
+
+    return render
 
 
 async def _collect_chat(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
