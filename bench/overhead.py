@@ -17,7 +17,9 @@ CPU time, not a wall time, so the server's own speed of answering does not
 enter it; it still varies by ±25% between windows (the cost is mostly cache
 misses, and the machine's caches are shared), so run several rounds and
 compare medians. Corral is pinned to one CPU, the stub and driver to the
-other. ``--src`` runs other checkouts side by side for an A/B.
+other. ``--src`` runs other checkouts side by side for an A/B, and
+``--floor`` adds a bare uvicorn ASGI function that relays the stub's
+tokens (the part of the cost any Python server on uvicorn pays).
 
 The stub's own cost and the driver's are not counted; they are the same
 for any server.
@@ -128,6 +130,52 @@ class _StubServer:
         self.listening_address = url
 
 
+def _run_floor(port: int, stub_port: int) -> None:
+    """The reference: uvicorn and a bare ASGI function that relays the stub's tokens as NDJSON.
+
+    No Starlette, no middleware, no service or engine layer: only what any
+    Python server on uvicorn that reads llama.cpp's stream pays per token
+    (corral.engine.sse for the reading, one ``send`` per line).
+    """
+    _pin(1)
+    import orjson
+    import uvicorn
+
+    from corral.engine.sse import open_completion
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] != "/api/generate":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"Ollama is running"})
+            return
+        n = orjson.loads(body)["options"]["num_predict"]
+        stream = await open_completion("127.0.0.1", stub_port, orjson.dumps({"prompt": "", "n_predict": n}))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/x-ndjson")]})
+        try:
+            while (item := await stream.next()) is not None:
+                payload = orjson.loads(item)
+                if payload.get("stop") is False:
+                    line = b'{"model":"x","response":' + orjson.dumps(payload["content"]) + b',"done":false}\n'
+                    await send({"type": "http.response.body", "body": line, "more_body": True})
+        finally:
+            stream.close()
+        await send({"type": "http.response.body", "body": b'{"done":true}\n', "more_body": False})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def _run_corral(port: int, stub_port: int, home: str, src: str | None) -> None:
     if src:  # an A/B of another checkout of Corral
         assert "corral" not in sys.modules, "corral was imported before --src could take effect"
@@ -206,11 +254,14 @@ async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
     stub.start()
     servers: list[tuple[str, int, Any]] = []
     try:
-        for src in args.src:
+        for src in args.src + (["floor"] if args.floor else []):
             port = free_port()
             home = tempfile.mkdtemp(prefix="corral-overhead-")
-            proc = ctx.Process(target=_run_corral, args=(port, stub_port, home, None if src == "." else src),
-                               daemon=True)
+            if src == "floor":
+                proc = ctx.Process(target=_run_floor, args=(port, stub_port), daemon=True)
+            else:
+                proc = ctx.Process(target=_run_corral, args=(port, stub_port, home, None if src == "." else src),
+                                   daemon=True)
             proc.start()
             servers.append((src, port, proc))
         for _, port, _ in servers:
@@ -254,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval-ms", type=float, default=4.0, help="the stub's time between tokens")
     ap.add_argument("--src", type=lambda s: s.split(","), default=["."],
                     help="comma-separated checkouts of Corral to compare ('.' is this one), e.g. a git worktree")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure a bare uvicorn ASGI relay of the stub (the row named 'floor')")
     ap.add_argument("--out", type=Path, help="JSON file to write (default: bench/out/overhead-<time>.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

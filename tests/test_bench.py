@@ -311,14 +311,14 @@ def test_overhead_harness_measures_corral_against_the_stub(tmp_path: Path) -> No
     out = tmp_path / "overhead.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.overhead", "--rounds", "1", "--seconds", "1", "--streams", "1,2",
-         "--tokens", "8", "--out", str(out)],
+         "--tokens", "8", "--floor", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [(r["src"], r["streams"]) for r in report["summary"]] == [(".", 1), (".", 2)]
+    assert [(r["src"], r["streams"]) for r in report["summary"]] == [(".", 1), (".", 2), ("floor", 1), ("floor", 2)]
     for row in report["windows"]:
         # every token was answered and cost the server some CPU
         assert row["tokens"] > 0 and row["tokens"] % 8 == 0
         assert 0 < row["us_per_token_event_loop"] <= row["us_per_token_total"]
-    assert "| . | 2 |" in proc.stdout
+    assert "| . | 2 |" in proc.stdout and "| floor | 1 |" in proc.stdout
