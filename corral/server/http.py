@@ -90,8 +90,11 @@ class LineStream(Response):
         state = {"streaming": True, "gone": False}
 
         async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            except Exception:  # the server has nothing more to tell: treat it as gone
+                log.debug("receive() failed while streaming", exc_info=True)
             if state["streaming"]:
                 state["gone"] = True
                 task.cancel()
