@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,10 +133,13 @@ class _Shaper:
     fraction of one more async-generator layer.
     """
 
-    def __init__(self, think: bool | None, tools: ToolCallParser | None, final: Callable[[DoneEvent], Final]) -> None:
+    def __init__(self, think: bool | None, tools: ToolCallParser | None, lease: Lease, start: float,
+                 model_name: str) -> None:
         self.splitter = ThinkingSplitter() if think else None
         self.tools = tools
-        self.final = final
+        self.lease = lease
+        self.start = start
+        self.model_name = model_name
 
     def token(self, event: TokenEvent) -> Piece | None:
         if self.splitter is not None:
@@ -148,6 +151,18 @@ class _Shaper:
         if content or thinking or event.logprobs:
             return Piece(content, thinking, event.logprobs)
         return None
+
+    def final(self, event: DoneEvent) -> Final:
+        return Final(
+            done_reason=event.done_reason,
+            model=self.model_name,
+            total_ns=int((time.monotonic() - self.start) * 1e9),
+            load_ns=int(self.lease.load_seconds * 1e9),
+            prompt_eval_count=event.prompt_tokens,
+            prompt_eval_ns=event.prompt_eval_ns,
+            eval_count=event.eval_count,
+            eval_ns=event.eval_ns,
+        )
 
     def done(self, event: DoneEvent) -> list[Piece | Final]:
         out: list[Piece | Final] = []
@@ -240,8 +255,7 @@ class Service:
             request = CompletionRequest([prompt], opts, json_schema=schema,
                                         n_probs=call.top_logprobs, want_logprobs=call.logprobs)
             names = {t.get("function", {}).get("name") for t in call.tools or []} or None
-            shape = _Shaper(think, ToolCallParser(names) if call.tools else None,
-                            self._final_maker(lease, start, record.name))
+            shape = _Shaper(think, ToolCallParser(names) if call.tools else None, lease, start, record.name)
             async for event in lease.model.complete(request):
                 if isinstance(event, TokenEvent):
                     if (piece := shape.token(event)) is not None:
@@ -274,7 +288,7 @@ class Service:
             request = CompletionRequest(parts, opts, json_schema=schema,
                                         n_probs=call.top_logprobs, want_logprobs=call.logprobs)
             output: list[str] = []
-            shape = _Shaper(think, None, self._final_maker(lease, start, record.name))
+            shape = _Shaper(think, None, lease, start, record.name)
             async for event in lease.model.complete(request):
                 if isinstance(event, TokenEvent):
                     if (piece := shape.token(event)) is not None:
@@ -325,22 +339,6 @@ class Service:
         keep = max(0, min(num_keep, limit // 2))
         log.warning("truncating input prompt: %d tokens > limit %d (num_ctx %d)", len(tokens), limit, num_ctx)
         return list(tokens[:keep] + tokens[len(tokens) - (limit - keep):])
-
-    @staticmethod
-    def _final_maker(lease: Lease, start: float, model_name: str) -> Callable[[DoneEvent], Final]:
-        def final(event: DoneEvent) -> Final:
-            return Final(
-                done_reason=event.done_reason,
-                model=model_name,
-                total_ns=int((time.monotonic() - start) * 1e9),
-                load_ns=int(lease.load_seconds * 1e9),
-                prompt_eval_count=event.prompt_tokens,
-                prompt_eval_ns=event.prompt_eval_ns,
-                eval_count=event.eval_count,
-                eval_ns=event.eval_ns,
-            )
-
-        return final
 
     # ---- embeddings -------------------------------------------------------------------
     async def embed(self, model: str, inputs: list[str] | list[list[int]], *, truncate: bool, dimensions: int | None,

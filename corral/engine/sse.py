@@ -5,8 +5,9 @@ port. A completion is a ``POST /completion`` (llama.cpp's native endpoint:
 its per-token events are a third the size of ``/v1/completions``' ones, so
 its HTTP thread and our parser do less per token) with ``stream: true``,
 answered with Server-Sent Events (``data: {json}``, mid-stream errors as
-``error: {json}``, a final ``data: [DONE]``), or with a plain JSON error and
-a 4xx/5xx status when the request is refused up front.
+``error: {json}``; the OpenAI endpoints' closing ``data: [DONE]`` is
+dropped if it comes), or with a plain JSON error and a 4xx/5xx status when
+the request is refused up front.
 
 Why a socket and not xllamacpp's in-process ``handle_completions`` call:
 that call blocks, so it needs a Python worker thread per request, and every
