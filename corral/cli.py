@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _set_parameter(opts: dict[str, Any], args: list[str]) -> None:
     """``/set parameter NAME VALUE`` in interactive mode, as ollama run has."""
     from corral.errors import BadRequest
-    from corral.modelfile import ModelfileError, convert_parameter
+    from corral.store.modelfile import ModelfileError, convert_parameter
 
     if len(args) < 2:
         _out("Usage: /set parameter <name> <value>")
@@ -181,7 +181,7 @@ def _upload_tree(client: Client, path: Path) -> dict[str, str]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from corral.modelfile import parse
+    from corral.store.modelfile import parse
 
     client = Client()
     mf_path = Path(args.file)

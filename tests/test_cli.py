@@ -141,7 +141,7 @@ def test_create_bad_modelfiles(server: ServerProc, tmp_path: Path) -> None:
 
 
 def test_create_from_safetensors_folder_with_quantize(server: ServerProc, tmp_path: Path) -> None:
-    from corral.starters import minilm_folder
+    from corral.store.starters import minilm_folder
 
     folder = minilm_folder()
     assert folder is not None

@@ -2,7 +2,7 @@
 
 numpy costs ~15 MB of RSS in every server (bench/RESULTS.md, peak-RSS
 target), and nothing on the request path needs it: GGUF headers are read by
-corral.gguf_reader, and the architecture table is loaded from the gguf
+corral.store.gguf_reader, and the architecture table is loaded from the gguf
 package's constants module alone.
 """
 
@@ -12,16 +12,16 @@ import subprocess
 import sys
 
 from corral.engine.llamacpp import _KV_ELEMENT_BYTES, _supported_archs, kv_bytes_per_token
-from corral.starters import smollm2_gguf
+from corral.store.starters import smollm2_gguf
 
 
 def test_serve_path_imports_no_numpy() -> None:
     code = (
         "import sys\n"
-        "import corral.cli, corral.server.app, corral.server.openai_api, corral.service\n"
+        "import corral.cli, corral.server.app, corral.server.openai.routes, corral.backend.local\n"
         "from corral.engine.llamacpp import _supported_archs\n"
-        "from corral.gguf_meta import read_gguf\n"
-        "from corral.starters import smollm2_gguf\n"
+        "from corral.store.gguf_meta import read_gguf\n"
+        "from corral.store.starters import smollm2_gguf\n"
         "assert 'llama' in _supported_archs()\n"
         "read_gguf(smollm2_gguf())\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'gguf')))\n"

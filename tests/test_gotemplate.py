@@ -1,4 +1,4 @@
-"""Tests for corral.gotemplate: Go text/template semantics and Ollama's prompt rendering.
+"""Tests for corral.templates.gotemplate.template: Go text/template semantics and Ollama's prompt rendering.
 
 Expected strings are written by hand from Go's documented text/template
 behaviour and from each model family's prompt format (with the JSON layout
@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
-from corral.gotemplate import OrderedMap, Template, TemplateError, go_json, render_chat_prompt
+from corral.templates.gotemplate.gojson import OrderedMap, go_json
+from corral.templates.gotemplate.nodes import TemplateError
+from corral.templates.gotemplate.prompt import render_chat_prompt
+from corral.templates.gotemplate.template import Template
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 

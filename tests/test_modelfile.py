@@ -1,4 +1,4 @@
-"""Tests for corral.modelfile: Ollama Modelfile parsing, typing, errors and round-trips."""
+"""Tests for corral.store.modelfile: Ollama Modelfile parsing, typing, errors and round-trips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from corral.modelfile import (DEPRECATED_PARAMETERS, OPTION_TYPES, Modelfile, ModelfileError, parse,
+from corral.store.modelfile import (DEPRECATED_PARAMETERS, OPTION_TYPES, Modelfile, ModelfileError, parse,
                               render_modelfile)
 
 
@@ -131,7 +131,7 @@ def test_parameter_names_are_case_insensitive() -> None:
 
 def test_deprecated_parameters_are_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     assert "mirostat" in DEPRECATED_PARAMETERS
-    with caplog.at_level(logging.WARNING, logger="corral.modelfile"):
+    with caplog.at_level(logging.WARNING, logger="corral.store.modelfile"):
         mf = parse("FROM m\nPARAMETER mirostat 2\nPARAMETER temperature 0.1\n")
     assert mf.parameters == {"temperature": 0.1}
     assert "mirostat" in caplog.text

@@ -331,7 +331,7 @@ def test_embeddings_while_generating_match_embeddings_alone(client: ollama.Clien
         assert max(abs(a - b) for a, b in zip(vec, alone)) < 1e-3
     # /api/ps counts both runners' KV caches: 4 generation slots + 1 embedding slot, num_ctx each.
     from corral.engine.llamacpp import kv_bytes_per_token
-    from corral.starters import smollm2_gguf
+    from corral.store.starters import smollm2_gguf
 
     path = smollm2_gguf()
     assert path is not None

@@ -19,7 +19,7 @@ import httpx
 import ollama
 import pytest
 
-from corral.starters import smollm2_gguf
+from corral.store.starters import smollm2_gguf
 from tests.conftest import ServerProc
 
 CHATML_GO = (

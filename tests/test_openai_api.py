@@ -511,7 +511,7 @@ class _StandInService:
 
     async def chat(self, call: Any) -> AsyncIterator[Any]:
         from corral.errors import EngineError
-        from corral.service import Piece
+        from corral.backend.local import Piece
 
         if call.model == "midstream":
             yield Piece("Hello")

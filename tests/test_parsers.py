@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.parsers import ThinkingSplitter, ToolCallParser, parse_tool_calls
+from corral.templates.parsers import ThinkingSplitter, ToolCallParser, parse_tool_calls
 
 
 def feed_all(splitter: ThinkingSplitter, pieces: list[str]) -> tuple[str, str]:

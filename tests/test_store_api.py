@@ -15,7 +15,7 @@ import httpx
 import ollama
 import pytest
 
-from corral.starters import minilm_folder
+from corral.store.starters import minilm_folder
 from tests.conftest import SMOLLM, ServerProc
 from tests.tiny_gguf import tiny_llama
 

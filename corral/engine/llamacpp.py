@@ -38,7 +38,7 @@ import orjson
 from corral.engine.base import CompletionRequest, DoneEvent, Event, LoadSpec, TokenEvent
 from corral.engine.sse import open_completion
 from corral.errors import BadRequest, CorralError, EngineError
-from corral.gguf_meta import GGUFInfo, read_gguf
+from corral.store.gguf_meta import GGUFInfo, read_gguf
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
   references is.
 * :mod:`corral.registry.server` holds the framework-free pieces of Corral's
   own registry (name mapping, manifest validation, upload sessions); the
-  HTTP routes live in :mod:`corral.server.registry_api`.
+  HTTP routes live in :mod:`corral.server.ollama.registry`.
 """
 
 from __future__ import annotations

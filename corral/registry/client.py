@@ -57,7 +57,6 @@ class RegistryError(CorralError):
     """The registry was unreachable or answered with an error (502)."""
 
     status = 502
-    openai_type = "server_error"
 
 
 def partial_path(store: Store, digest: str) -> Path:

@@ -1,6 +1,6 @@
 """Registry server helpers: the framework-free half of Corral's own v2 registry.
 
-Owns what :mod:`corral.server.registry_api` needs besides HTTP plumbing:
+Owns what :mod:`corral.server.ollama.registry` needs besides HTTP plumbing:
 mapping ``/v2/<namespace>/<model>`` paths to store names, validating
 manifests (also used by the pull client), Docker-style error bodies, and
 upload sessions. An upload session is a spool file

@@ -1,8 +1,8 @@
 """Application factory: wires settings, store, engine, scheduler and routes.
 
 ``create_app(settings)`` returns the Starlette app; nothing here is global.
-One exception handler turns :class:`corral.errors.CorralError` into Ollama's
-``{"error": "..."}`` (or OpenAI's error object under ``/v1``).
+One exception handler turns :class:`corral.errors.CorralError` into the
+error body of the dialect whose route raised it (:mod:`corral.server.errors`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,14 @@ from starlette.types import Receive, Scope, Send
 
 from corral.engine.base import Engine
 from corral.errors import CorralError
-from corral.scheduler import Scheduler
+from corral.backend.scheduler import Scheduler
+from corral.server.errors import dialect_of
 from corral.server.http import JSON
+from corral.server.ollama import inference, models, registry
+from corral.server.openai import routes as openai_routes
+from corral.server import registry_v2
 from corral.server.middleware import GatewayMiddleware
-from corral.service import Service
+from corral.backend.local import Service
 from corral.settings import Settings
 from corral.store.store import Store
 
@@ -35,36 +39,25 @@ log = logging.getLogger(__name__)
 _LOCAL_ORIGINS = r"^(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?|app://.*|file://.*|tauri://.*|vscode-webview://.*)$"
 
 
-def error_body(path: str, status: int, message: str, exc: CorralError | None = None) -> dict[str, Any]:
-    if path.startswith("/v1/"):
-        err_type = exc.openai_type if exc is not None else ("invalid_request_error" if status < 500 else "api_error")
-        return {"error": {"message": message, "type": err_type, "param": exc.param if exc else None,
-                          "code": _openai_code(status, exc)}}
-    return {"error": message}
-
-
-def _openai_code(status: int, exc: CorralError | None) -> str | None:
-    if status == 404 and exc is not None and exc.param == "model":
-        return "model_not_found"
-    return None
-
-
 async def _corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
     if exc.status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return JSON(error_body(request.url.path, exc.status, exc.message, exc), status_code=exc.status)
+    dialect = dialect_of(request.scope)
+    return JSON(dialect.body(exc.status, exc.message, exc), status_code=exc.status, headers=dict(dialect.headers))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: "404 page not found", 405: "405 method not allowed"}.get(exc.status_code, str(exc.detail))
-    return JSON(error_body(request.url.path, exc.status_code, message), status_code=exc.status_code)
+    dialect = dialect_of(request.scope)
+    return JSON(dialect.body(exc.status_code, message), status_code=exc.status_code, headers=dict(dialect.headers))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    """Last resort, outside the middleware: endpoints already turn crashes into InternalError."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSON(error_body(request.url.path, 500, f"internal error: {exc}"), status_code=500)
+    return JSON(dialect_of(request.scope).body(500, f"internal error: {exc}"), status_code=500)
 
 
 class CORS(CORSMiddleware):
@@ -88,21 +81,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: list[
 
         engine = LlamaCppEngine(num_threads=settings.num_threads, verbose=settings.debug)
     store = Store(settings.models_dir)
-    from corral.server import ollama_api, ollama_models
-
-    routes = list(ollama_models.routes) + list(ollama_api.routes)
-    try:
-        from corral.server import openai_api
-
-        routes += list(openai_api.routes)
-    except ImportError:
-        log.debug("OpenAI dialect not available")
-    try:
-        from corral.server import registry_api
-
-        routes += list(registry_api.routes)
-    except ImportError:
-        log.debug("registry routes not available")
+    routes = [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes, *openai_routes.routes,
+              *openai_routes.fallback]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -113,7 +93,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: list[
         app.state.scheduler = scheduler
         app.state.service = Service(settings, store, scheduler)
         if settings.starter_models:
-            from corral.starters import seed_starters
+            from corral.store.starters import seed_starters
 
             await seed_starters(store)
         log.info("Corral listening on %s (models: %s)", settings.base_url, settings.models_dir)

@@ -13,13 +13,16 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from corral.errors import BadRequest, CorralError
+from corral.errors import BadRequest
+
+if TYPE_CHECKING:
+    from corral.server.errors import Dialect
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +53,6 @@ async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
         return json.loads(body)
     except ValueError as exc:
         raise BadRequest(f"invalid JSON in request body: {exc}") from None
-
-
-def error_line(exc: BaseException) -> str:
-    if isinstance(exc, CorralError):
-        message = exc.message
-    else:
-        log.exception("unexpected error during stream", exc_info=exc)
-        message = f"internal error: {exc}"
-    return dumps({"error": message}) + "\n"
 
 
 class LineStream(Response):
@@ -120,10 +114,7 @@ class LineStream(Response):
                 text = render(event)
                 if text:
                     await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
-        except CorralError as exc:
-            await send({"type": "http.response.body", "body": self.on_error(exc).encode(), "more_body": True})
-        except Exception as exc:  # an engine crash mid-stream: log and end the stream
-            log.exception("stream failed")
+        except Exception as exc:  # the stream has started: the error becomes its last item (logged if unexpected)
             await send({"type": "http.response.body", "body": self.on_error(exc).encode(), "more_body": True})
         finally:
             await events.aclose()  # type: ignore[attr-defined]
@@ -138,17 +129,18 @@ async def stream_events(
     events: AsyncIterator[Any],
     render: Callable[[Any], str] = _same,
     *,
+    dialect: Dialect,
     media_type: str = "application/x-ndjson",
-    on_error: Callable[[BaseException], str] = error_line,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """Start a streamed response from ``events``, each sent as ``render(event)`` (ready-made lines by default).
 
     The first event is awaited before the response starts, so an error
-    raised before it still gets its proper status code.
+    raised before it still gets its proper status code; one raised later is
+    written by ``dialect`` as the stream's last item.
     """
     try:
         first: str | None = render(await events.__anext__())
     except StopAsyncIteration:
         first = None
-    return LineStream(first, events, render, on_error, media_type, headers)
+    return LineStream(first, events, render, dialect.stream_item, media_type, headers)

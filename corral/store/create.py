@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import BadRequest, ModelNotFound
-from corral.gguf_meta import read_gguf
+from corral.store.gguf_meta import read_gguf
 from corral.options import OPTION_TYPES, coerce_option
 from corral.store.names import ModelName
 from corral.store.store import MEDIA, Layer, Store
@@ -187,10 +187,8 @@ def _layers_from_files(store: Store, spec: CreateSpec) -> Iterator[dict[str, Any
 
 
 def _convert_safetensors(store: Store, spec: CreateSpec) -> Iterator[dict[str, Any]]:
-    try:
-        from corral.convert import convert_hf_folder
-    except ImportError as exc:  # converter not available in this build
-        raise BadRequest("safetensors import is not available") from exc
+    from corral.convert import convert_hf_folder  # here, not at the top: keeps numpy off the serve path
+
     work = Path(tempfile.mkdtemp(prefix="corral-convert-", dir=store.root))
     try:
         folder = work / "src"
@@ -215,10 +213,8 @@ def _convert_safetensors(store: Store, spec: CreateSpec) -> Iterator[dict[str, A
 
 
 def _quantize(store: Store, layer: Layer, quant: str) -> Iterator[dict[str, Any]]:
-    try:
-        from corral.convert.quantize import quantize_gguf
-    except ImportError as exc:
-        raise BadRequest("quantization is not available") from exc
+    from corral.convert.quantize import quantize_gguf  # here, not at the top: keeps numpy off the serve path
+
     src = store.blob_path(layer.digest)
     info = read_gguf(src)
     yield {"status": f"quantizing {info.file_type} model to {quant.upper()}"}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import BadRequest
-from corral.gguf_meta import GGUFInfo, read_gguf
+from corral.store.gguf_meta import GGUFInfo, read_gguf
 from corral.store.store import LocalModel, Store
 
 

@@ -4,7 +4,7 @@ Field names, defaults and ranges follow OpenAI's API reference, plus the two
 fields Ollama adds (``reasoning_effort`` values beyond OpenAI's and
 ``reasoning.effort``). Unknown fields (``user``, ``logit_bias``,
 ``parallel_tool_calls``, ...) are ignored, as Ollama ignores them.
-Responses are written by :mod:`corral.server.openai_api` as plain dicts and
+Responses are written by :mod:`corral.server.openai.routes` as plain dicts and
 precomputed SSE prefixes, never built from models per token.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.api_types import parse_request
+from corral.server.ollama.types import parse_request
 
 __all__ = [
     "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "EmbeddingRequest", "Reasoning",

@@ -1,39 +1,26 @@
-"""Registry routes: ``/api/pull``, ``/api/push`` and Corral's own v2 registry.
+"""Corral's own registry: the store served read-write as a Docker registry v2.
 
-``/api/pull`` and ``/api/push`` translate Ollama's requests into
-:mod:`corral.registry.client` calls and stream its progress as NDJSON (or
-answer only the last status with ``"stream": false``). Errors found before
-the first status (bad name, missing model, manifest 404, registry down) get
-a 4xx/5xx status; later ones become the stream's last line.
-
-The ``/v2/...`` routes serve this server's store read-write as a Docker
-registry v2, so other Corral or Ollama servers can pull from and push to it:
-``GET /v2/``, manifests (GET/HEAD/PUT), blobs (GET/HEAD with ``Range``) and
-the upload flow (POST ``blobs/uploads/`` → 202 + Location, PATCH, PUT
-``?digest=``). Uploaded blobs go through :meth:`Store.write_blob` (sha256
-verified before the rename), manifests through
-:meth:`Store.write_manifest_raw` (atomic, only once all blobs exist).
-The registry's repositories are the store's default-host models:
-``/v2/library/smollm2/manifests/135m`` is the local ``smollm2:135m``.
+Other Corral or Ollama servers pull from and push to it: ``GET /v2/``,
+manifests (GET/HEAD/PUT), blobs (GET/HEAD with ``Range``) and the upload flow
+(POST ``blobs/uploads/`` → 202 + Location, PATCH, PUT ``?digest=``). Uploaded
+blobs go through :meth:`Store.write_blob` (sha256 verified before the
+rename), manifests through :meth:`Store.write_manifest_raw` (atomic, only
+once all blobs exist). The registry's repositories are the store's
+default-host models: ``/v2/library/smollm2/manifests/135m`` is the local
+``smollm2:135m``. Errors are answered in the registry's ``{"errors": [...]}``
+shape by the :data:`REGISTRY` dialect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import hashlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
 
-from corral.api_types import PullRequest, PushRequest, parse_request
 from corral.errors import BadRequest, CorralError, NotFound
-from corral.registry.client import pull_model, push_model
 from corral.registry.server import (
     MAX_MANIFEST_BYTES,
     UploadSessions,
@@ -42,7 +29,8 @@ from corral.registry.server import (
     parse_manifest,
     repo_name,
 )
-from corral.server.http import JSON, dumps, read_json, stream_events
+from corral.server.errors import Dialect, route_factory
+from corral.server.http import JSON
 from corral.store.names import DEFAULT_HOST, ModelName
 from corral.store.store import MEDIA_MANIFEST, Store, check_digest
 
@@ -52,101 +40,44 @@ CHUNK = 1 << 20
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
-def _store(request: Request) -> Store:
-    return request.app.state.store  # type: ignore[no-any-return]
+class RegistryProtocolError(CorralError):
+    """An error with the registry protocol's own code (``MANIFEST_UNKNOWN``, ``DIGEST_INVALID``...)."""
 
-
-# ---- /api/pull, /api/push ----------------------------------------------------
-
-async def _respond(events: AsyncGenerator[dict[str, Any], None], stream: bool | None) -> Response:
-    if stream is False:
-        last: dict[str, Any] = {}
-        async with contextlib.aclosing(events):
-            async for event in events:
-                last = event
-        return JSON(last)
-
-    async def lines() -> AsyncIterator[str]:
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield dumps(event) + "\n"
-
-    return await stream_events(lines())
-
-
-def _target(req: PullRequest) -> ModelName:
-    """Validate the name before anything touches the disk or the network."""
-    if not req.target:
-        raise BadRequest("model is required", param="model")
-    name = ModelName.parse(req.target)
-    if req.target.strip().lower().startswith("http://") and not req.insecure:
-        raise BadRequest("insecure protocol http")  # as Ollama: plain http needs "insecure"
-    return name
-
-
-async def pull(request: Request) -> Response:
-    req: PullRequest = parse_request(PullRequest, await read_json(request))
-    name = _target(req)
-    return await _respond(pull_model(_store(request), name, insecure=req.insecure), req.stream)
-
-
-async def push(request: Request) -> Response:
-    req: PushRequest = parse_request(PushRequest, await read_json(request))
-    name = _target(req)
-    return await _respond(push_model(_store(request), name, insecure=req.insecure), req.stream)
-
-
-# ---- /v2 registry ------------------------------------------------------------
-
-class V2Error(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status = status
+        self.code = code
 
 
-_FALLBACK_CODES = {400: "UNSUPPORTED", 401: "UNAUTHORIZED", 403: "DENIED", 404: "NAME_UNKNOWN", 416: "BLOB_UPLOAD_INVALID"}
+_FALLBACK_CODES = {400: "UNSUPPORTED", 401: "UNAUTHORIZED", 403: "DENIED", 404: "NAME_UNKNOWN",
+                   416: "BLOB_UPLOAD_INVALID"}
 
 
-def v2(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Answer errors in the registry's ``{"errors": [...]}`` form."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except V2Error as exc:
-            status, code, message = exc.status, exc.code, exc.message
-        except CorralError as exc:
-            status, code, message = exc.status, _FALLBACK_CODES.get(exc.status, "UNKNOWN"), exc.message
-        if status >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, message)
-        return JSON(docker_error(code, message), status_code=status, headers=API_VERSION_HEADER)
-
-    return wrapped
+def _render(status: int, message: str, exc: CorralError | None) -> dict[str, object]:
+    code = exc.code if isinstance(exc, RegistryProtocolError) else _FALLBACK_CODES.get(status, "UNKNOWN")
+    return docker_error(code, message)
 
 
-def authorize_write(request: Request) -> None:
-    """Hook run by every /v2 request that changes the store (push).
+REGISTRY = Dialect("registry", _render, headers=API_VERSION_HEADER)
+route = route_factory(REGISTRY)
 
-    TODO(api-keys): once API keys exist, pushing must require an admin key,
-    e.g. ``if not is_admin(request.state.ctx): raise V2Error(401, "UNAUTHORIZED", ...)``
-    (or do it in a GatewayHook with :func:`corral.registry.server.is_registry_write`).
-    Until then the registry is as open as the rest of the API.
-    """
+
+def _store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
 
 
 def _repo(request: Request, tag: str = "latest") -> ModelName:
     try:
         return repo_name(request.path_params["namespace"], request.path_params["model"], tag)
     except BadRequest as exc:
-        raise V2Error(400, "NAME_INVALID", exc.message) from None
+        raise RegistryProtocolError(400, "NAME_INVALID", exc.message) from None
 
 
 def _digest(raw: str | None) -> str:
     try:
         return check_digest(raw or "")
     except BadRequest as exc:
-        raise V2Error(400, "DIGEST_INVALID", exc.message) from None
+        raise RegistryProtocolError(400, "DIGEST_INVALID", exc.message) from None
 
 
 def _url(request: Request, path: str) -> str:
@@ -171,7 +102,6 @@ def _read_manifest(store: Store, names: list[ModelName]) -> bytes | None:
     return None
 
 
-@v2
 async def manifest_get(request: Request) -> Response:
     reference = request.path_params["reference"]
     names = [_repo(request, reference)]
@@ -183,16 +113,14 @@ async def manifest_get(request: Request) -> Response:
             pass
     data = await asyncio.to_thread(_read_manifest, _store(request), names)
     if data is None:
-        raise V2Error(404, "MANIFEST_UNKNOWN", f"manifest unknown: {names[0].display}")
+        raise RegistryProtocolError(404, "MANIFEST_UNKNOWN", f"manifest unknown: {names[0].display}")
     headers = {**API_VERSION_HEADER, "Docker-Content-Digest": "sha256:" + hashlib.sha256(data).hexdigest(),
                "Content-Length": str(len(data))}
     body = b"" if request.method == "HEAD" else data
     return Response(body, media_type=MEDIA_MANIFEST, headers=headers)
 
 
-@v2
 async def manifest_put(request: Request) -> Response:
-    authorize_write(request)
     reference = request.path_params["reference"]
     name = _repo(request, reference)
     data = await _read_limited(request, MAX_MANIFEST_BYTES)
@@ -200,10 +128,10 @@ async def manifest_put(request: Request) -> Response:
     try:
         refs = parse_manifest(data)
     except BadRequest as exc:
-        raise V2Error(400, "MANIFEST_INVALID", exc.message) from None
+        raise RegistryProtocolError(400, "MANIFEST_INVALID", exc.message) from None
     missing = [ref.digest for ref in refs if not store.has_blob(ref.digest)]
     if missing:
-        raise V2Error(400, "MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {missing[0]}")
+        raise RegistryProtocolError(400, "MANIFEST_BLOB_UNKNOWN", f"blob unknown to registry: {missing[0]}")
     await asyncio.to_thread(store.write_manifest_raw, name, data)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     log.info("registry: stored manifest %s (%s)", name.display, digest[:19])
@@ -217,26 +145,23 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         buf += chunk
         if len(buf) > limit:
-            raise V2Error(400, "MANIFEST_INVALID", "manifest too large")
+            raise RegistryProtocolError(400, "MANIFEST_INVALID", "manifest too large")
     return bytes(buf)
 
 
-@v2
 async def blob_get(request: Request) -> Response:
     _repo(request)
     digest = _digest(request.path_params["digest"])
     path = _store(request).blob_path(digest)
     if not path.is_file():
-        raise V2Error(404, "BLOB_UNKNOWN", f"blob unknown to registry: {digest}")
+        raise RegistryProtocolError(404, "BLOB_UNKNOWN", f"blob unknown to registry: {digest}")
     if request.headers.get("range"):
         log.info("registry: serving %s range %s", digest[:19], request.headers["range"])
     return FileResponse(path, media_type="application/octet-stream",
                         headers={**API_VERSION_HEADER, "Docker-Content-Digest": digest})
 
 
-@v2
 async def upload_start(request: Request) -> Response:
-    authorize_write(request)
     _repo(request)
     store = _store(request)
     mount = request.query_params.get("mount")
@@ -250,29 +175,24 @@ async def upload_start(request: Request) -> Response:
     return _upload_accepted(request, upload_id, 0)
 
 
-@v2
 async def upload_patch(request: Request) -> Response:
-    authorize_write(request)
     _repo(request)
     sessions = UploadSessions(_store(request))
     upload_id = request.path_params["upload_id"]
     try:
         rng = parse_content_range(request.headers.get("content-range"))
     except BadRequest as exc:
-        raise V2Error(416, "BLOB_UPLOAD_INVALID", exc.message) from None
+        raise RegistryProtocolError(416, "BLOB_UPLOAD_INVALID", exc.message) from None
     size = await _spool(request, sessions, upload_id, rng[0] if rng else None)
     return _upload_accepted(request, upload_id, size)
 
 
-@v2
 async def upload_put(request: Request) -> Response:
-    authorize_write(request)
     _repo(request)
     sessions = UploadSessions(_store(request))
     return await _finish(request, sessions, request.path_params["upload_id"], request.query_params.get("digest"))
 
 
-@v2
 async def upload_status(request: Request) -> Response:
     _repo(request)
     upload_id = request.path_params["upload_id"]
@@ -282,9 +202,7 @@ async def upload_status(request: Request) -> Response:
     return response
 
 
-@v2
 async def upload_cancel(request: Request) -> Response:
-    authorize_write(request)
     _repo(request)
     await asyncio.to_thread(UploadSessions(_store(request)).cancel, request.path_params["upload_id"])
     return Response(status_code=204, headers=API_VERSION_HEADER)
@@ -295,9 +213,9 @@ async def _spool(request: Request, sessions: UploadSessions, upload_id: str, sta
     try:
         size = await asyncio.to_thread(sessions.size, upload_id)
     except NotFound:
-        raise V2Error(404, "BLOB_UPLOAD_UNKNOWN", f"blob upload unknown: {upload_id}") from None
+        raise RegistryProtocolError(404, "BLOB_UPLOAD_UNKNOWN", f"blob upload unknown: {upload_id}") from None
     if start is not None and start != size:
-        raise V2Error(416, "BLOB_UPLOAD_INVALID", f"Content-Range starts at {start}, upload is at {size}")
+        raise RegistryProtocolError(416, "BLOB_UPLOAD_INVALID", f"Content-Range starts at {start}, upload is at {size}")
     buf = bytearray()
     async for chunk in request.stream():
         buf += chunk
@@ -311,14 +229,14 @@ async def _spool(request: Request, sessions: UploadSessions, upload_id: str, sta
 
 async def _finish(request: Request, sessions: UploadSessions, upload_id: str, digest: str | None) -> Response:
     if not digest:
-        raise V2Error(400, "DIGEST_INVALID", "digest query parameter is required")
+        raise RegistryProtocolError(400, "DIGEST_INVALID", "digest query parameter is required")
     expected = _digest(digest)
     try:
         await _spool(request, sessions, upload_id, None)  # the last chunk may come with the PUT
         actual, size = await asyncio.to_thread(sessions.finish, upload_id, expected)
     except BadRequest as exc:
         await asyncio.to_thread(sessions.cancel, upload_id)
-        raise V2Error(400, "DIGEST_INVALID", exc.message) from None
+        raise RegistryProtocolError(400, "DIGEST_INVALID", exc.message) from None
     except BaseException:
         await asyncio.to_thread(sessions.cancel, upload_id)
         raise
@@ -340,17 +258,15 @@ def _upload_accepted(request: Request, upload_id: str, size: int) -> Response:
 
 _BLOBS = "/v2/{namespace}/{model}/blobs"
 routes = [
-    Route("/api/pull", pull, methods=["POST"]),
-    Route("/api/push", push, methods=["POST"]),
-    Route("/v2/", v2_root, methods=["GET"]),
-    Route("/v2", v2_root, methods=["GET"]),
-    Route("/v2/{namespace}/{model}/manifests/{reference}", manifest_get, methods=["GET", "HEAD"]),
-    Route("/v2/{namespace}/{model}/manifests/{reference}", manifest_put, methods=["PUT"]),
-    Route(_BLOBS + "/uploads/", upload_start, methods=["POST"]),
-    Route(_BLOBS + "/uploads", upload_start, methods=["POST"]),
-    Route(_BLOBS + "/uploads/{upload_id}", upload_patch, methods=["PATCH"]),
-    Route(_BLOBS + "/uploads/{upload_id}", upload_put, methods=["PUT"]),
-    Route(_BLOBS + "/uploads/{upload_id}", upload_status, methods=["GET"]),
-    Route(_BLOBS + "/uploads/{upload_id}", upload_cancel, methods=["DELETE"]),
-    Route(_BLOBS + "/{digest}", blob_get, methods=["GET", "HEAD"]),
+    route("/v2/", v2_root, methods=["GET"]),
+    route("/v2", v2_root, methods=["GET"]),
+    route("/v2/{namespace}/{model}/manifests/{reference}", manifest_get, methods=["GET", "HEAD"]),
+    route("/v2/{namespace}/{model}/manifests/{reference}", manifest_put, methods=["PUT"]),
+    route(_BLOBS + "/uploads/", upload_start, methods=["POST"]),
+    route(_BLOBS + "/uploads", upload_start, methods=["POST"]),
+    route(_BLOBS + "/uploads/{upload_id}", upload_patch, methods=["PATCH"]),
+    route(_BLOBS + "/uploads/{upload_id}", upload_put, methods=["PUT"]),
+    route(_BLOBS + "/uploads/{upload_id}", upload_status, methods=["GET"]),
+    route(_BLOBS + "/uploads/{upload_id}", upload_cancel, methods=["DELETE"]),
+    route(_BLOBS + "/{digest}", blob_get, methods=["GET", "HEAD"]),
 ]

@@ -1,16 +1,17 @@
 """OpenAI dialect: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 
-A thin translation onto :mod:`corral.service`, following Ollama's
+A thin translation onto :mod:`corral.backend.local`, following Ollama's
 ``openai/openai.go``: each handler validates the body
-(:mod:`corral.server.openai_types`), builds the same internal
+(:mod:`corral.server.openai.types`), builds the same internal
 :class:`ChatCall` / :class:`GenerateCall` the Ollama dialect builds, and writes
 OpenAI's JSON answer or its server-sent events (``data: {...}\\n\\n`` chunks
 ending in ``data: [DONE]``). Per-token SSE lines are assembled from a
-precomputed prefix, as in :mod:`corral.server.ollama_api`.
+precomputed prefix, as in :mod:`corral.server.ollama.inference`.
 
-Errors are :class:`corral.errors.CorralError` subclasses; the app's single
-handler writes OpenAI's ``{"error": {...}}`` for ``/v1/`` paths, and an error
-after the stream has started becomes a last ``data: {"error": {...}}`` event.
+Errors are :class:`corral.errors.CorralError` subclasses; these routes are
+:data:`corral.server.errors.OPENAI` routes, so the app's handler writes
+OpenAI's ``{"error": {...}}`` for them, and an error after the stream has
+started becomes a last ``data: {"error": {...}}`` event.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from corral.errors import BadRequest, CorralError, ModelNotFound
-from corral.server.app import error_body
+from corral.server.errors import OPENAI, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
-from corral.server.openai_types import (
+from corral.server.openai.types import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
@@ -42,7 +43,7 @@ from corral.server.openai_types import (
     ResponseFormat,
     parse,
 )
-from corral.service import ChatCall, Final, GenerateCall, Piece, Service, collect
+from corral.backend.local import ChatCall, Final, GenerateCall, Piece, Service, collect
 from corral.store.store import LocalModel, Store
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ _EFFORT: dict[str, bool | str] = {
 }
 _IMAGE_PREFIXES = ("data:;base64,",) + tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp"))
 _ID_CHARS = string.ascii_lowercase + string.digits
+
+
+route = route_factory(OPENAI)
 
 
 def _service(request: Request) -> Service:
@@ -287,19 +291,8 @@ def _trim_top(entries: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
             for e in entries]
 
 
-def _sse_error(path: str) -> Callable[[BaseException], str]:
-    def on_error(exc: BaseException) -> str:
-        if isinstance(exc, CorralError):
-            body = error_body(path, exc.status, exc.message, exc)
-        else:  # stream_events has logged it
-            body = error_body(path, 500, f"internal error: {exc}")
-        return "data: " + dumps(body) + "\n\n"
-
-    return on_error
-
-
 async def _sse(request: Request, lines: AsyncIterator[str]) -> Response:
-    return await stream_events(lines, media_type="text/event-stream", on_error=_sse_error(request.url.path),
+    return await stream_events(lines, media_type="text/event-stream", dialect=OPENAI,
                                headers=SSE_HEADERS)
 
 
@@ -506,6 +499,10 @@ async def embeddings(request: Request) -> Response:
                  "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
 
+async def not_found(request: Request) -> Response:
+    raise HTTPException(404)
+
+
 # ---- /v1/models ------------------------------------------------------------------------------
 
 def _model_entry(local: LocalModel) -> dict[str, Any]:
@@ -530,11 +527,13 @@ async def retrieve_model(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/completions", completions, methods=["POST"]),
-    Route("/v1/embeddings", embeddings, methods=["POST"]),
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    route("/v1/completions", completions, methods=["POST"]),
+    route("/v1/embeddings", embeddings, methods=["POST"]),
+    route("/v1/models", list_models, methods=["GET"]),
+    route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]
+# Anything else under /v1 that no dialect claimed: answered in OpenAI's shape. Mounted last by the app.
+fallback = [route("/v1/{path:path}", not_found)]
 
 __all__ = ["chat_call_from", "generate_call_from", "routes"]

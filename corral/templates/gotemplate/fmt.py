@@ -3,8 +3,8 @@
 Owns how Python data reads as Go values (truth, type names, struct fields,
 sorted map order) and Go's ``fmt`` formatting of them: ``Sprint``,
 ``Sprintf`` verbs, ``%q`` quoting and Go's shortest float formatting. Used
-by :mod:`corral.gotemplate_exec` (actions, ``print``/``printf``) and
-:mod:`corral.gotemplate`.
+by :mod:`corral.templates.gotemplate.exec` (actions, ``print``/``printf``) and
+:mod:`corral.templates.gotemplate.template`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-
 
 # ---------------------------------------------------------------- values
 

@@ -2,7 +2,7 @@
 
 Two template engines: the GGUF's Jinja ``tokenizer.chat_template`` (rendered
 in a sandbox, as Hugging Face's ``apply_chat_template`` does) and Ollama's
-Go ``TEMPLATE`` from a Modelfile (see :mod:`corral.gotemplate`). A Modelfile
+Go ``TEMPLATE`` from a Modelfile (see :mod:`corral.templates.gotemplate.template`). A Modelfile
 TEMPLATE written in Jinja is accepted too.
 """
 
@@ -110,7 +110,8 @@ def render_jinja(source: str, messages: list[dict[str, Any]], *, tools: list[dic
 
 
 def _go_template(source: str) -> Any:
-    from corral.gotemplate import Template, TemplateError
+    from corral.templates.gotemplate.template import Template
+    from corral.templates.gotemplate.nodes import TemplateError
 
     try:
         return Template(source)
@@ -135,7 +136,7 @@ def render_chat(record: ModelRecord, messages: list[dict[str, Any]], *, tools: l
         return "".join(m.get("content") or "" for m in msgs)
     if is_jinja(source):
         return render_jinja(source, msgs, tools=tools, think=think, bos=bos, eos=eos)
-    from corral.gotemplate import render_chat_prompt
+    from corral.templates.gotemplate.prompt import render_chat_prompt
 
     return render_chat_prompt(_go_template(source), messages=msgs, tools=tools, think=think)
 
@@ -153,7 +154,7 @@ def render_generate(record: ModelRecord, prompt: str, *, system: str | None, suf
             msgs.append({"role": "system", "content": sys_text})
         msgs.append({"role": "user", "content": prompt})
         return render_jinja(source, msgs, tools=None, think=think, bos=bos, eos=eos)
-    from corral.gotemplate import render_chat_prompt
+    from corral.templates.gotemplate.prompt import render_chat_prompt
 
     tmpl = _go_template(source)
     if suffix is not None and tmpl.uses("Suffix"):

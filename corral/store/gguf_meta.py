@@ -96,7 +96,7 @@ class GGUFInfo:
 
 
 def _read_array(path: Path, key: str) -> Any:
-    from corral.gguf_reader import read_header
+    from corral.store.gguf_reader import read_header
 
     kv, _, _ = read_header(path, keep_arrays=True)
     return kv.get(key)
@@ -104,7 +104,7 @@ def _read_array(path: Path, key: str) -> Any:
 
 @functools.lru_cache(maxsize=64)
 def _read(path: str, mtime: float, size: int) -> GGUFInfo:
-    from corral.gguf_reader import GGUFFormatError, read_header
+    from corral.store.gguf_reader import GGUFFormatError, read_header
 
     try:
         kv, tensors, strings = read_header(Path(path))

@@ -1,7 +1,7 @@
 """Ollama dialect, inference routes: /api/generate, /api/chat, /api/embed(dings).
 
-Each handler validates the wire request (``corral.api_types``), builds the
-internal call (``corral.service``), and writes Ollama's NDJSON chunks or its
+Each handler validates the wire request (``corral.server.ollama.types``), builds the
+internal call (``corral.backend.local``), and writes Ollama's NDJSON chunks or its
 single JSON answer. Per-token lines are assembled from a precomputed prefix
 rather than by building a pydantic object per token.
 """
@@ -16,13 +16,16 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from corral.api_types import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, parse_request
+from corral.server.ollama.types import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, parse_request
 from corral.durations import parse_keep_alive
 from corral.errors import BadRequest
+from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
-from corral.service import ChatCall, Final, GenerateCall, Piece, Service, collect
+from corral.backend.local import ChatCall, Final, GenerateCall, Piece, Service, collect
+
+
+route = route_factory(OLLAMA)
 
 
 def now() -> str:
@@ -76,7 +79,7 @@ async def generate(request: Request) -> Response:
     events = service.generate(call)
     if req.stream is False:
         return JSON(await _collect_generate(events, req.model))
-    return await stream_events(events, _generate_line(req.model))
+    return await stream_events(events, _generate_line(req.model), dialect=OLLAMA)
 
 
 def _generate_line(model: str) -> Callable[[Piece | Final], str]:
@@ -141,7 +144,7 @@ async def chat(request: Request) -> Response:
     events = service.chat(chat_call_from(req, keep_alive))
     if req.stream is False:
         return JSON(await _collect_chat(events, req.model))
-    return await stream_events(events, _chat_line(req.model))
+    return await stream_events(events, _chat_line(req.model), dialect=OLLAMA)
 
 
 def _chat_line(model: str) -> Callable[[Piece | Final], str]:
@@ -218,10 +221,10 @@ async def embeddings(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/generate", generate, methods=["POST"]),
-    Route("/api/chat", chat, methods=["POST"]),
-    Route("/api/embed", embed, methods=["POST"]),
-    Route("/api/embeddings", embeddings, methods=["POST"]),
+    route("/api/generate", generate, methods=["POST"]),
+    route("/api/chat", chat, methods=["POST"]),
+    route("/api/embed", embed, methods=["POST"]),
+    route("/api/embeddings", embeddings, methods=["POST"]),
 ]
 
 __all__ = ["routes", "chat_call_from", "json"]

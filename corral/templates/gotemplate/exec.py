@@ -1,7 +1,7 @@
 """Go text/template execution: builtin functions and the tree walker.
 
-Owns how a node tree from :mod:`corral.gotemplate_lexer` is executed; how
-values print is :mod:`corral.gotemplate_fmt`. Python data as Go values: ``dict`` is a Go map
+Owns how a node tree from :mod:`corral.templates.gotemplate.lexer` is executed; how
+values print is :mod:`corral.templates.gotemplate.fmt`. Python data as Go values: ``dict`` is a Go map
 (range/print in sorted key order; one with ``go_ordered = True`` keeps insertion order),
 ``list``/``tuple`` a slice, ``None`` nil or a missing key (an action prints it
 as ``<no value>``), dataclasses and other objects are structs (public
@@ -17,11 +17,31 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from corral.gotemplate_fmt import (GO_TYPES, go_print, go_sprint, go_sprintf, go_type_name, is_true, print_action,
-                                  sorted_items)
-from corral.gotemplate_lexer import (ActionNode, BranchNode, ChainNode, FieldNode, IdentifierNode, ListNode,
-                                     LiteralNode, LoopControlNode, Node, PipeNode, TemplateError, TextNode,
-                                     VariableNode)
+from corral.templates.gotemplate.fmt import (
+    GO_TYPES,
+    go_print,
+    go_sprint,
+    go_sprintf,
+    go_type_name,
+    is_true,
+    print_action,
+    sorted_items,
+)
+from corral.templates.gotemplate.nodes import (
+    ActionNode,
+    BranchNode,
+    ChainNode,
+    FieldNode,
+    IdentifierNode,
+    ListNode,
+    LiteralNode,
+    LoopControlNode,
+    Node,
+    PipeNode,
+    TemplateError,
+    TextNode,
+    VariableNode,
+)
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any
 from corral.engine.base import CompletionRequest, DoneEvent, LoadSpec, TokenEvent
 from corral.errors import BadRequest, EngineError
 from corral.options import LOAD_OPTIONS, merge_options, validate_options
-from corral.parsers import ThinkingSplitter, ToolCallParser
-from corral.prompts import render_chat, render_generate
-from corral.scheduler import Lease, Scheduler
+from corral.templates.parsers import ThinkingSplitter, ToolCallParser
+from corral.templates.render import render_chat, render_generate
+from corral.backend.scheduler import Lease, Scheduler
 from corral.settings import Settings
 from corral.store.records import ModelRecord, load_record
 from corral.store.store import Store

@@ -13,16 +13,19 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from corral import OLLAMA_COMPAT_VERSION
-from corral.api_types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
+from corral.server.ollama.types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
 from corral.errors import BadRequest, NotFound
+from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
-from corral.service import Service
+from corral.backend.local import Service
 from corral.store.create import CreateSpec, create_model, validate_spec
 from corral.store.names import ModelName
 from corral.store.store import Store, check_digest, now_iso
+
+
+route = route_factory(OLLAMA)
 
 
 def _service(request: Request) -> Service:
@@ -68,7 +71,7 @@ async def show(request: Request) -> Response:
     if not req.target:
         raise BadRequest("model is required", param="model")
     record = _service(request).record(req.target)
-    from corral.modelfile import render_modelfile
+    from corral.store.modelfile import render_modelfile
 
     params = dict(record.params)
     modelfile = render_modelfile(
@@ -154,7 +157,7 @@ async def create(request: Request) -> Response:
         async for ev in events:
             yield dumps(ev) + "\n"
 
-    return await stream_events(lines())
+    return await stream_events(lines(), dialect=OLLAMA)
 
 
 async def copy(request: Request) -> Response:
@@ -211,14 +214,14 @@ async def blob_post(request: Request) -> Response:
 
 
 routes = [
-    Route("/", root, methods=["GET", "HEAD"]),
-    Route("/api/version", version, methods=["GET", "HEAD"]),
-    Route("/api/tags", tags, methods=["GET", "HEAD"]),
-    Route("/api/show", show, methods=["POST"]),
-    Route("/api/ps", ps, methods=["GET"]),
-    Route("/api/create", create, methods=["POST"]),
-    Route("/api/copy", copy, methods=["POST"]),
-    Route("/api/delete", delete, methods=["DELETE"]),
-    Route("/api/blobs/{digest}", blob_head, methods=["HEAD"]),
-    Route("/api/blobs/{digest}", blob_post, methods=["POST"]),
+    route("/", root, methods=["GET", "HEAD"]),
+    route("/api/version", version, methods=["GET", "HEAD"]),
+    route("/api/tags", tags, methods=["GET", "HEAD"]),
+    route("/api/show", show, methods=["POST"]),
+    route("/api/ps", ps, methods=["GET"]),
+    route("/api/create", create, methods=["POST"]),
+    route("/api/copy", copy, methods=["POST"]),
+    route("/api/delete", delete, methods=["DELETE"]),
+    route("/api/blobs/{digest}", blob_head, methods=["HEAD"]),
+    route("/api/blobs/{digest}", blob_post, methods=["POST"]),
 ]

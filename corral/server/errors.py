@@ -1,0 +1,126 @@
+"""Error rendering: one renderer per dialect, picked by the route that matched.
+
+The exception hierarchy (:mod:`corral.errors`) carries an HTTP status and a
+message and knows nothing of wire shapes. A :class:`Dialect` turns one into
+its own body: Ollama's ``{"error": "..."}``, OpenAI's error object, the
+registry's ``{"errors": [...]}``. Every route is a :class:`DialectRoute`, which
+records its dialect in the ASGI scope; the app's exception handlers, and a
+stream that fails after it started, read it from there. A request that
+matched no route is answered in Ollama's shape, as Ollama answers it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from corral.errors import CorralError, InternalError
+from corral.server.http import dumps
+
+log = logging.getLogger(__name__)
+
+SCOPE_KEY = "corral.dialect"
+
+Renderer = Callable[[int, str, "CorralError | None"], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one API family writes an error: as a whole body, and as a stream's last item."""
+
+    name: str
+    render: Renderer
+    stream_framing: Callable[[str], str] = lambda body: body + "\n"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def body(self, status: int, message: str, exc: CorralError | None = None) -> dict[str, Any]:
+        return self.render(status, message, exc)
+
+    def stream_item(self, exc: BaseException) -> str:
+        """The item that ends a stream which failed after it started."""
+        err = as_corral_error(exc)
+        return self.stream_framing(dumps(self.render(err.status, err.message, err)))
+
+
+def as_corral_error(exc: BaseException) -> CorralError:
+    """Anything raised -> a CorralError; an unexpected exception is logged and becomes a 500."""
+    if isinstance(exc, CorralError):
+        return exc
+    log.error("unexpected error", exc_info=exc)
+    return InternalError(f"internal error: {exc}")
+
+
+def _ollama(status: int, message: str, exc: CorralError | None) -> dict[str, Any]:
+    return {"error": message}
+
+
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def _openai(status: int, message: str, exc: CorralError | None) -> dict[str, Any]:
+    if exc is None or isinstance(exc, InternalError):  # not one of ours: the router's 404/405, or a crash
+        err_type = "invalid_request_error" if status < 500 else "api_error"
+    else:
+        err_type = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    code = "model_not_found" if status == 404 and exc is not None and exc.param == "model" else None
+    return {"error": {"message": message, "type": err_type, "param": exc.param if exc else None, "code": code}}
+
+
+OLLAMA = Dialect("ollama", _ollama)
+OPENAI = Dialect("openai", _openai, stream_framing=lambda body: "data: " + body + "\n\n")
+
+
+def dialect_of(scope: Scope) -> Dialect:
+    """The dialect of the route that took this request (Ollama's when none did)."""
+    dialect = scope.get(SCOPE_KEY)
+    return dialect if isinstance(dialect, Dialect) else OLLAMA
+
+
+def _guard(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Turn an unexpected exception into a logged :class:`InternalError`, so it is answered by the
+    same handler, inside the middleware, as every other error."""
+
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except (CorralError, HTTPException):  # these have their own handlers
+            raise
+        except Exception as exc:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            raise InternalError(f"internal error: {exc}") from exc
+
+    return guarded
+
+
+class DialectRoute(Route):
+    """A route that answers its errors in ``dialect``'s shape."""
+
+    def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], *, dialect: Dialect,
+                 methods: list[str] | None = None, name: str | None = None) -> None:
+        super().__init__(path, _guard(endpoint), methods=methods, name=name or endpoint.__name__)
+        self.dialect = dialect
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SCOPE_KEY] = self.dialect
+        await super().handle(scope, receive, send)
+
+
+def route_factory(dialect: Dialect) -> Callable[..., DialectRoute]:
+    """``route = route_factory(OPENAI)``; then ``route("/v1/models", handler, methods=["GET"])``."""
+
+    def route(path: str, endpoint: Callable[[Request], Awaitable[Response]], *, methods: list[str] | None = None,
+              name: str | None = None) -> DialectRoute:
+        return DialectRoute(path, endpoint, dialect=dialect, methods=methods, name=name)
+
+    return route

@@ -1,0 +1,1 @@
+"""OpenAI's /v1 dialect: wire types and the routes that translate it onto the backend."""

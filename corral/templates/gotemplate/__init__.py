@@ -1,0 +1,1 @@
+"""Go text/template, as Ollama's Modelfile TEMPLATEs use it: lexer, parser, executor, Go formatting and Ollama's template data."""
