@@ -498,7 +498,7 @@ def test_full_queue_is_503(start_server: Callable[..., ServerProc], server: Serv
     assert results == {"first": None, "second": "length"}  # the first was still running when released
 
 
-class _StandInService:
+class _StandInService:  # the chat part of a Backend
     """Raises the error the model name asks for; ``midstream`` fails after one piece."""
 
     def __init__(self) -> None:
@@ -511,7 +511,7 @@ class _StandInService:
 
     async def chat(self, call: Any) -> AsyncIterator[Any]:
         from corral.errors import EngineError
-        from corral.backend.local import Piece
+        from corral.backend.base import Piece
 
         if call.model == "midstream":
             yield Piece("Hello")
@@ -530,7 +530,7 @@ def test_error_classes_map_to_sdk_exceptions(tmp_path: Path) -> None:
     from corral.settings import Settings
 
     app = create_app(Settings(home=tmp_path, models_dir=tmp_path / "models"), engine=object())  # type: ignore[arg-type]
-    app.state.service = _StandInService()
+    app.state.backend = _StandInService()
     c = OpenAI(base_url="http://testserver/v1", api_key="x", max_retries=0, http_client=TestClient(app))
     expected = {"unauthorized": (openai.AuthenticationError, 401, "authentication_error"),
                 "forbidden": (openai.PermissionDeniedError, 403, "permission_error"),

@@ -1,111 +1,47 @@
-"""Service: the inference core every API dialect translates into.
+"""LocalBackend: the :class:`~corral.backend.base.Backend` over the local store and llama.cpp.
 
 One internal :class:`ChatCall` / :class:`GenerateCall` goes in; a stream of
 :class:`Piece` events and one :class:`Final` comes out. This module resolves
-the model, checks its capabilities, renders the prompt, fits it into the
-context window, leases a slot from the scheduler and post-processes output
-(thinking, tool calls). The Ollama and OpenAI adapters in ``corral.server``
-only reshape these events onto the wire.
+the model from the store, checks its capabilities, renders the prompt, fits
+it into the context window, leases a slot from the scheduler and
+post-processes output (thinking, tool calls). It also answers the catalog
+(models, show, running) from the store and the scheduler.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
+from corral.backend.base import (
+    ChatCall,
+    Common,
+    EmbedCall,
+    Embeddings,
+    Final,
+    GenerateCall,
+    Loaded,
+    ModelInfo,
+    ModelSummary,
+    Piece,
+    RunningModel,
+)
 from corral.engine.base import CompletionRequest, DoneEvent, LoadSpec, TokenEvent
-from corral.errors import BadRequest, EngineError
-from corral.options import LOAD_OPTIONS, merge_options, validate_options
+from corral.errors import BadRequest, ModelNotFound
+from corral.options import merge_options, validate_options
 from corral.templates.parsers import ThinkingSplitter, ToolCallParser
 from corral.templates.render import render_chat, render_generate
 from corral.backend.scheduler import Lease, Scheduler
 from corral.settings import Settings
 from corral.store.records import ModelRecord, load_record
-from corral.store.store import Store
+from corral.store.modelfile import render_modelfile
+from corral.store.store import LocalModel, Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Common:
-    model: str
-    options: dict[str, Any] = field(default_factory=dict)
-    format: str | dict[str, Any] | None = None
-    think: bool | str | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    keep_alive: float | None = None
-    images: list[str] | None = None
-
-
-@dataclass
-class ChatCall(Common):
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    tools: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class GenerateCall(Common):
-    prompt: str = ""
-    suffix: str | None = None
-    system: str | None = None
-    template: str | None = None
-    context: list[int] | None = None
-    raw: bool = False
-
-
-@dataclass
-class Piece:
-    content: str = ""
-    thinking: str = ""
-    logprobs: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class Final:
-    done_reason: str
-    model: str
-    total_ns: int = 0
-    load_ns: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_ns: int = 0
-    eval_count: int = 0
-    eval_ns: int = 0
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    context: list[int] | None = None
-    content: str = ""  # leftover content released at the end (e.g. a failed tool parse)
-
-
-@dataclass
-class Collected:
-    """A whole (non-streamed) answer: every piece folded into one."""
-
-    content: str
-    thinking: str
-    logprobs: list[dict[str, Any]]
-    final: Final
-
-
-async def collect(events: AsyncIterator[Piece | Final]) -> Collected:
-    content: list[str] = []
-    thinking: list[str] = []
-    logprobs: list[dict[str, Any]] = []
-    final: Final | None = None
-    async for ev in events:
-        if isinstance(ev, Piece):
-            content.append(ev.content)
-            thinking.append(ev.thinking)
-            logprobs.extend(ev.logprobs or [])
-        else:
-            content.append(ev.content)
-            final = ev
-    if final is None:  # the engine ended without a final event
-        raise EngineError("generation ended without a result")
-    return Collected("".join(content), "".join(thinking), logprobs, final)
 
 
 def _format_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
@@ -179,7 +115,9 @@ class _Shaper:
         return out
 
 
-class Service:
+class LocalBackend:
+    """The local store + scheduler + engine, behind the Backend seam."""
+
     def __init__(self, settings: Settings, store: Store, scheduler: Scheduler) -> None:
         self.settings = settings
         self.store = store
@@ -208,15 +146,15 @@ class Service:
     def options_for(self, record: ModelRecord, request_options: dict[str, Any] | None) -> dict[str, Any]:
         return merge_options(validate_options(record.params), validate_options(request_options))
 
-    async def lease_for_load(self, name: str, keep_alive: float | None, options: dict[str, Any] | None) -> tuple[ModelRecord, Lease | None]:
+    async def load(self, model: str, *, keep_alive: float | None, options: dict[str, Any] | None) -> Loaded:
         """Empty prompt/messages: only load (or, with keep_alive 0, unload)."""
-        record = self.record(name)
+        record = self.record(model)
         if keep_alive == 0:
             await self.scheduler.unload(record.name)
-            return record, None
+            return Loaded(record.name, loaded=False)
         opts = self.options_for(record, options)
-        lease = await self.scheduler.ensure_loaded(record.name, record.digest, self.load_spec(record, opts), keep_alive)
-        return record, lease
+        await self.scheduler.ensure_loaded(record.name, record.digest, self.load_spec(record, opts), keep_alive)
+        return Loaded(record.name, loaded=True)
 
     # ---- chat / generate ---------------------------------------------------------
     def _check(self, record: ModelRecord, call: Common) -> bool | None:
@@ -341,32 +279,84 @@ class Service:
         return list(tokens[:keep] + tokens[len(tokens) - (limit - keep):])
 
     # ---- embeddings -------------------------------------------------------------------
-    async def embed(self, model: str, inputs: list[str] | list[list[int]], *, truncate: bool, dimensions: int | None,
-                    options: dict[str, Any] | None, keep_alive: float | None) -> tuple[list[list[float]], int, int, int]:
-        """Return (vectors, prompt_tokens, load_ns, total_ns); vectors are L2-normalised."""
+    async def embed(self, call: EmbedCall) -> Embeddings:
+        """Vectors are L2-normalised (again after cutting to ``dimensions``)."""
         start = time.monotonic()
-        record = self.record(model)
-        opts = self.options_for(record, options)
+        record = self.record(call.model)
+        opts = self.options_for(record, call.options)
         spec = self.load_spec(record, opts)
-        async with self.scheduler.acquire(record.name, record.digest, spec, keep_alive) as lease:
+        async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
             limit = min(spec.num_ctx, spec.num_batch)
             prepared: list[list[int] | str] = []
-            for item in inputs:
+            for item in call.inputs:
                 tokens = list(item) if isinstance(item, list) else await lease.model.tokenize(
                     item, special=False, add_special=True)
                 if len(tokens) > limit:
-                    if not truncate:
+                    if not call.truncate:
                         raise BadRequest("input exceeds maximum context length", param="input")
                     tokens = tokens[:limit]
                 prepared.append(tokens if tokens else (item if isinstance(item, str) else ""))
             vectors, n_tokens = await lease.model.embed(prepared) if prepared else ([], 0)
             load_ns = int(lease.load_seconds * 1e9)
-        if dimensions is not None:
-            vectors = [_normalise(v[:dimensions]) for v in vectors]
-        return vectors, n_tokens, load_ns, int((time.monotonic() - start) * 1e9)
+        if call.dimensions is not None:
+            vectors = [_normalise(v[:call.dimensions]) for v in vectors]
+        return Embeddings(vectors, n_tokens, load_ns, int((time.monotonic() - start) * 1e9))
 
-    def split_load_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in options.items() if k in LOAD_OPTIONS}
+    # ---- catalog ------------------------------------------------------------------------
+    async def unload(self, model: str) -> bool:
+        return await self.scheduler.unload(model)
+
+    def _summary(self, local: LocalModel) -> ModelSummary:
+        try:
+            details = self.record(local.name.display).info.details(parent=_parent(local))
+        except Exception:  # a model whose weights can't be read still lists
+            details = {"parent_model": "", "format": "gguf", "family": "", "families": None,
+                       "parameter_size": "", "quantization_level": ""}
+        return ModelSummary(local.name.display, local.name.namespace, local.modified_at, local.size, local.digest,
+                            details)
+
+    async def models(self) -> list[ModelSummary]:
+        return [self._summary(local) for local in await asyncio.to_thread(self.store.list)]
+
+    async def model(self, name: str) -> ModelSummary:
+        try:
+            local = await asyncio.to_thread(self.store.get, name)
+        except BadRequest:  # a name that can't exist is simply not found
+            raise ModelNotFound(name) from None
+        return self._summary(local)
+
+    async def show(self, name: str, *, verbose: bool = False) -> ModelInfo:
+        record = self.record(name)
+        params = dict(record.params)
+        modelfile = render_modelfile(
+            from_=str(record.gguf_path), parameters=params, template=record.template, system=record.system,
+            license=record.license, messages=record.messages, adapters=[str(a) for a in record.adapters],
+        )
+        return ModelInfo(
+            name=record.name, modelfile=modelfile, parameters=params, template=record.effective_template or "",
+            system=record.system, license=list(record.license), details=record.info.details(parent=_parent(record.local)),
+            messages=list(record.messages), model_info=record.info.model_info(verbose=verbose),
+            capabilities=record.capabilities, modified_at=record.local.modified_at,
+        )
+
+    async def running(self) -> list[RunningModel]:
+        out = []
+        for runner in self.scheduler.running():
+            try:
+                details = self.record(runner.key).info.details()
+            except Exception:  # removed from the store while loaded
+                details = {}
+            out.append(RunningModel(runner.key, runner.digest, runner.model.size_bytes, 0, details,
+                                    runner.expires_at, runner.spec.num_ctx))
+        return out
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+
+
+def _parent(local: LocalModel) -> str:
+    layer = local.layer("model")
+    return layer.from_ if layer is not None and layer.from_ else ""
 
 
 def _normalise(vec: list[float]) -> list[float]:

@@ -1,9 +1,12 @@
-"""Engine seam: the small interface every inference backend implements.
+"""Engine seam: how the local backend drives an in-process model runtime.
 
 An :class:`Engine` loads a model file into a :class:`LoadedModel`, which can
-stream a completion as events, embed, tokenize and close. The scheduler and
-the HTTP layer only see these types, so an upstream engine (a remote Ollama
-or vLLM) can be added beside the in-process llama.cpp one.
+stream a completion of an already rendered prompt as events, embed, tokenize
+and close. This seam sits below the store, the templates and the scheduler,
+so it suits runtimes that take a file and a prompt (llama.cpp today). A
+remote server (another Ollama, vLLM, a fleet) takes whole chat requests and
+has its own catalog: it plugs in one level up, as a
+:class:`corral.backend.base.Backend`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from corral.server.ollama import inference, models, registry
 from corral.server.openai import routes as openai_routes
 from corral.server import registry_v2
 from corral.server.middleware import GatewayMiddleware
-from corral.backend.local import Service
+from corral.backend.local import LocalBackend
 from corral.settings import Settings
 from corral.store.store import Store
 
@@ -90,8 +90,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: list[
         scheduler = Scheduler(settings, engine)  # type: ignore[arg-type]
         app.state.settings = settings
         app.state.store = store
-        app.state.scheduler = scheduler
-        app.state.service = Service(settings, store, scheduler)
+        backend = LocalBackend(settings, store, scheduler)
+        app.state.backend = backend
         if settings.starter_models:
             from corral.store.starters import seed_starters
 
@@ -100,7 +100,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: list[
         try:
             yield
         finally:
-            await scheduler.close()
+            await backend.close()
 
     allow_all = "*" in settings.origins
     middleware = [

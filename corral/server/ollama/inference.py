@@ -22,7 +22,7 @@ from corral.durations import parse_keep_alive
 from corral.errors import BadRequest
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
-from corral.backend.local import ChatCall, Final, GenerateCall, Piece, Service, collect
+from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, Piece, collect
 
 
 route = route_factory(OLLAMA)
@@ -40,8 +40,8 @@ def _rfc3339_second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
+def _backend(request: Request) -> Backend:
+    return request.app.state.backend  # type: ignore[no-any-return]
 
 
 def _stats(final: Final) -> dict[str, Any]:
@@ -65,18 +65,18 @@ def _tool_calls_wire(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def generate(request: Request) -> Response:
     req: GenerateRequest = parse_request(GenerateRequest, await read_json(request))
-    service = _service(request)
+    backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
     if req.prompt == "" and not req.images and req.suffix is None:
-        record, lease = await service.lease_for_load(req.model, keep_alive, req.options)
-        return JSON({"model": record.name, "created_at": now(), "response": "", "done": True,
-                     "done_reason": "load" if lease else "unload"})
+        loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
+        return JSON({"model": loaded.model, "created_at": now(), "response": "", "done": True,
+                     "done_reason": "load" if loaded.loaded else "unload"})
     call = GenerateCall(
         model=req.model, prompt=req.prompt, suffix=req.suffix, system=req.system, template=req.template,
         context=req.context, raw=req.raw, format=req.format, images=req.images, options=req.options or {},
         think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs, keep_alive=keep_alive,
     )
-    events = service.generate(call)
+    events = backend.generate(call)
     if req.stream is False:
         return JSON(await _collect_generate(events, req.model))
     return await stream_events(events, _generate_line(req.model), dialect=OLLAMA)
@@ -132,16 +132,16 @@ def chat_call_from(req: ChatRequest, keep_alive: float | None) -> ChatCall:
 
 async def chat(request: Request) -> Response:
     req: ChatRequest = parse_request(ChatRequest, await read_json(request))
-    service = _service(request)
+    backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
     for m in req.messages:
         if m.role not in ("system", "user", "assistant", "tool"):
             raise BadRequest(f"invalid message role: {m.role!r}", param="messages")
     if not req.messages:
-        record, lease = await service.lease_for_load(req.model, keep_alive, req.options)
-        return JSON({"model": record.name, "created_at": now(), "message": {"role": "assistant", "content": ""},
-                     "done": True, "done_reason": "load" if lease else "unload"})
-    events = service.chat(chat_call_from(req, keep_alive))
+        loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
+        return JSON({"model": loaded.model, "created_at": now(), "message": {"role": "assistant", "content": ""},
+                     "done": True, "done_reason": "load" if loaded.loaded else "unload"})
+    events = backend.chat(chat_call_from(req, keep_alive))
     if req.stream is False:
         return JSON(await _collect_chat(events, req.model))
     return await stream_events(events, _chat_line(req.model), dialect=OLLAMA)
@@ -191,7 +191,7 @@ async def _collect_chat(events: AsyncIterator[Piece | Final], model: str) -> dic
 
 async def embed(request: Request) -> Response:
     req: EmbedRequest = parse_request(EmbedRequest, await read_json(request))
-    service = _service(request)
+    backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
     inputs: Any = req.input
     if isinstance(inputs, str):
@@ -199,25 +199,23 @@ async def embed(request: Request) -> Response:
     elif inputs and all(isinstance(i, int) for i in inputs):
         inputs = [inputs]
     if not inputs:
-        record, lease = await service.lease_for_load(req.model, keep_alive, req.options)
-        return JSON({"model": record.name, "embeddings": []})
-    vectors, n_tokens, load_ns, total_ns = await service.embed(
-        req.model, inputs, truncate=req.truncate is not False, dimensions=req.dimensions,
-        options=req.options, keep_alive=keep_alive)
-    return JSON({"model": req.model, "embeddings": vectors, "total_duration": total_ns,
-                 "load_duration": load_ns, "prompt_eval_count": n_tokens})
+        loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
+        return JSON({"model": loaded.model, "embeddings": []})
+    out = await backend.embed(EmbedCall(req.model, inputs, truncate=req.truncate is not False,
+                                        dimensions=req.dimensions, options=req.options, keep_alive=keep_alive))
+    return JSON({"model": req.model, "embeddings": out.vectors, "total_duration": out.total_ns,
+                 "load_duration": out.load_ns, "prompt_eval_count": out.prompt_tokens})
 
 
 async def embeddings(request: Request) -> Response:
     req: EmbeddingsRequest = parse_request(EmbeddingsRequest, await read_json(request))
-    service = _service(request)
+    backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
     if not req.prompt:
-        await service.lease_for_load(req.model, keep_alive, req.options)
+        await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"embedding": []})
-    vectors, _, _, _ = await service.embed(req.model, [req.prompt], truncate=True, dimensions=None,
-                                           options=req.options, keep_alive=keep_alive)
-    return JSON({"embedding": vectors[0]})
+    out = await backend.embed(EmbedCall(req.model, [req.prompt], options=req.options, keep_alive=keep_alive))
+    return JSON({"embedding": out.vectors[0]})
 
 
 routes = [

@@ -19,7 +19,7 @@ from corral.server.ollama.types import CopyRequest, CreateRequest, DeleteRequest
 from corral.errors import BadRequest, NotFound
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
-from corral.backend.local import Service
+from corral.backend.base import Backend
 from corral.store.create import CreateSpec, create_model, validate_spec
 from corral.store.names import ModelName
 from corral.store.store import Store, check_digest, now_iso
@@ -28,8 +28,8 @@ from corral.store.store import Store, check_digest, now_iso
 route = route_factory(OLLAMA)
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
+def _backend(request: Request) -> Backend:
+    return request.app.state.backend  # type: ignore[no-any-return]
 
 
 def _store(request: Request) -> Store:
@@ -45,50 +45,27 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    store = _store(request)
-    models = []
-    for local in await asyncio.to_thread(store.list):
-        try:
-            record = _service(request).record(local.name.display)
-            details = record.info.details(parent=_parent(local))
-        except Exception:  # a model whose weights can't be read still lists
-            details = {"parent_model": "", "format": "gguf", "family": "", "families": None,
-                       "parameter_size": "", "quantization_level": ""}
-        models.append({
-            "name": local.name.display, "model": local.name.display, "modified_at": now_iso(local.modified_at),
-            "size": local.size, "digest": local.digest, "details": details,
-        })
+    models = [{"name": m.name, "model": m.name, "modified_at": now_iso(m.modified_at), "size": m.size,
+               "digest": m.digest, "details": m.details} for m in await _backend(request).models()]
     return JSON({"models": models})
-
-
-def _parent(local: Any) -> str:
-    layer = local.layer("model")
-    return layer.from_ if layer is not None and layer.from_ else ""
 
 
 async def show(request: Request) -> Response:
     req: ShowRequest = parse_request(ShowRequest, await read_json(request))
     if not req.target:
         raise BadRequest("model is required", param="model")
-    record = _service(request).record(req.target)
-    from corral.store.modelfile import render_modelfile
-
-    params = dict(record.params)
-    modelfile = render_modelfile(
-        from_=str(record.gguf_path), parameters=params, template=record.template, system=record.system,
-        license=record.license, messages=record.messages, adapters=[str(a) for a in record.adapters],
-    )
+    info = await _backend(request).show(req.target, verbose=req.verbose)
     out: dict[str, Any] = {
-        "license": "\n".join(record.license) if record.license else None,
-        "modelfile": modelfile,
-        "parameters": "\n".join(_param_lines(params)) if params else None,
-        "template": record.effective_template or "",
-        "system": record.system,
-        "details": record.info.details(parent=_parent(record.local)),
-        "messages": record.messages or None,
-        "model_info": record.info.model_info(verbose=req.verbose),
-        "capabilities": record.capabilities,
-        "modified_at": now_iso(record.local.modified_at),
+        "license": "\n".join(info.license) if info.license else None,
+        "modelfile": info.modelfile,
+        "parameters": "\n".join(_param_lines(info.parameters)) if info.parameters else None,
+        "template": info.template,
+        "system": info.system,
+        "details": info.details,
+        "messages": info.messages or None,
+        "model_info": info.model_info,
+        "capabilities": info.capabilities,
+        "modified_at": now_iso(info.modified_at),
     }
     return JSON({k: v for k, v in out.items() if v is not None})
 
@@ -104,18 +81,9 @@ def _param_lines(params: dict[str, Any]) -> list[str]:
 
 
 async def ps(request: Request) -> Response:
-    service = _service(request)
-    models = []
-    for runner in service.scheduler.running():
-        try:
-            details = service.record(runner.key).info.details()
-        except Exception:  # removed from the store while loaded
-            details = {}
-        models.append({
-            "name": runner.key, "model": runner.key, "size": runner.model.size_bytes, "digest": runner.digest,
-            "details": details, "expires_at": runner.expires_at.isoformat().replace("+00:00", "Z"),
-            "size_vram": 0, "context_length": runner.spec.num_ctx,
-        })
+    models = [{"name": m.name, "model": m.name, "size": m.size, "digest": m.digest, "details": m.details,
+               "expires_at": m.expires_at.isoformat().replace("+00:00", "Z"), "size_vram": m.size_vram,
+               "context_length": m.context_length} for m in await _backend(request).running()]
     return JSON({"models": models})
 
 
@@ -172,7 +140,7 @@ async def delete(request: Request) -> Response:
     if not req.target:
         raise BadRequest("model is required", param="model")
     name = ModelName.parse(req.target)
-    await _service(request).scheduler.unload(name.display)
+    await _backend(request).unload(name.display)
     await asyncio.to_thread(_store(request).delete, req.target)
     return Response(status_code=200)
 

@@ -17,7 +17,6 @@ started becomes a last ``data: {"error": {...}}`` event.
 from __future__ import annotations
 
 import array
-import asyncio
 import base64
 import json
 import logging
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from corral.errors import BadRequest, CorralError, ModelNotFound
+from corral.errors import BadRequest
 from corral.server.errors import OPENAI, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.openai.types import (
@@ -43,8 +42,7 @@ from corral.server.openai.types import (
     ResponseFormat,
     parse,
 )
-from corral.backend.local import ChatCall, Final, GenerateCall, Piece, Service, collect
-from corral.store.store import LocalModel, Store
+from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, ModelSummary, Piece, collect
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +63,8 @@ _ID_CHARS = string.ascii_lowercase + string.digits
 route = route_factory(OPENAI)
 
 
-def _service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
-
-
-def _store(request: Request) -> Store:
-    return request.app.state.store  # type: ignore[no-any-return]
+def _backend(request: Request) -> Backend:
+    return request.app.state.backend  # type: ignore[no-any-return]
 
 
 def _new_id(prefix: str) -> str:
@@ -301,7 +295,7 @@ async def _sse(request: Request, lines: AsyncIterator[str]) -> Response:
 async def chat_completions(request: Request) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request))
     call = chat_call_from(req)
-    events = _service(request).chat(call)
+    events = _backend(request).chat(call)
     cid, created = _new_id("chatcmpl-"), int(time.time())
     top_n = call.top_logprobs if call.logprobs else -1
     if not req.stream:
@@ -407,7 +401,7 @@ def generate_call_from(req: CompletionRequest) -> GenerateCall:
 async def completions(request: Request) -> Response:
     req: CompletionRequest = parse(CompletionRequest, await read_json(request))
     call = generate_call_from(req)
-    events = _service(request).generate(call)
+    events = _backend(request).generate(call)
     cid, created = _new_id("cmpl-"), int(time.time())
     top_n = req.logprobs if req.logprobs is not None else -1
     echo = call.prompt if req.echo else ""
@@ -491,8 +485,8 @@ async def embeddings(request: Request) -> Response:
         raise BadRequest("invalid input: expected a string, a list of strings or token arrays", param="input")
     if any(isinstance(i, list) and any(t < 0 for t in i) for i in inputs):
         raise BadRequest("invalid input: token ids must be non-negative", param="input")
-    vectors, n_tokens, _, _ = await _service(request).embed(
-        req.model, inputs, truncate=True, dimensions=req.dimensions, options=None, keep_alive=None)
+    out = await _backend(request).embed(EmbedCall(req.model, inputs, dimensions=req.dimensions))
+    vectors, n_tokens = out.vectors, out.prompt_tokens
     encode: Callable[[list[float]], Any] = _b64 if fmt == "base64" else (lambda v: v)
     data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(vectors)]
     return JSON({"object": "list", "data": data, "model": req.model,
@@ -505,23 +499,18 @@ async def not_found(request: Request) -> Response:
 
 # ---- /v1/models ------------------------------------------------------------------------------
 
-def _model_entry(local: LocalModel) -> dict[str, Any]:
-    return {"id": local.name.display, "object": "model", "created": int(local.modified_at.timestamp()),
-            "owned_by": local.name.namespace}
+def _model_entry(model: ModelSummary) -> dict[str, Any]:
+    return {"id": model.name, "object": "model", "created": int(model.modified_at.timestamp()),
+            "owned_by": model.namespace}
 
 
 async def list_models(request: Request) -> Response:
-    models = await asyncio.to_thread(_store(request).list)
-    return JSON({"object": "list", "data": [_model_entry(m) for m in models]})
+    return JSON({"object": "list", "data": [_model_entry(m) for m in await _backend(request).models()]})
 
 
 async def retrieve_model(request: Request) -> Response:
     name = request.path_params["model"]
-    try:
-        local = await asyncio.to_thread(_store(request).get, name)
-    except BadRequest:  # a name that can't exist is simply not found
-        raise ModelNotFound(name) from None
-    entry = _model_entry(local)
+    entry = _model_entry(await _backend(request).model(name))
     entry["id"] = name  # OpenAI (and Ollama) echo the id as asked
     return JSON(entry)
 
