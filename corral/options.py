@@ -41,8 +41,6 @@ OPTION_TYPES: dict[str, type] = {
     "stop": list,
 }
 
-LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
-
 # Ollama's defaults (api.DefaultOptions), used when neither the request nor
 # the model's params layer gives a value.
 DEFAULTS: dict[str, Any] = {

@@ -23,11 +23,6 @@ _GROUP_MAX_EPS = 1e-15
 _CHUNK_BLOCKS = 4096  # super-blocks (of 256 values) handled per vectorised step
 
 
-def _f16(x: np.ndarray) -> np.ndarray:
-    """Round-trip through fp16, as ggml stores and re-reads block scales."""
-    return x.astype(np.float16).astype(np.float32)
-
-
 def _make_qkx2(
     x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -37,16 +37,6 @@ MAX_MANIFEST_BYTES = 4 << 20
 _UUID = re.compile(r"^[0-9a-f]{32}$")
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(\d+|\*))?$")
 
-# Methods that change the store when sent to /v2/...: once API keys exist,
-# these must require an admin key (see registry_api.authorize_write).
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-def is_registry_write(method: str, path: str) -> bool:
-    """True for requests that write to Corral's store through the registry."""
-    return path.startswith("/v2/") and method.upper() in WRITE_METHODS
-
-
 def repo_name(namespace: str, model: str, tag: str, host: str = DEFAULT_HOST) -> ModelName:
     """The store name a ``/v2/<namespace>/<model>`` request refers to (400 if invalid)."""
     return ModelName.parse(f"{host}/{namespace}/{model}:{tag}")

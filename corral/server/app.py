@@ -8,9 +8,8 @@ error body of the dialect whose route raised it (:mod:`corral.server.errors`).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,7 +27,7 @@ from corral.server.http import JSON
 from corral.server.ollama import inference, models, registry
 from corral.server.openai import routes as openai_routes
 from corral.server import registry_v2
-from corral.server.middleware import GatewayMiddleware
+from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.backend.local import LocalBackend
 from corral.settings import Settings
 from corral.store.store import Store
@@ -75,7 +74,7 @@ class CORS(CORSMiddleware):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None, hooks: list[Any] | None = None) -> Starlette:
+def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Sequence[GatewayHook] = ()) -> Starlette:
     if engine is None:
         from corral.engine.llamacpp import LlamaCppEngine
 
@@ -104,7 +103,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: list[
 
     allow_all = "*" in settings.origins
     middleware = [
-        Middleware(GatewayMiddleware, hooks=hooks or []),
+        Middleware(GatewayMiddleware, routes=routes, hooks=hooks),
         Middleware(
             CORS,
             allow_origins=["*"] if allow_all else [o for o in settings.origins if "*" not in o],

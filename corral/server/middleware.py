@@ -1,10 +1,16 @@
 """Gateway seam: one ASGI middleware in front of every route.
 
-It gives each request a :class:`RequestContext` (id, start time, named phase
-timings) and runs the registered :class:`GatewayHook` objects around it:
-``before`` may reject a request (auth), ``after`` sees the final status and
-timings once the response body has been fully sent (request log, metrics).
-API keys, the SQLite request log and ``/metrics`` plug in here as hooks.
+It gives each request a :class:`RequestContext` (id, start time, the route
+and dialect that will answer it, named phase timings) and runs the
+registered :class:`GatewayHook` objects around it: ``before`` may reject the
+request by raising a :class:`corral.errors.CorralError` (answered in the
+route's dialect), ``on_start`` may add response headers, ``after`` sees the
+final status and timings once the body has been sent. API keys, the request
+log and ``/metrics`` plug in here as hooks.
+
+With no hooks, the only per-request work is the context and the
+``X-Request-Id`` header; nothing is added per streamed chunk beyond one call
+that passes the message on.
 """
 
 from __future__ import annotations
@@ -12,10 +18,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from corral.errors import CorralError
+from corral.server.errors import OLLAMA, DialectRoute
+from corral.server.http import JSON
 
 log = logging.getLogger("corral.access")
 
@@ -25,15 +37,14 @@ class RequestContext:
     id: str
     method: str
     path: str
+    route: str  # the matched route's path template ("" when none matched)
+    dialect: str
     start: float = field(default_factory=time.perf_counter)
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # name -> milliseconds
     status: int = 0
-    first_byte: float | None = None
+    first_byte: float | None = None  # seconds after start
     bytes_out: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def mark(self, phase: str) -> None:
-        self.phases[phase] = time.perf_counter() - self.start
 
     @property
     def elapsed(self) -> float:
@@ -41,47 +52,67 @@ class RequestContext:
 
 
 class GatewayHook(Protocol):
-    async def before(self, ctx: RequestContext, scope: Scope) -> tuple[int, bytes] | None:
-        """Return (status, body) to reject the request, or None to continue."""
+    async def before(self, ctx: RequestContext, scope: Scope) -> None:
+        """Raise a CorralError to reject the request; return to let it through."""
 
-    async def after(self, ctx: RequestContext) -> None: ...
+    def on_start(self, ctx: RequestContext, headers: list[tuple[bytes, bytes]]) -> None:
+        """Called as the response starts: append headers to ``headers``."""
+
+    async def after(self, ctx: RequestContext) -> None:
+        """Called once the response has been sent (or the client went away)."""
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, hooks: list[GatewayHook] | None = None) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = (), hooks: Sequence[GatewayHook] = ()) -> None:
         self.app = app
-        self.hooks = list(hooks or [])
+        self.routes = list(routes)
+        self.hooks = list(hooks)
+
+    def _route(self, scope: Scope) -> BaseRoute | None:
+        partial = None
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route
+            if match is Match.PARTIAL and partial is None:
+                partial = route
+        return partial
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        ctx = RequestContext(uuid.uuid4().hex[:16], scope["method"], scope["path"])
+        route = self._route(scope) if self.hooks else None
+        dialect = route.dialect if isinstance(route, DialectRoute) else OLLAMA
+        ctx = RequestContext(uuid.uuid4().hex[:16], scope["method"], scope["path"],
+                             getattr(route, "path", ""), dialect.name)
         scope.setdefault("state", {})["ctx"] = ctx
-        for hook in self.hooks:
-            rejected = await hook.before(ctx, scope)
-            if rejected is not None:
-                status, body = rejected
-                ctx.status = status
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": body})
-                await self._after(ctx)
-                return
+        request_id = (b"x-request-id", ctx.id.encode())
+        hooks = self.hooks
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", ctx.id.encode()))
+                headers.append(request_id)
+                for hook in hooks:
+                    hook.on_start(ctx, headers)
                 message = {**message, "headers": headers}
-            elif message["type"] == "http.response.body":
+            elif hooks:
                 if ctx.first_byte is None:
                     ctx.first_byte = ctx.elapsed
                 ctx.bytes_out += len(message.get("body", b""))
             await send(message)
 
         try:
+            try:
+                for hook in hooks:
+                    await hook.before(ctx, scope)
+            except CorralError as exc:
+                response = JSON(dialect.body(exc.status, exc.message, exc), status_code=exc.status,
+                                headers=dict(dialect.headers))
+                await response(scope, receive, wrapped)
+                return
             await self.app(scope, receive, wrapped)
         finally:
             await self._after(ctx)

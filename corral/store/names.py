@@ -74,10 +74,6 @@ class ModelName:
             return f"{self.namespace}/{self.model}:{self.tag}"
         return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
 
-    @property
-    def full(self) -> str:
-        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-
     def manifest_relpath(self) -> PurePosixPath:
         return PurePosixPath("manifests", self.host, self.namespace, self.model, self.tag)
 

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any
 
-from corral.errors import BadRequest, ModelNotFound, NotFound
+from corral.errors import BadRequest, ModelNotFound
 from corral.store.names import ModelName
 
 log = logging.getLogger(__name__)
@@ -193,10 +193,6 @@ class Store:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def write_blob_bytes(self, data: bytes) -> Layer:
-        digest, size = self.write_blob([data])
-        return Layer("", digest, size)
-
     def import_file(self, path: Path) -> tuple[str, int]:
         """Put an existing file into the blob store (hard link when possible)."""
         self.ensure()
@@ -218,12 +214,6 @@ class Store:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return digest, dest.stat().st_size
-
-    def open_blob(self, digest: str) -> BinaryIO:
-        path = self.blob_path(digest)
-        if not path.is_file():
-            raise NotFound(f"blob {digest} not found")
-        return open(path, "rb")
 
     # ---- manifests -------------------------------------------------------
     def manifest_path(self, name: ModelName) -> Path:
@@ -317,8 +307,3 @@ def now_iso(dt: datetime | None = None) -> str:
     """RFC 3339 with nanosecond-style fraction, as Ollama prints times."""
     dt = dt or datetime.now(timezone.utc)
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def copy_stream(src: IO[bytes], size_hint: int = 1 << 20) -> Iterator[bytes]:
-    for chunk in iter(lambda: src.read(size_hint), b""):
-        yield chunk

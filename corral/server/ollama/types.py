@@ -2,7 +2,7 @@
 
 Requests are validated here; field names, defaults and optionality follow
 Ollama's ``api/types.go``. Streaming chunks on the hot path are written by
-:mod:`corral.server.ndjson` without building these models per token.
+:mod:`corral.server.ollama.inference` without building these models per token.
 """
 
 from __future__ import annotations
@@ -172,74 +172,6 @@ class PullRequest(_Req):
 
 
 PushRequest = PullRequest
-
-
-class ModelDetails(BaseModel):
-    parent_model: str = ""
-    format: str = "gguf"
-    family: str = ""
-    families: list[str] | None = None
-    parameter_size: str = ""
-    quantization_level: str = ""
-
-
-class ListModelResponse(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-    name: str
-    model: str
-    modified_at: str
-    size: int
-    digest: str
-    details: ModelDetails
-
-
-class ProcessModelResponse(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-    name: str
-    model: str
-    size: int
-    digest: str
-    details: ModelDetails
-    expires_at: str
-    size_vram: int
-    context_length: int
-
-
-class Metrics(BaseModel):
-    """Timing and token counts on a final chunk; durations in nanoseconds."""
-
-    done_reason: str | None = None
-    total_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    eval_count: int | None = None
-    eval_duration: int | None = None
-    logprobs: list[dict[str, Any]] | None = None
-
-
-class GenerateResponse(Metrics):
-    model: str
-    created_at: str
-    response: str = ""
-    thinking: str | None = None
-    done: bool
-    context: list[int] | None = None
-
-
-class ChatResponse(Metrics):
-    model: str
-    created_at: str
-    message: Message
-    done: bool
-
-
-class EmbedResponse(BaseModel):
-    model: str
-    embeddings: list[list[float]]
-    total_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
 
 
 def parse_request(model_cls: type[_Req], body: Any) -> Any:

@@ -523,6 +523,6 @@ routes = [
     route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]
 # Anything else under /v1 that no dialect claimed: answered in OpenAI's shape. Mounted last by the app.
-fallback = [route("/v1/{path:path}", not_found)]
+fallback = [route("/v1/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])]
 
 __all__ = ["chat_call_from", "generate_call_from", "routes"]
