@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Self
 
 from bench.peers import tree_pids
 
@@ -52,7 +53,7 @@ class Meter:
     def _pids(self) -> list[int]:
         return [os.getpid()] + (tree_pids(self.peer_pid) if self.peer_pid else [])
 
-    def __enter__(self) -> Meter:
+    def __enter__(self) -> Self:
         self._t0 = time.monotonic()
         self._busy0 = _busy_jiffies()
         self._ours0 = _ours(self._pids())

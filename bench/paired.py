@@ -84,8 +84,8 @@ def summarize(values: dict[str, list[float]]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]], mode: str, rounds: int) -> str:
     what = "decode tok/s, 1 stream" if mode == "single" else f"aggregate tok/s, {mode} streams"
-    out = [f"| peer | {what} (median of {rounds} rounds) | / {rows[-1]['peer']}, median of paired ratios "
-           "| bootstrap 95% interval |", "|---|---|---|---|"]
+    out = [(f"| peer | {what} (median of {rounds} rounds) | / {rows[-1]['peer']}, median of paired ratios "
+           "| bootstrap 95% interval |"), "|---|---|---|---|"]
     for row in rows:
         lo, hi = row["ratio_ci95"]
         out.append(f"| {row['peer']} | {row['median_tps']:.1f} | {row['ratio_median']:.3f} | {lo:.3f} – {hi:.3f} |")

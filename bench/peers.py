@@ -237,7 +237,7 @@ class Peer(ABC):
         assert proc.stdout is not None
         try:
             return await asyncio.wait_for(proc.stdout.readline(), self.cfg.start_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(f"{what} did not start within {self.cfg.start_timeout:.0f}s") from None
 
     def log_tail(self, n: int = 2000) -> str:
@@ -254,7 +254,7 @@ class Peer(ABC):
                     proc.stdin.close()
                 try:
                     await asyncio.wait_for(proc.wait(), 20)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     proc.kill()
                     await proc.wait()
         elif proc.poll() is None:
@@ -281,7 +281,7 @@ class HTTPPeer(Peer):
             try:
                 if await get_status(self.host, self.port, path) == 200:
                     return
-            except (OSError, asyncio.TimeoutError, ValueError, IndexError):
+            except (TimeoutError, OSError, ValueError, IndexError):
                 pass
             await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name} did not answer {path} within {self.cfg.start_timeout:.0f}s")
@@ -438,7 +438,7 @@ class LlamaCppPythonPeer(HTTPPeer):
         py = self.cfg.bench_python
         if not py.exists():
             return f"not installed ({py} missing; see bench/README.md)"
-        probe = subprocess.run([str(py), "-c", "import llama_cpp.server, uvicorn"], capture_output=True)
+        probe = subprocess.run([str(py), "-c", "import llama_cpp.server, uvicorn"], capture_output=True, check=False)
         if probe.returncode != 0:
             return f"not installed (llama-cpp-python[server] missing in {py})"
         return None

@@ -12,6 +12,7 @@ box's slow drifts that a best-of can land on either side of.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,7 +217,7 @@ def targets(peers: dict[str, Any], model_size: int, slots: int) -> list[dict[str
     agg = fig("corral", "aggregate_tps") or {}
     worst = fig("corral", "aggregate_tps_worst") or {}
     levels = [k for k in sorted(agg, key=int) if int(k) <= slots]
-    falls = [f"{a}->{b}" for a, b in zip(levels, levels[1:]) if agg[b] < worst.get(a, agg[a])]
+    falls = [f"{a}->{b}" for a, b in itertools.pairwise(levels) if agg[b] < worst.get(a, agg[a])]
     rise = agg[levels[-1]] / agg[levels[0]] if len(levels) > 1 and agg[levels[0]] else None
     detail = "aggregate tok/s best [worst of the repeats]: " + ", ".join(
         f"@{k} {agg[k]:.1f} [{worst.get(k, agg[k]):.1f}]" for k in levels)
@@ -277,8 +278,8 @@ def markdown(report: dict[str, Any]) -> str:
         cells += [f"{shares[lv]:.0%}" if lv in shares else "–" for lv in lat_levels]
         cells += [_f(fig.get("goodput_tps", {}).get("4"))] if "4" in levels else []
         cells += [_f(fig["peak_rss_mb"], 0),
-                  f"{_f(fig['chat_ttft_turn1_s'], 3)} → {_f(fig['chat_ttft_turn2_s'], 3)} "
-                  f"({fig['chat_history_tokens']:.0f} tok)",
+                  (f"{_f(fig['chat_ttft_turn1_s'], 3)} → {_f(fig['chat_ttft_turn2_s'], 3)} "
+                  f"({fig['chat_history_tokens']:.0f} tok)"),
                   _f(fig["chat_turn2_over_turn1"], 3), peer["gateway_overhead"]]
         rows.append("| " + " | ".join(cells) + " |")
     rows += ["", "| target | value (best of repeats) | goal | met | per-repeat ratios (median) |",

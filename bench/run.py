@@ -135,19 +135,19 @@ async def drive(peers: list[Peer], wl: Workload, patience: Patience, quick: bool
         order = peers[k:] + peers[:k]
         log.info("repeat %d/%d, peer order: %s", rep + 1, wl.repeats, ", ".join(p.name for p in order))
         for p in order if "single" in wl.phases else []:
-            res = await _measure(p, samples[p.name], "single", lambda: phase_single(p, wl), patience)
+            res = await _measure(p, samples[p.name], "single", lambda p=p: phase_single(p, wl), patience)
             log.info("  %-17s single stream: %6.1f tok/s decode, TTFT %.3fs", p.name,
                      median([r.decode_tps for r in res]), median([r.ttft for r in res]))
         for p in order if "prompt_eval" in wl.phases else []:
-            res = await _measure(p, samples[p.name], "prompt_eval", lambda: phase_prompt_eval(p, wl), patience)
+            res = await _measure(p, samples[p.name], "prompt_eval", lambda p=p: phase_prompt_eval(p, wl), patience)
             log.info("  %-17s %d-token prompt: TTFT %.3fs", p.name, res[0].prompt_tokens, res[0].ttft)
         for level in wl.levels if "concurrency" in wl.phases else ():
             for p in order:
                 res = await _measure(p, samples[p.name], f"concurrency_{level}",
-                                     lambda: phase_concurrency(p, wl, level), patience)
+                                     lambda p=p, level=level: phase_concurrency(p, wl, level), patience)
                 log.info("  %-17s %2d streams: %6.1f tok/s aggregate", p.name, level, aggregate_tps(res))
         for p in order if "chat" in wl.phases else []:
-            res = await _measure(p, samples[p.name], "chat", lambda: phase_chat(p, wl), patience)
+            res = await _measure(p, samples[p.name], "chat", lambda p=p: phase_chat(p, wl), patience)
             log.info("  %-17s chat TTFT turn 1 %.3fs, turn 2 %.3fs", p.name, res[0].ttft, res[1].ttft)
     return samples
 

@@ -33,15 +33,7 @@ SAMPLING: dict[str, float | int] = {
     "repeat_last_n": 64,
 }
 
-_WORDS = (
-    "the river carried old boats past quiet villages where farmers grew wheat and barley under a pale sky "
-    "merchants argued about prices while children chased dogs across the square and a bell rang twice "
-    "in the evening the lamps were lit one by one and travellers told stories of mountains cities and storms "
-    "a young engineer measured the bridge again because the numbers did not agree with the drawings "
-    "she wrote a careful report about the timber the stone the iron bolts and the cost of every repair "
-    "meanwhile the council met in a cold hall to decide whether the market should move closer to the harbour "
-    "nobody expected the winter to be so long yet the granaries held enough grain for everyone until spring"
-).split()
+_WORDS = ["the", "river", "carried", "old", "boats", "past", "quiet", "villages", "where", "farmers", "grew", "wheat", "and", "barley", "under", "a", "pale", "sky", "merchants", "argued", "about", "prices", "while", "children", "chased", "dogs", "across", "the", "square", "and", "a", "bell", "rang", "twice", "in", "the", "evening", "the", "lamps", "were", "lit", "one", "by", "one", "and", "travellers", "told", "stories", "of", "mountains", "cities", "and", "storms", "a", "young", "engineer", "measured", "the", "bridge", "again", "because", "the", "numbers", "did", "not", "agree", "with", "the", "drawings", "she", "wrote", "a", "careful", "report", "about", "the", "timber", "the", "stone", "the", "iron", "bolts", "and", "the", "cost", "of", "every", "repair", "meanwhile", "the", "council", "met", "in", "a", "cold", "hall", "to", "decide", "whether", "the", "market", "should", "move", "closer", "to", "the", "harbour", "nobody", "expected", "the", "winter", "to", "be", "so", "long", "yet", "the", "granaries", "held", "enough", "grain", "for", "everyone", "until", "spring"]
 
 # Openings that SmolLM2-135M continues past 96 tokens at temperature 0
 # (checked over 40 nonces each): Corral's API has no ignore_eos.

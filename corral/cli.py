@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,10 @@ def human_bytes(n: float) -> str:
 
 def human_ago(iso: str) -> str:
     try:
-        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+        then = datetime.fromisoformat(iso)
     except ValueError:
         return iso
-    secs = (datetime.now(timezone.utc) - then).total_seconds()
+    secs = (datetime.now(UTC) - then).total_seconds()
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if secs >= size:
             n = int(secs // size)

@@ -22,8 +22,17 @@ import pytest
 from bench import report as rp
 from bench.httpclient import stream_lines
 from bench.peers import parse_llama_server, parse_ollama, parse_openai, tree_peak_rss_bytes
-from bench.workload import (Req, Res, Workload, aggregate_tps, complete_share, goodput_tps, percentile,
-                            phase_concurrency, starvation)
+from bench.workload import (
+    Req,
+    Res,
+    Workload,
+    aggregate_tps,
+    complete_share,
+    goodput_tps,
+    percentile,
+    phase_concurrency,
+    starvation,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_PEERS = ("corral", "llama-server", "inproc", "corral[defaults]")
@@ -48,7 +57,7 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, An
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--peers", ",".join(CI_PEERS), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(out.read_text()), proc.stdout
@@ -285,7 +294,7 @@ def test_paired_rounds_run_both_peers_and_report_paired_ratios(tmp_path: Path) -
     proc = subprocess.run(
         [sys.executable, "-m", "bench.paired", "--peers", "corral,llama-server", "--mode", "single", "--rounds", "2",
          "--n-predict", "8", "--threads", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -312,7 +321,7 @@ def test_overhead_harness_measures_corral_against_the_stub(tmp_path: Path) -> No
     proc = subprocess.run(
         [sys.executable, "-m", "bench.overhead", "--rounds", "1", "--seconds", "1", "--streams", "1,2",
          "--tokens", "8", "--floor", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())

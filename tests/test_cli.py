@@ -21,7 +21,7 @@ def corral(server: ServerProc, *args: str, stdin: str | None = None, env: dict[s
     full_env["CORRAL_HOST"] = server.url.removeprefix("http://")
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "corral", *args], cwd=ROOT, env=full_env, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_list_prints_ollama_columns(server: ServerProc) -> None:
@@ -98,7 +98,7 @@ def test_ollama_host_is_honoured(server: ServerProc) -> None:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     full_env.update(env)
     out = subprocess.run([sys.executable, "-m", "corral", "list"], cwd=ROOT, env=full_env, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, check=False)
     assert out.returncode == 0 and SMOLLM in out.stdout
 
 

@@ -205,7 +205,7 @@ def test_missing_files(tmp_path: Path) -> None:
 
 @needs_minilm
 def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import corral.convert.gguf_out as gguf_out
+    from corral.convert import gguf_out
 
     calls = {"n": 0}
     real = gguf_out.encode

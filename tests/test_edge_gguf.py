@@ -95,6 +95,6 @@ def test_suffix_uses_fill_in_the_middle_tokens(client: ollama.Client, tmp_path: 
                         options={"num_ctx": 256, "num_predict": 6, "temperature": 0})
     assert r.done and 1 <= r.eval_count <= 6  # a random model may end early
     # The prompt went in as <fim_prefix> prefix <fim_suffix> suffix <fim_middle>.
-    prefix, suffix = len("def add(a, b):\n".encode()), len("\n    return c".encode())
+    prefix, suffix = len(b"def add(a, b):\n"), len(b"\n    return c")
     assert r.prompt_eval_count == prefix + suffix + 3
     assert r.context[:1] == [258] and 260 in r.context

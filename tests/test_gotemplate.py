@@ -62,7 +62,7 @@ class Person:
     Age: int
     Tags: list[str]
 
-    def Greet(self, whom: str) -> str:  # noqa: N802 - Go-style method name
+    def Greet(self, whom: str) -> str:
         return f"{self.Name} greets {whom}"
 
 
@@ -471,8 +471,8 @@ MISTRAL_HISTORY: list[dict[str, Any]] = [
 @pytest.mark.parametrize("src", [
     "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}[/INST] ",
     "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}[/INST] {{ .Response }}",
-    "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}\n{{- range .Messages }}\n{{- if eq .Role \"user\" }}"
-    "{{ .Content }}[/INST] {{ else if eq .Role \"assistant\" }}{{ .Content }}[INST] {{ end }}\n{{- end }}",
+    ("[INST] {{ if .System }}{{ .System }}\n\n{{ end }}\n{{- range .Messages }}\n{{- if eq .Role \"user\" }}"
+    "{{ .Content }}[/INST] {{ else if eq .Role \"assistant\" }}{{ .Content }}[INST] {{ end }}\n{{- end }}"),
 ])
 @pytest.mark.parametrize(("system", "expected"), [
     (None, "[INST] Hello friend![/INST] Hello human![INST] What is your name?[/INST] "),

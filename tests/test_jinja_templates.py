@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from corral.errors import BadRequest
-from corral.templates.render import render_jinja
 from corral.store.records import is_jinja
+from corral.templates.render import render_jinja
 
 JINJA = Path(__file__).parent / "data" / "jinja"
 

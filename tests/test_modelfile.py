@@ -6,8 +6,14 @@ import logging
 
 import pytest
 
-from corral.store.modelfile import (DEPRECATED_PARAMETERS, OPTION_TYPES, Modelfile, ModelfileError, parse,
-                              render_modelfile)
+from corral.store.modelfile import (
+    DEPRECATED_PARAMETERS,
+    OPTION_TYPES,
+    Modelfile,
+    ModelfileError,
+    parse,
+    render_modelfile,
+)
 
 
 def test_minimal_from() -> None:

@@ -510,8 +510,8 @@ class _StandInService:  # the chat part of a Backend
         }
 
     async def chat(self, call: Any) -> AsyncIterator[Any]:
-        from corral.errors import EngineError
         from corral.backend.base import Piece
+        from corral.errors import EngineError
 
         if call.model == "midstream":
             yield Piece("Hello")

@@ -177,16 +177,17 @@ def test_killed_pull_leaves_no_manifest_and_resumes(registry_a: ServerProc,
         name = f"127.0.0.1:{proxy.port}/library/{SMOLLM}"
 
         seen = 0
-        with pytest.raises(httpx.HTTPError):  # the server dies under the stream
-            with httpx.stream("POST", b.url + "/api/pull", json={"model": name, "insecure": True},
-                              timeout=120) as r:
-                assert r.status_code == 200
-                for line in r.iter_lines():
-                    event = json.loads(line)
-                    if event.get("digest") == digest and event.get("completed", 0) >= 12_000_000:
-                        assert partial.is_file()
-                        seen = partial.stat().st_size
-                        b.kill()
+        with (
+            pytest.raises(httpx.HTTPError),  # the server dies under the stream
+            httpx.stream("POST", b.url + "/api/pull", json={"model": name, "insecure": True}, timeout=120) as r,
+        ):
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                event = json.loads(line)
+                if event.get("digest") == digest and event.get("completed", 0) >= 12_000_000:
+                    assert partial.is_file()
+                    seen = partial.stat().st_size
+                    b.kill()
         assert seen >= 12_000_000
         have = partial.stat().st_size
         assert seen <= have < total

@@ -30,16 +30,16 @@ from corral.backend.base import (
     Piece,
     RunningModel,
 )
+from corral.backend.scheduler import Lease, Scheduler
 from corral.engine.base import CompletionRequest, DoneEvent, LoadSpec, TokenEvent
 from corral.errors import BadRequest, ModelNotFound
 from corral.options import merge_options, validate_options
+from corral.settings import Settings
+from corral.store.modelfile import render_modelfile
+from corral.store.records import ModelRecord, load_record
+from corral.store.store import LocalModel, Store
 from corral.templates.parsers import ThinkingSplitter, ToolCallParser
 from corral.templates.render import render_chat, render_generate
-from corral.backend.scheduler import Lease, Scheduler
-from corral.settings import Settings
-from corral.store.records import ModelRecord, load_record
-from corral.store.modelfile import render_modelfile
-from corral.store.store import LocalModel, Store
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from corral.engine.base import Engine, LoadedModel, LoadSpec
 from corral.errors import ServerBusy
@@ -27,7 +27,7 @@ from corral.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FOREVER = datetime(2318, 1, 1, tzinfo=timezone.utc)
+FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Runner:
     load_seconds: float
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)
-    expires_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    expires_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     timer: asyncio.TimerHandle | None = None
     closing: bool = False
 
@@ -50,7 +50,7 @@ class Runner:
         if self.keep_alive < 0:
             self.expires_at = FOREVER
         else:
-            self.expires_at = datetime.now(timezone.utc) + timedelta(seconds=self.keep_alive)
+            self.expires_at = datetime.now(UTC) + timedelta(seconds=self.keep_alive)
 
 
 @dataclass

@@ -56,8 +56,7 @@ def pooling_type(folder: Path) -> PoolingType:
 
 
 def _hf_name(name: str) -> str | None:
-    if name.startswith("bert."):
-        name = name[5:]
+    name = name.removeprefix("bert.")
     if name.endswith(".gamma"):
         name = name[:-6] + ".weight"
     elif name.endswith(".beta"):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 from gguf.quants import quant_shape_to_byte_shape, quantize
+
 from corral.store.store import fsync_dir
 
 log = logging.getLogger(__name__)

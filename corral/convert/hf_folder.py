@@ -50,7 +50,7 @@ def _read_config(src: Path) -> dict[str, Any]:
 
 def convert_hf_folder(
     src: Path, dst: Path, *, outtype: str = "f16", progress: Callable[[str], None] | None = None
-) -> dict:
+) -> dict[str, Any]:
     """Convert the safetensors folder ``src`` into the GGUF file ``dst``.
 
     ``outtype`` is one of ``f32``, ``f16`` (default), ``bf16`` or ``q8_0``; 1-D

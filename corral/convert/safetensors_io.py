@@ -16,6 +16,7 @@ import logging
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class TensorEntry:
     end: int
 
 
-def _read_header(path: Path) -> tuple[dict, int]:
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
     try:
         with open(path, "rb") as fh:
             raw = fh.read(8)

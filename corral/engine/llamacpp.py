@@ -110,7 +110,7 @@ def _logprobs(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     """llama.cpp's ``completion_probabilities`` -> Ollama's logprobs, and the token ids."""
     out, ids = [], []
     for item in entries:
-        ids.append(item.get("id"))
+        ids.append(int(item.get("id", -1)))
         out.append({
             "token": item.get("token", ""),
             "logprob": item.get("logprob", 0.0),
@@ -159,7 +159,7 @@ class LlamaCppModel:
         self._pool = ThreadPoolExecutor(max_workers=spec.num_parallel + 2, thread_name_prefix="llama")
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=60.0)
 
-    async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:  # type: ignore[override]
+    async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:
         stream = await open_completion(self._host, self._port, orjson.dumps(sampling_body(request)))
         loads, get = orjson.loads, stream.next
         try:

@@ -181,5 +181,4 @@ class UploadSessions:
 
 
 def _read_chunks(fh: Any, size: int = 1 << 20) -> Iterator[bytes]:
-    for chunk in iter(lambda: fh.read(size), b""):
-        yield chunk
+    yield from iter(lambda: fh.read(size), b"")

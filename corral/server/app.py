@@ -19,16 +19,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from corral.backend.local import LocalBackend
+from corral.backend.scheduler import Scheduler
 from corral.engine.base import Engine
 from corral.errors import CorralError
-from corral.backend.scheduler import Scheduler
+from corral.server import registry_v2
 from corral.server.errors import dialect_of
 from corral.server.http import JSON
+from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.server.ollama import inference, models, registry
 from corral.server.openai import routes as openai_routes
-from corral.server import registry_v2
-from corral.server.middleware import GatewayHook, GatewayMiddleware
-from corral.backend.local import LocalBackend
 from corral.settings import Settings
 from corral.store.store import Store
 
@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store.ensure()
-        scheduler = Scheduler(settings, engine)  # type: ignore[arg-type]
+        scheduler = Scheduler(settings, engine)
         app.state.settings = settings
         app.state.store = store
         backend = LocalBackend(settings, store, scheduler)

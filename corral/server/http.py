@@ -71,7 +71,7 @@ class LineStream(Response):
                  headers: dict[str, str] | None) -> None:
         self.first = first
         self.events = events
-        self.render = render
+        self.render_event = render
         self.on_error = on_error
         self.status_code = 200
         self.media_type = media_type
@@ -106,7 +106,7 @@ class LineStream(Response):
 
     async def _write(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        events, render = self.events, self.render
+        events, render = self.events, self.render_event
         try:
             if self.first:
                 await send({"type": "http.response.body", "body": self.first.encode(), "more_body": True})

@@ -13,14 +13,14 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from corral.errors import BadRequest, ModelNotFound
-from corral.store.gguf_meta import read_gguf
 from corral.options import OPTION_TYPES, coerce_option
+from corral.store.gguf_meta import read_gguf
 from corral.store.names import ModelName
 from corral.store.store import MEDIA, Layer, Store
 
@@ -167,7 +167,7 @@ def create_model(store: Store, spec: CreateSpec) -> Iterator[dict[str, Any]]:
     yield {"status": "success"}
 
 
-def _layers_from_files(store: Store, spec: CreateSpec) -> Iterator[dict[str, Any]]:
+def _layers_from_files(store: Store, spec: CreateSpec) -> Generator[dict[str, Any], None, list[Layer]]:
     for fname, digest in spec.files.items():
         if not store.has_blob(digest):
             raise BadRequest(f"blob {digest} for file {fname!r} not found; upload it with POST /api/blobs first")
@@ -186,7 +186,7 @@ def _layers_from_files(store: Store, spec: CreateSpec) -> Iterator[dict[str, Any
     raise BadRequest("no .gguf or .safetensors file among 'files'")
 
 
-def _convert_safetensors(store: Store, spec: CreateSpec) -> Iterator[dict[str, Any]]:
+def _convert_safetensors(store: Store, spec: CreateSpec) -> Generator[dict[str, Any], None, list[Layer]]:
     from corral.convert import convert_hf_folder  # here, not at the top: keeps numpy off the serve path
 
     work = Path(tempfile.mkdtemp(prefix="corral-convert-", dir=store.root))
@@ -212,7 +212,7 @@ def _convert_safetensors(store: Store, spec: CreateSpec) -> Iterator[dict[str, A
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _quantize(store: Store, layer: Layer, quant: str) -> Iterator[dict[str, Any]]:
+def _quantize(store: Store, layer: Layer, quant: str) -> Generator[dict[str, Any], None, Layer]:
     from corral.convert.quantize import quantize_gguf  # here, not at the top: keeps numpy off the serve path
 
     src = store.blob_path(layer.digest)

@@ -9,13 +9,12 @@ fill-in-the-middle tokens. Results are cached per (path, mtime, size).
 from __future__ import annotations
 
 import functools
-import math
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
 
 from corral.errors import BadRequest
 
@@ -122,11 +121,11 @@ def _read(path: str, mtime: float, size: int) -> GGUFInfo:
     ctx = kv.get(f"{arch}.context_length")
     fim_keys = (("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.fim_mid_token_id"),
                 ("tokenizer.ggml.prefix_token_id", "tokenizer.ggml.suffix_token_id", "tokenizer.ggml.middle_token_id"))
-    fim = None
+    fim: tuple[int, int, int] | None = None
     for keys in fim_keys:
-        ids = [kv.get(k) for k in keys]
-        if all(isinstance(i, int) for i in ids):
-            fim = (ids[0], ids[1], ids[2])  # type: ignore[assignment]
+        a, b, c = (kv.get(k) for k in keys)
+        if isinstance(a, int) and isinstance(b, int) and isinstance(c, int):
+            fim = (a, b, c)
             break
     vocab = strings.get("tokenizer.ggml.tokens") or []
 

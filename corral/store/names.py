@@ -36,8 +36,7 @@ class ModelName:
         if not name:
             raise BadRequest("model name is required", param="model")
         for scheme in ("https://", "http://"):
-            if name.startswith(scheme):
-                name = name[len(scheme) :]
+            name = name.removeprefix(scheme)
         if name.startswith("/") or "\\" in name or "//" in name:
             raise BadRequest(f"invalid model name {raw!r}", param="model")
         tag = DEFAULT_TAG

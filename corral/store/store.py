@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,8 @@ class LocalModel:
         if not digest:
             return {}
         try:
-            return json.loads(self.store.blob_path(digest).read_text())
+            data: dict[str, Any] = json.loads(self.store.blob_path(digest).read_text())
+            return data
         except (OSError, ValueError):
             return {}
 
@@ -246,7 +247,7 @@ class Store:
             manifest = json.loads(data)
         except (OSError, ValueError):
             raise ModelNotFound(name if isinstance(name, str) else mname.display) from None
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
         return LocalModel(mname, manifest, hashlib.sha256(data).hexdigest(), mtime, self)
 
     def list(self) -> list[LocalModel]:
@@ -305,5 +306,5 @@ class Store:
 
 def now_iso(dt: datetime | None = None) -> str:
     """RFC 3339 with nanosecond-style fraction, as Ollama prints times."""
-    dt = dt or datetime.now(timezone.utc)
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    dt = dt or datetime.now(UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

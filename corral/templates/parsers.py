@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 TOOL_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "<function_call>", "```json")
-_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 def _partial_suffix(text: str, marker: str) -> int:

@@ -104,14 +104,14 @@ def render_jinja(source: str, messages: list[dict[str, Any]], *, tools: list[dic
     if think is not None:
         ctx["enable_thinking"] = bool(think)
     try:
-        return template.render(**ctx)
+        return str(template.render(**ctx))
     except JinjaTemplateError as exc:
         raise BadRequest(f"chat template failed: {exc}") from exc
 
 
 def _go_template(source: str) -> Any:
-    from corral.templates.gotemplate.template import Template
     from corral.templates.gotemplate.nodes import TemplateError
+    from corral.templates.gotemplate.template import Template
 
     try:
         return Template(source)

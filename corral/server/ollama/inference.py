@@ -17,13 +17,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from corral.server.ollama.types import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, parse_request
+from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, Piece, collect
 from corral.durations import parse_keep_alive
 from corral.errors import BadRequest
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
-from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, Piece, collect
-
+from corral.server.ollama.types import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, parse_request
 
 route = route_factory(OLLAMA)
 
@@ -194,9 +193,7 @@ async def embed(request: Request) -> Response:
     backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
     inputs: Any = req.input
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    elif inputs and all(isinstance(i, int) for i in inputs):
+    if isinstance(inputs, str) or inputs and all(isinstance(i, int) for i in inputs):
         inputs = [inputs]
     if not inputs:
         loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
@@ -225,4 +222,4 @@ routes = [
     route("/api/embeddings", embeddings, methods=["POST"]),
 ]
 
-__all__ = ["routes", "chat_call_from", "json"]
+__all__ = ["chat_call_from", "json", "routes"]

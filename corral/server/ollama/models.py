@@ -15,15 +15,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from corral import OLLAMA_COMPAT_VERSION
-from corral.server.ollama.types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
+from corral.backend.base import Backend
 from corral.errors import BadRequest, NotFound
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
-from corral.backend.base import Backend
+from corral.server.ollama.types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
 from corral.store.create import CreateSpec, create_model, validate_spec
 from corral.store.names import ModelName
 from corral.store.store import Store, check_digest, now_iso
-
 
 route = route_factory(OLLAMA)
 

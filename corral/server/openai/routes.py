@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, ModelSummary, Piece, collect
 from corral.errors import BadRequest
 from corral.server.errors import OPENAI, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
@@ -42,7 +43,6 @@ from corral.server.openai.types import (
     ResponseFormat,
     parse,
 )
-from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, ModelSummary, Piece, collect
 
 log = logging.getLogger(__name__)
 
@@ -472,6 +472,10 @@ def _b64(vector: list[float]) -> str:
     return base64.b64encode(packed.tobytes()).decode("ascii")
 
 
+def _as_floats(vector: list[float]) -> list[float]:
+    return vector
+
+
 async def embeddings(request: Request) -> Response:
     req: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request))
     fmt = (req.encoding_format or "float").lower()
@@ -487,7 +491,7 @@ async def embeddings(request: Request) -> Response:
         raise BadRequest("invalid input: token ids must be non-negative", param="input")
     out = await _backend(request).embed(EmbedCall(req.model, inputs, dimensions=req.dimensions))
     vectors, n_tokens = out.vectors, out.prompt_tokens
-    encode: Callable[[list[float]], Any] = _b64 if fmt == "base64" else (lambda v: v)
+    encode: Callable[[list[float]], str | list[float]] = _b64 if fmt == "base64" else _as_floats
     data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(vectors)]
     return JSON({"object": "list", "data": data, "model": req.model,
                  "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})

@@ -148,7 +148,7 @@ def go_quote(s: str) -> str:
     return "".join(out) + '"'
 
 
-_VERB = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d*))?(.)?", re.S)
+_VERB = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d*))?(.)?", re.DOTALL)
 
 
 def _bad(verb: str, arg: Any) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 
 class TemplateError(ValueError):
@@ -96,7 +96,7 @@ class LoopControlNode:
     line: int
 
 
-ArgNode = Union[FieldNode, VariableNode, LiteralNode, IdentifierNode, ChainNode, PipeNode]
-Node = Union[TextNode, ActionNode, BranchNode, LoopControlNode, ListNode]
+ArgNode = FieldNode | VariableNode | LiteralNode | IdentifierNode | ChainNode | PipeNode
+Node = TextNode | ActionNode | BranchNode | LoopControlNode | ListNode
 
 

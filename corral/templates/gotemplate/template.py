@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from corral.templates.gotemplate.data import ToolProperty
@@ -67,7 +67,7 @@ def _to_typescript(v: Any) -> str:
     return v.typescript() if isinstance(v, ToolProperty) else "any"
 
 
-FUNCS = {**BUILTINS, "json": (_json, 1, 1), "currentDate": (_current_date, 0, None),
+FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {**BUILTINS, "json": (_json, 1, 1), "currentDate": (_current_date, 0, None),
          "yesterdayDate": (_yesterday_date, 0, None), "toTypeScriptType": (_to_typescript, 1, 1)}
 _FUNC_NAMES = frozenset(FUNCS)
 
