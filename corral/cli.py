@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from corral.cli_gateway import add_gateway_parsers
 from corral.client import Client, ClientError
 from corral.store.store import sha256_file
 
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         pp.add_argument("model")
         pp.add_argument("--insecure", action="store_true")
         pp.set_defaults(func=func)
+    add_gateway_parsers(sub)
     return p
 
 

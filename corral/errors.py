@@ -41,6 +41,13 @@ class ModelNotFound(NotFound):
         self.model = name
 
 
+class PayloadTooLarge(CorralError):
+    """A request body over a route's size cap (413)."""
+
+    status = 413
+    openai_type = "invalid_request_error"
+
+
 class TooManyRequests(CorralError):
     status = 429
 

@@ -1,0 +1,159 @@
+"""Metrics: the Prometheus registry behind ``GET /metrics``.
+
+:class:`Metrics` owns a private :class:`prometheus_client.CollectorRegistry`
+(nothing goes to the library's global one, so several apps in one process,
+as in tests, do not collide). Counters and histograms are updated from each
+finished request by :meth:`Metrics.observe`; gauges about the live server
+(queue depth, slots, loaded models, the log writer) are read at scrape time
+from the callables given to :meth:`Metrics.set_sources`, so nothing has to
+push them.
+
+Label values come from clients (the model name), so distinct ``model`` values
+are capped at :data:`MAX_MODEL_LABELS`; later ones are counted as ``other``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from corral.gateway.requestlog import RequestRecord
+
+log = logging.getLogger("corral.gateway.metrics")
+
+MAX_MODEL_LABELS = 200
+OTHER = "other"
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+QueueDepth = Callable[[], dict[str, int]]
+Slots = Callable[[], dict[str, tuple[int, int]]]
+Loaded = Callable[[], dict[str, int]]
+Count = Callable[[], int]
+
+T = TypeVar("T")
+
+
+class _Sources:
+    queue_depth: QueueDepth | None = None
+    slots: Slots | None = None
+    loaded: Loaded | None = None
+    log_backlog: Count | None = None
+    log_dropped: Count | None = None
+
+
+def _read(name: str, source: Callable[[], T] | None) -> T | None:
+    if source is None:
+        return None
+    try:
+        return source()
+    except Exception:  # a failing source must not fail the whole scrape
+        log.warning("metrics source %s failed", name, exc_info=True)
+        return None
+
+
+class _LiveCollector(Collector):
+    """Gauges read from the server at scrape time."""
+
+    def __init__(self, sources: _Sources) -> None:
+        self.sources = sources
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.sources
+        queue_f, busy_f, total_f, loaded_f, backlog_f, dropped_f = self._families()
+        for model, depth in sorted((_read("queue_depth", s.queue_depth) or {}).items()):
+            queue_f.add_metric([model], depth)
+        for model, (busy, total) in sorted((_read("slots", s.slots) or {}).items()):
+            busy_f.add_metric([model], busy)
+            total_f.add_metric([model], total)
+        for model, size in sorted((_read("loaded", s.loaded) or {}).items()):
+            loaded_f.add_metric([model], size)
+        backlog = _read("log_backlog", s.log_backlog)
+        if backlog is not None:
+            backlog_f.add_metric([], backlog)
+        dropped = _read("log_dropped", s.log_dropped)
+        if dropped is not None:
+            dropped_f.add_metric([], dropped)
+        return iter([queue_f, busy_f, total_f, loaded_f, backlog_f, dropped_f])
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
+                             GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily("corral_queue_depth", "Requests waiting for a slot, per model", labels=["model"]),
+            GaugeMetricFamily("corral_slots_busy", "Slots generating now, per loaded model", labels=["model"]),
+            GaugeMetricFamily("corral_slots_total", "Slots of each loaded model", labels=["model"]),
+            GaugeMetricFamily("corral_model_loaded_bytes", "Memory held by each loaded model", labels=["model"]),
+            GaugeMetricFamily("corral_log_backlog", "Request-log rows queued for the writer"),
+            CounterMetricFamily("corral_log_dropped", "Request-log rows dropped (backlog full or write failed)"),
+        )
+
+
+class Metrics:
+    """Counters, histograms and live gauges in a registry of its own (see module docstring)."""
+
+    def __init__(self, *, max_model_labels: int = MAX_MODEL_LABELS) -> None:
+        self.registry = CollectorRegistry()
+        self.max_model_labels = max_model_labels
+        self._models: set[str] = set()
+        self._lock = threading.Lock()
+        self.requests = Counter("corral_requests_total", "Requests answered, by route, model and HTTP status",
+                                ["route", "model", "status"], registry=self.registry)
+        self.duration = Histogram("corral_request_duration_seconds", "Total request time, by route and model",
+                                  ["route", "model"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.ttft = Histogram("corral_time_to_first_token_seconds", "Time to first token, by route and model",
+                              ["route", "model"], buckets=TTFT_BUCKETS, registry=self.registry)
+        self.prompt_tokens = Counter("corral_prompt_tokens_total", "Prompt tokens evaluated, by model",
+                                     ["model"], registry=self.registry)
+        self.output_tokens = Counter("corral_output_tokens_total", "Output tokens generated, by model",
+                                     ["model"], registry=self.registry)
+        self._sources = _Sources()
+        self.registry.register(_LiveCollector(self._sources))
+
+    def set_sources(self, *, queue_depth: QueueDepth | None = None, slots: Slots | None = None,
+                    loaded: Loaded | None = None, log_backlog: Count | None = None,
+                    log_dropped: Count | None = None) -> None:
+        """Where the scrape-time gauges come from; a source left None is not exported."""
+        self._sources.queue_depth = queue_depth
+        self._sources.slots = slots
+        self._sources.loaded = loaded
+        self._sources.log_backlog = log_backlog
+        self._sources.log_dropped = log_dropped
+
+    def _model_label(self, model: str | None) -> str:
+        if not model:
+            return ""
+        with self._lock:
+            if model in self._models:
+                return model
+            if len(self._models) < self.max_model_labels:
+                self._models.add(model)
+                return model
+        return OTHER
+
+    def observe(self, rec: RequestRecord) -> None:
+        """Count one finished request: status, total time, time to first token, tokens."""
+        route = rec.route or OTHER
+        model = self._model_label(rec.model)
+        self.requests.labels(route, model, str(rec.status)).inc()
+        if rec.total_ms is not None:
+            self.duration.labels(route, model).observe(rec.total_ms / 1000)
+        if rec.ttft_ms is not None:
+            self.ttft.labels(route, model).observe(rec.ttft_ms / 1000)
+        if rec.prompt_tokens:
+            self.prompt_tokens.labels(model).inc(rec.prompt_tokens)
+        if rec.output_tokens:
+            self.output_tokens.labels(model).inc(rec.output_tokens)
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
