@@ -45,7 +45,6 @@ class PayloadTooLarge(CorralError):
     """A request body over a route's size cap (413)."""
 
     status = 413
-    openai_type = "invalid_request_error"
 
 
 class TooManyRequests(CorralError):

@@ -22,7 +22,7 @@ def corral(home: Path, *args: str, timeout: int = 60) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env["CORRAL_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "corral", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, encoding="utf-8", timeout=timeout)
+                          text=True, encoding="utf-8", timeout=timeout, check=False)
 
 
 def test_keys_create_list_revoke(tmp_path: Path) -> None:
