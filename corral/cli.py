@@ -15,6 +15,7 @@ from typing import Any
 
 from corral.cli_gateway import add_gateway_parsers
 from corral.client import Client, ClientError
+from corral.settings import Settings
 from corral.store.store import sha256_file
 
 
@@ -52,11 +53,18 @@ def _table(rows: list[list[str]]) -> None:
 
 # ---- commands -----------------------------------------------------------------------
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def run_server(app: Any, settings: Settings) -> None:
+    """Serve ``app`` with uvicorn on the settings' address, logging to stderr."""
     import uvicorn
 
+    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from corral.server.app import create_app
-    from corral.settings import Settings
 
     settings = Settings.from_env()
     changes: dict[str, Any] = {}
@@ -65,11 +73,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port:
         changes["port"] = args.port
     settings = settings.with_overrides(**changes)
-    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    run_server(create_app(settings), settings)
+    return 0
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from corral.gateway.upstream import Upstream
+    from corral.server.proxy import create_proxy_app
+
+    settings = Settings.from_env().with_overrides(host=args.host, port=args.port)
+    run_server(create_proxy_app(settings, Upstream(args.upstream, args.upstream_key)), settings)
     return 0
 
 
@@ -308,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.set_defaults(func=cmd_serve)
+    px = sub.add_parser("proxy", help="run the gateway in front of another Ollama or Corral (no local engine)")
+    px.add_argument("--upstream", default="http://127.0.0.1:11434", help="the server to forward to")
+    px.add_argument("--upstream-key", default=None, help="Bearer key to send upstream instead of the client's")
+    px.add_argument("--host", default="127.0.0.1")
+    px.add_argument("--port", type=int, default=11435, help="default 11435, the seeds' ollama_logger port")
+    px.set_defaults(func=cmd_proxy)
     r = sub.add_parser("run", help="chat with a model")
     r.add_argument("model")
     r.add_argument("prompt", nargs="*")

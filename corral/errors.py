@@ -51,6 +51,12 @@ class TooManyRequests(CorralError):
     status = 429
 
 
+class BadGateway(CorralError):
+    """An upstream server (behind ``corral proxy``, or a registry) could not be reached or failed."""
+
+    status = 502
+
+
 class ServerBusy(CorralError):
     """The request queue is full (Ollama answers 503)."""
 

@@ -8,8 +8,8 @@ error body of the dialect whose route raised it (:mod:`corral.server.errors`).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from corral.backend.local import LocalBackend
@@ -74,14 +75,41 @@ class CORS(CORSMiddleware):
         await super().__call__(scope, receive, send)
 
 
+def api_routes() -> list[BaseRoute]:
+    """Every route Corral serves, in matching order (each carries its dialect)."""
+    return [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes, *openai_routes.routes,
+            *openai_routes.fallback]
+
+
+def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[GatewayHook],
+              lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]) -> Starlette:
+    """The Starlette app around ``routes``: the gateway middleware, CORS and the error handlers."""
+    allow_all = "*" in settings.origins
+    middleware = [
+        Middleware(GatewayMiddleware, routes=routes, hooks=hooks),
+        Middleware(
+            CORS,
+            allow_origins=["*"] if allow_all else [o for o in settings.origins if "*" not in o],
+            allow_origin_regex=None if allow_all else _LOCAL_ORIGINS,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+            allow_headers=["*"],
+        ),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={CorralError: _corral_error, HTTPException: _http_error, Exception: _unexpected},
+    )
+
+
 def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Sequence[GatewayHook] = ()) -> Starlette:
+    """The server: every dialect over the local backend (store + scheduler + llama.cpp)."""
     if engine is None:
         from corral.engine.llamacpp import LlamaCppEngine
 
         engine = LlamaCppEngine(num_threads=settings.num_threads, verbose=settings.debug)
     store = Store(settings.models_dir)
-    routes = [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes, *openai_routes.routes,
-              *openai_routes.fallback]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,20 +129,4 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
         finally:
             await backend.close()
 
-    allow_all = "*" in settings.origins
-    middleware = [
-        Middleware(GatewayMiddleware, routes=routes, hooks=hooks),
-        Middleware(
-            CORS,
-            allow_origins=["*"] if allow_all else [o for o in settings.origins if "*" not in o],
-            allow_origin_regex=None if allow_all else _LOCAL_ORIGINS,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-            allow_headers=["*"],
-        ),
-    ]
-    return Starlette(
-        routes=routes,
-        middleware=middleware,
-        lifespan=lifespan,
-        exception_handlers={CorralError: _corral_error, HTTPException: _http_error, Exception: _unexpected},
-    )
+    return build_app(settings, api_routes(), hooks, lifespan)

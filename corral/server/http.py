@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -55,6 +55,38 @@ async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
         raise BadRequest(f"invalid JSON in request body: {exc}") from None
 
 
+async def cancel_on_disconnect(receive: Receive, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` in this task; if the client goes away first, cancel it and return quietly.
+
+    Cancelling closes whatever ``work`` is iterating (an engine stream frees
+    its llama.cpp slot, an upstream request is closed).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"running": True, "gone": False}
+
+    async def watch() -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # the server has nothing more to tell: treat it as gone
+            log.debug("receive() failed while streaming", exc_info=True)
+        if state["running"]:
+            state["gone"] = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise
+        task.uncancel()
+    finally:
+        state["running"] = False
+        watcher.cancel()
+
+
 class LineStream(Response):
     """A streamed response of ready-made lines, written straight to ``send``.
 
@@ -79,30 +111,7 @@ class LineStream(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        state = {"streaming": True, "gone": False}
-
-        async def watch() -> None:
-            try:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-            except Exception:  # the server has nothing more to tell: treat it as gone
-                log.debug("receive() failed while streaming", exc_info=True)
-            if state["streaming"]:
-                state["gone"] = True
-                task.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await self._write(send)
-        except asyncio.CancelledError:
-            if not state["gone"]:
-                raise
-            task.uncancel()
-        finally:
-            state["streaming"] = False
-            watcher.cancel()
+        await cancel_on_disconnect(receive, self._write(send))
 
     async def _write(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

@@ -1,0 +1,160 @@
+"""Logging-proxy mode: ``corral proxy`` in front of someone else's Ollama (or another Corral).
+
+No engine and no store: every Ollama, OpenAI and registry route of the
+server is declared again with :func:`forward` as its endpoint, so each keeps
+its dialect (errors in the right shape) and passes through the same gateway
+middleware (keys, request log, timing, metrics). :func:`forward` sends the
+request on as it came, less the client's credentials, and streams the answer
+back chunk by chunk as the upstream sends it. An unreachable upstream is a
+502 naming it; an upstream that fails mid-stream ends the stream with the
+dialect's error item; a client that goes away closes the upstream request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
+
+from corral.errors import BadGateway
+from corral.gateway.upstream import AnswerTap, Upstream
+from corral.server.app import api_routes, build_app
+from corral.server.errors import Dialect, DialectRoute, dialect_of
+from corral.server.http import cancel_on_disconnect
+from corral.server.middleware import GatewayHook, RequestContext
+from corral.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_SNIFF_BODY = 1 << 20  # request bodies up to this size are read whole (to learn the model); larger ones stream
+_STREAMED_TYPES = ("application/x-ndjson", "text/event-stream")
+
+
+def _upstream(request: Request) -> Upstream:
+    return request.app.state.upstream  # type: ignore[no-any-return]
+
+
+def _ctx(request: Request) -> RequestContext | None:
+    ctx = request.scope.get("state", {}).get("ctx")
+    return ctx if isinstance(ctx, RequestContext) else None
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    model = value.get("model") or value.get("name") if isinstance(value, dict) else None
+    return model if isinstance(model, str) else None
+
+
+async def forward(request: Request) -> Response:
+    """Send this request to the upstream and relay its answer (see module docstring)."""
+    upstream = _upstream(request)
+    ctx = _ctx(request)
+    size = int(request.headers.get("content-length") or 0)
+    content: bytes | AsyncIterator[bytes]
+    if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") or 0 < size <= MAX_SNIFF_BODY:
+        content = await request.body()
+        model = _model_of(content) if content else request.path_params.get("model")
+        if ctx is not None and model:
+            ctx.extra["model"] = model
+    else:
+        content = request.stream()
+    start = time.perf_counter()
+    answer = await upstream.open(request.method, request.url.path, request.url.query,
+                                 request.headers.items(), content)
+    media_type = answer.headers.get("content-type", "")
+    if ctx is not None:
+        ctx.extra["stream"] = media_type.startswith(_STREAMED_TYPES)
+    return Relay(answer, AnswerTap(media_type), dialect_of(request.scope), ctx, start)
+
+
+class Relay(Response):
+    """The upstream's answer, relayed chunk by chunk; the upstream request is closed however it ends."""
+
+    def __init__(self, answer: httpx.Response, tap: AnswerTap, dialect: Dialect, ctx: RequestContext | None,
+                 start: float) -> None:
+        self.answer = answer
+        self.tap = tap
+        self.dialect = dialect
+        self.ctx = ctx
+        self.start = start
+        self.status_code = answer.status_code
+        self.background = None
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                            for k, v in Upstream.response_headers(answer.headers)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await cancel_on_disconnect(receive, self._relay(send))
+        finally:
+            await self.answer.aclose()
+            self._record()
+
+    async def _relay(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        first: float | None = None
+        try:
+            async for chunk in self.answer.aiter_raw():
+                if first is None:
+                    first = time.perf_counter()
+                    if self.ctx is not None:
+                        self.ctx.extra["upstream_first_byte_ms"] = (first - self.start) * 1000
+                self.tap.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as exc:
+            err = BadGateway(f"upstream {self.answer.url.host}:{self.answer.url.port} failed mid-answer: "
+                             f"{str(exc) or type(exc).__name__}")
+            log.warning("%s", err.message)
+            if self.tap.media_type.startswith(_STREAMED_TYPES):
+                await send({"type": "http.response.body", "body": self.dialect.stream_item(err).encode(),
+                            "more_body": True})
+            if self.ctx is not None:
+                self.ctx.extra["error"] = err.message
+        if self.ctx is not None:
+            self.ctx.extra["upstream_ms"] = (time.perf_counter() - self.start) * 1000
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _record(self) -> None:
+        if self.ctx is not None:
+            self.ctx.extra.update(self.tap.summary())
+
+
+def forwarding_routes(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """The same routes, each with :func:`forward` as its endpoint (same path, methods and dialect)."""
+    out: list[BaseRoute] = []
+    for route in routes:
+        if isinstance(route, DialectRoute):
+            twin = DialectRoute(route.path, forward, dialect=route.dialect, methods=sorted(route.methods or ()),
+                                name=route.name)
+            for attr, value in vars(route).items():  # anything a hook reads off the route (its scope...)
+                if attr not in vars(twin):
+                    setattr(twin, attr, value)
+            out.append(twin)
+    return out
+
+
+def create_proxy_app(settings: Settings, upstream: Upstream, *, hooks: tuple[GatewayHook, ...] = ()) -> Starlette:
+    """``corral proxy``: the gateway in front of ``upstream``, with no local engine."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.upstream = upstream
+        log.info("Corral proxy on %s, forwarding to %s", settings.base_url, upstream.url)
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    return build_app(settings, forwarding_routes(api_routes()), hooks, lifespan)

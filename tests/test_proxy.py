@@ -1,0 +1,175 @@
+"""``corral proxy``: the gateway in front of another server, driven by the official clients.
+
+A real ``corral proxy`` process forwards to the session's real Corral (and,
+where a test must kill or watch the upstream, to one of its own, or to a
+small echo server that shows what arrived upstream).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+import uvicorn
+from openai import OpenAI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tests.conftest import ROOT, SMOLLM, ServerProc, free_port
+
+
+def launch_proxy(upstream: str, home: Path, *extra: str) -> ServerProc:
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
+    env["CORRAL_HOME"] = str(home)
+    log = home / f"proxy-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(port),
+                                 *extra], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text(errors="replace"))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return ServerProc(url, home, proc, log)
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("proxy did not start")
+
+
+@pytest.fixture
+def proxy_to(tmp_path: Path) -> Iterator[Callable[..., ServerProc]]:
+    started: list[ServerProc] = []
+
+    def start(upstream: str, *extra: str) -> ServerProc:
+        srv = launch_proxy(upstream, tmp_path / f"proxy{len(started)}", *extra)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+def test_ollama_client_streams_through_the_proxy_chunk_by_chunk(server: ServerProc,
+                                                                proxy_to: Callable[..., ServerProc]) -> None:
+    proxy = proxy_to(server.url)
+    client = ollama.Client(host=proxy.url)
+    assert [m.model for m in client.list().models] == [m.model for m in ollama.Client(host=server.url).list().models]
+    chunks = list(client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Count to ten."}], stream=True,
+                              options={"num_predict": 12, "temperature": 0}))
+    assert len(chunks) > 3 and chunks[-1].done and chunks[-1].eval_count == 12
+    direct = ollama.Client(host=server.url).chat(model=SMOLLM, messages=[{"role": "user", "content": "Count to ten."}],
+                                                 options={"num_predict": 12, "temperature": 0})
+    assert "".join(c.message.content for c in chunks) == direct.message.content
+
+
+def test_openai_client_through_the_proxy(server: ServerProc, proxy_to: Callable[..., ServerProc]) -> None:
+    proxy = proxy_to(server.url)
+    client = OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(model=SMOLLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+    assert reply.choices[0].message.content and reply.usage is not None and reply.usage.completion_tokens <= 8
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=SMOLLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True) if c.choices]
+    assert "".join(pieces)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
+
+
+def test_unreachable_upstream_is_a_502_naming_it_in_each_dialect(proxy_to: Callable[..., ServerProc]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    proxy = proxy_to(dead)
+    r = httpx.post(proxy.url + "/api/chat", json={"model": SMOLLM, "messages": []}, timeout=30)
+    assert r.status_code == 502 and r.json()["error"].startswith(f"upstream {dead} is unreachable")
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama.Client(host=proxy.url).list()
+    assert err.value.status_code == 502
+    r = httpx.get(proxy.url + "/v1/models", timeout=30)
+    assert r.status_code == 502 and r.json()["error"]["message"].startswith(f"upstream {dead}")
+    assert r.json()["error"]["type"] == "server_error"
+
+
+def test_upstream_killed_mid_stream_ends_the_stream_with_an_error_line(
+        start_server: Callable[..., ServerProc], proxy_to: Callable[..., ServerProc]) -> None:
+    upstream = start_server({"CORRAL_STARTER_MODELS": "1"})
+    proxy = proxy_to(upstream.url)
+    lines = []
+    with httpx.stream("POST", proxy.url + "/api/generate", timeout=60, json={
+            "model": SMOLLM, "prompt": "Tell me a long story.", "options": {"num_predict": 4000}}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            lines.append(json.loads(line))
+            if len(lines) == 3:
+                upstream.kill()
+    assert len(lines) > 3 and "error" in lines[-1] and "failed mid-answer" in lines[-1]["error"]
+    assert not any(line.get("done") for line in lines)
+
+
+def test_client_going_away_closes_the_upstream_request(start_server: Callable[..., ServerProc],
+                                                       proxy_to: Callable[..., ServerProc]) -> None:
+    upstream = start_server({"OLLAMA_NUM_PARALLEL": "1"})
+    proxy = proxy_to(upstream.url)
+    with httpx.stream("POST", proxy.url + "/api/generate", timeout=60, json={
+            "model": SMOLLM, "prompt": "Tell me a long story.", "options": {"num_predict": 100000}}) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i == 2:
+                break
+    # The only slot upstream is free again: the next request is answered at once, not after 100k tokens.
+    start = time.monotonic()
+    reply = ollama.Client(host=proxy.url, timeout=30).generate(model=SMOLLM, prompt="Hi", options={"num_predict": 4})
+    assert reply.done and time.monotonic() - start < 20
+
+
+def _echo_server() -> tuple[str, uvicorn.Server, threading.Thread]:
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        return JSONResponse({"headers": dict(request.headers), "body": body.decode(), "query": request.url.query},
+                            headers={"x-upstream": "yes"})
+
+    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "DELETE", "HEAD"])])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def test_headers_and_body_pass_through_except_credentials(proxy_to: Callable[..., ServerProc]) -> None:
+    url, echo, thread = _echo_server()
+    try:
+        plain = proxy_to(url)
+        body = {"model": SMOLLM, "messages": [], "stream": False}
+        r = httpx.post(plain.url + "/api/chat?x=1", json=body, timeout=30,
+                       headers={"authorization": "Bearer client-secret", "x-api-key": "client-secret",
+                                "x-custom": "kept", "user-agent": "probe/1.0"})
+        assert r.status_code == 200 and r.headers["x-upstream"] == "yes"
+        seen = r.json()
+        assert json.loads(seen["body"]) == body and seen["query"] == "x=1"
+        assert seen["headers"]["x-custom"] == "kept" and seen["headers"]["user-agent"] == "probe/1.0"
+        assert "authorization" not in seen["headers"] and "x-api-key" not in seen["headers"]
+        keyed = proxy_to(url, "--upstream-key", "upstream-secret")
+        seen = httpx.post(keyed.url + "/api/show", json={"model": SMOLLM}, timeout=30,
+                          headers={"authorization": "Bearer client-secret"}).json()
+        assert seen["headers"]["authorization"] == "Bearer upstream-secret"
+    finally:
+        echo.should_exit = True
+        thread.join(timeout=10)
