@@ -70,22 +70,23 @@ async def _body_pieces(reader: asyncio.StreamReader, headers: dict[str, str]) ->
 
 
 async def stream_lines(host: str, port: int, path: str, payload: dict[str, Any],
-                       *, timeout: float = 600.0) -> AsyncIterator[bytes]:
+                       *, timeout: float = 600.0, headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
     """POST ``payload`` as JSON and yield each non-empty body line (without EOL)."""
     body = json.dumps(payload).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     try:
         writer.write(
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: */*\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            f"Accept: */*\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n".encode() + body
         )
         await writer.drain()
-        status, headers = await asyncio.wait_for(_read_head(reader), timeout)
+        status, answer = await asyncio.wait_for(_read_head(reader), timeout)
         if status >= 300:
-            rest = b"".join([piece async for piece in _body_pieces(reader, headers)])
+            rest = b"".join([piece async for piece in _body_pieces(reader, answer)])
             raise HTTPStatusError(status, rest)
         pending = b""
-        async for piece in _body_pieces(reader, headers):
+        async for piece in _body_pieces(reader, answer):
             pending += piece
             if b"\n" not in pending:
                 continue

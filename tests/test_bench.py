@@ -331,3 +331,21 @@ def test_overhead_harness_measures_corral_against_the_stub(tmp_path: Path) -> No
         assert row["tokens"] > 0 and row["tokens"] % 8 == 0
         assert 0 < row["us_per_token_event_loop"] <= row["us_per_token_total"]
     assert "| . | 2 |" in proc.stdout and "| floor | 1 |" in proc.stdout
+
+
+def test_gateway_bench_runs_and_reports_added_latency(tmp_path: Path) -> None:
+    out = tmp_path / "gateway.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gateway", "--requests", "10", "--concurrency", "1,2", "--tokens", "4",
+         "--no-litellm", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for name in ("direct", "corral-proxy", "corral-proxy+keys"):
+        rows = report["targets"][name]
+        assert rows["/api/chat@1"]["n"] == 10 and rows["/v1/chat/completions@2"]["tokens_complete"]
+    assert set(report["added"]["corral-proxy"]) == {"/api/chat@1", "/api/chat@2", "/v1/chat/completions@1",
+                                                    "/v1/chat/completions@2"}
+    assert report["targets"]["litellm"] == {"skipped": "not requested (--no-litellm)"}
+    assert "| corral-proxy |" in proc.stdout
