@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -82,37 +82,36 @@ async def forward(request: Request) -> Response:
 class Relay(Response):
     """The upstream's answer, relayed chunk by chunk; the upstream request is closed however it ends."""
 
-    def __init__(self, answer: httpx.Response, tap: AnswerTap, dialect: Dialect, ctx: RequestContext | None,
-                 start: float) -> None:
+    def __init__(self, answer: aiohttp.ClientResponse, tap: AnswerTap, dialect: Dialect,
+                 ctx: RequestContext | None, start: float) -> None:
         self.answer = answer
         self.tap = tap
         self.dialect = dialect
         self.ctx = ctx
         self.start = start
-        self.status_code = answer.status_code
+        self.status_code = answer.status
         self.background = None
-        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                            for k, v in Upstream.response_headers(answer.headers)]
+        self.raw_headers = Upstream.response_headers(answer.raw_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await cancel_on_disconnect(receive, self._relay(send))
         finally:
-            await self.answer.aclose()
+            self.answer.release()
             self._record()
 
     async def _relay(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         first: float | None = None
         try:
-            async for chunk in self.answer.aiter_raw():
+            async for chunk in self.answer.content.iter_any():
                 if first is None:
                     first = time.perf_counter()
                     if self.ctx is not None:
                         self.ctx.extra["upstream_first_byte_ms"] = (first - self.start) * 1000
                 self.tap.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             err = BadGateway(f"upstream {self.answer.url.host}:{self.answer.url.port} failed mid-answer: "
                              f"{str(exc) or type(exc).__name__}")
             log.warning("%s", err.message)
