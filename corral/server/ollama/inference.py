@@ -216,10 +216,10 @@ async def embeddings(request: Request) -> Response:
 
 
 routes = [
-    route("/api/generate", generate, methods=["POST"]),
-    route("/api/chat", chat, methods=["POST"]),
-    route("/api/embed", embed, methods=["POST"]),
-    route("/api/embeddings", embeddings, methods=["POST"]),
+    route("/api/generate", generate, methods=["POST"], model_from="body"),
+    route("/api/chat", chat, methods=["POST"], model_from="body"),
+    route("/api/embed", embed, methods=["POST"], model_from="body"),
+    route("/api/embeddings", embeddings, methods=["POST"], model_from="body"),
 ]
 
 __all__ = ["chat_call_from", "json", "routes"]

@@ -181,14 +181,14 @@ async def blob_post(request: Request) -> Response:
 
 
 routes = [
-    route("/", root, methods=["GET", "HEAD"]),
-    route("/api/version", version, methods=["GET", "HEAD"]),
+    route("/", root, methods=["GET", "HEAD"], scope="open"),
+    route("/api/version", version, methods=["GET", "HEAD"], scope="open"),
     route("/api/tags", tags, methods=["GET", "HEAD"]),
-    route("/api/show", show, methods=["POST"]),
+    route("/api/show", show, methods=["POST"], model_from="body"),
     route("/api/ps", ps, methods=["GET"]),
-    route("/api/create", create, methods=["POST"]),
-    route("/api/copy", copy, methods=["POST"]),
-    route("/api/delete", delete, methods=["DELETE"]),
-    route("/api/blobs/{digest}", blob_head, methods=["HEAD"]),
-    route("/api/blobs/{digest}", blob_post, methods=["POST"]),
+    route("/api/create", create, methods=["POST"], scope="admin"),
+    route("/api/copy", copy, methods=["POST"], scope="admin"),
+    route("/api/delete", delete, methods=["DELETE"], scope="admin"),
+    route("/api/blobs/{digest}", blob_head, methods=["HEAD"], scope="admin"),
+    route("/api/blobs/{digest}", blob_post, methods=["POST"], scope="admin"),
 ]

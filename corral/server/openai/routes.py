@@ -520,11 +520,11 @@ async def retrieve_model(request: Request) -> Response:
 
 
 routes = [
-    route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    route("/v1/completions", completions, methods=["POST"]),
-    route("/v1/embeddings", embeddings, methods=["POST"]),
+    route("/v1/chat/completions", chat_completions, methods=["POST"], model_from="body"),
+    route("/v1/completions", completions, methods=["POST"], model_from="body"),
+    route("/v1/embeddings", embeddings, methods=["POST"], model_from="body"),
     route("/v1/models", list_models, methods=["GET"]),
-    route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    route("/v1/models/{model:path}", retrieve_model, methods=["GET"], model_from="path"),
 ]
 # Anything else under /v1 that no dialect claimed: answered in OpenAI's shape. Mounted last by the app.
 fallback = [route("/v1/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])]
