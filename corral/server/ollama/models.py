@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 from corral import OLLAMA_COMPAT_VERSION
 from corral.backend.base import Backend
 from corral.errors import BadRequest, NotFound
+from corral.server.context import context_of
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.ollama.types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
@@ -51,6 +52,7 @@ async def tags(request: Request) -> Response:
 
 async def show(request: Request) -> Response:
     req: ShowRequest = parse_request(ShowRequest, await read_json(request))
+    context_of(request).note(req.target)
     if not req.target:
         raise BadRequest("model is required", param="model")
     info = await _backend(request).show(req.target, verbose=req.verbose)
