@@ -23,6 +23,15 @@ def _out(text: str = "", end: str = "\n") -> None:
     sys.stdout.flush()
 
 
+def _period(text: str) -> float:
+    from corral.gateway.periods import parse_period
+
+    try:
+        return parse_period(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -55,6 +64,9 @@ def _table(rows: list[list[str]]) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from corral.gateway.db import Database, default_db_path
+    from corral.gateway.keys import KeyStore
+    from corral.gateway.service import StartupRefused, check_bind
     from corral.server.app import create_app
     from corral.settings import Settings
 
@@ -64,10 +76,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         changes["host"] = args.host
     if args.port:
         changes["port"] = args.port
+    if args.no_auth:
+        changes["no_auth"] = True
+    if args.origins is not None:
+        changes["origins"] = tuple(o.strip() for o in args.origins.split(",") if o.strip())
+    if args.log_retention is not None:
+        changes["log_retention"] = args.log_retention
     settings = settings.with_overrides(**changes)
     logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    db = Database(default_db_path(settings))
+    db.migrate()
+    try:
+        check_bind(settings, KeyStore(db).active_count())
+    except StartupRefused as exc:
+        logging.getLogger("corral").error("%s", exc)
+        return 1
+    finally:
+        db.close()
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
     return 0
@@ -307,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the server")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
+    s.add_argument("--no-auth", action="store_true",
+                   help="serve without API keys, even on a non-loopback address (CORRAL_NO_AUTH=1)")
+    s.add_argument("--origins", default=None,
+                   help="comma-separated extra CORS origins (CORRAL_ORIGINS / OLLAMA_ORIGINS; '*' for all)")
+    s.add_argument("--log-retention", type=_period, default=None, metavar="PERIOD",
+                   help="keep request-log rows this long, e.g. 30d (default), 12h; 0 keeps all "
+                        "(CORRAL_LOG_RETENTION)")
     s.set_defaults(func=cmd_serve)
     r = sub.add_parser("run", help="chat with a model")
     r.add_argument("model")
