@@ -283,17 +283,20 @@ def test_public_bind_without_keys_refuses_to_start(tmp_path: Path) -> None:
     assert "corral keys create NAME --admin" in out and "--no-auth" in out
 
 
-def test_public_bind_starts_with_no_auth(tmp_path: Path) -> None:
-    proc, port = serve(tmp_path, "--no-auth")
+def test_public_bind_starts_with_no_auth_and_serve_flags(tmp_path: Path) -> None:
+    proc, port = serve(tmp_path, "--no-auth", "--origins", "https://play.example", "--log-retention", "7d")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=1)
+                r = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=1,
+                              headers={"Origin": "https://play.example"})
             except httpx.HTTPError:
                 time.sleep(0.3)
                 continue
             assert r.status_code == 200  # open on purpose, with no key
+            assert r.headers["access-control-allow-origin"] == "https://play.example"
+            assert "Server-Timing" in r.headers["access-control-expose-headers"]
             return
         pytest.fail(f"server did not start (exit {proc.poll()})")
     finally:
