@@ -74,6 +74,7 @@ class AuthHook:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._touched: dict[str, float] = {}  # key name -> when its last_used_at write was last sent off
 
     async def before(self, ctx: RequestContext, scope: Scope) -> None:
         start = time.perf_counter()
@@ -137,8 +138,11 @@ class AuthHook:
         tokens = (ctx.prompt_tokens or 0) + (ctx.output_tokens or 0)
         if tokens:
             self.gateway.limiter.add_tokens(name, tokens)
-        # last_used_at: a database write at most every few seconds per key, kept off the event loop
-        asyncio.get_running_loop().run_in_executor(None, self.gateway.keys.touch, name)
+        # last_used_at: a database write at most every few seconds per key, made off the event loop
+        now = time.monotonic()
+        if now - self._touched.get(name, -math.inf) >= self.gateway.keys.touch_interval:
+            self._touched[name] = now
+            asyncio.get_running_loop().run_in_executor(None, self.gateway.keys.touch, name)
 
 
 class LogHook:
