@@ -176,6 +176,11 @@ def test_key_lifecycle_through_the_cli_on_a_running_server(server: ServerProc,
     bad = httpx.get(url + "/api/tags", headers=bearer(key[:-2] + "xx"))
     assert bad.status_code == 401 and bad.json() == {"error": "invalid API key"}
     assert httpx.post(url + "/api/copy", json={}, headers=bearer(key)).status_code == 403
+    store = KeyStore(Database(home / "corral.db"))
+    deadline = time.monotonic() + 10
+    while (found := store.get("ci-bot")) is not None and found.last_used_at is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert found is not None and found.last_used_at is not None  # `corral keys list` shows when it was used
 
     # the CLI's own client sends CORRAL_API_KEY (or OLLAMA_API_KEY) as a Bearer token
     cli_env = {"CORRAL_HOST": url.removeprefix("http://")}
