@@ -24,6 +24,15 @@ def _out(text: str = "", end: str = "\n") -> None:
     sys.stdout.flush()
 
 
+def _period(text: str) -> float:
+    from corral.gateway.periods import parse_period
+
+    try:
+        return parse_period(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -63,6 +72,25 @@ def run_server(app: Any, settings: Settings) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
+def _bind_refused(settings: Settings) -> bool:
+    """Log why and say True when serving this address with no API key would be unsafe."""
+    from corral.gateway.db import Database, default_db_path
+    from corral.gateway.keys import KeyStore
+    from corral.gateway.service import StartupRefused, check_bind
+
+    db = Database(default_db_path(settings))
+    db.migrate()
+    try:
+        check_bind(settings, KeyStore(db).active_count())
+    except StartupRefused as exc:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("corral").error("%s", exc)
+        return True
+    finally:
+        db.close()
+    return False
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from corral.server.app import create_app
 
@@ -72,7 +100,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         changes["host"] = args.host
     if args.port:
         changes["port"] = args.port
+    if args.no_auth:
+        changes["no_auth"] = True
+    if args.origins is not None:
+        changes["origins"] = tuple(o.strip() for o in args.origins.split(",") if o.strip())
+    if args.log_retention is not None:
+        changes["log_retention"] = args.log_retention
     settings = settings.with_overrides(**changes)
+    if _bind_refused(settings):
+        return 1
     run_server(create_app(settings), settings)
     return 0
 
@@ -81,7 +117,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from corral.gateway.upstream import Upstream
     from corral.server.proxy import create_proxy_app
 
-    settings = Settings.from_env().with_overrides(host=args.host, port=args.port)
+    changes: dict[str, Any] = {"host": args.host, "port": args.port}
+    if args.no_auth:
+        changes["no_auth"] = True
+    settings = Settings.from_env().with_overrides(**changes)
+    if _bind_refused(settings):
+        return 1
     run_server(create_proxy_app(settings, Upstream(args.upstream, args.upstream_key)), settings)
     return 0
 
@@ -320,12 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the server")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
+    s.add_argument("--no-auth", action="store_true",
+                   help="serve without API keys, even on a non-loopback address (CORRAL_NO_AUTH=1)")
+    s.add_argument("--origins", default=None,
+                   help="comma-separated extra CORS origins (CORRAL_ORIGINS / OLLAMA_ORIGINS; '*' for all)")
+    s.add_argument("--log-retention", type=_period, default=None, metavar="PERIOD",
+                   help="keep request-log rows this long, e.g. 30d (default), 12h; 0 keeps all "
+                        "(CORRAL_LOG_RETENTION)")
     s.set_defaults(func=cmd_serve)
     px = sub.add_parser("proxy", help="run the gateway in front of another Ollama or Corral (no local engine)")
     px.add_argument("--upstream", default="http://127.0.0.1:11434", help="the server to forward to")
     px.add_argument("--upstream-key", default=None, help="Bearer key to send upstream instead of the client's")
     px.add_argument("--host", default="127.0.0.1")
     px.add_argument("--port", type=int, default=11435, help="default 11435, the seeds' ollama_logger port")
+    px.add_argument("--no-auth", action="store_true", help="forward without API keys, even on a public address")
     px.set_defaults(func=cmd_proxy)
     r = sub.add_parser("run", help="chat with a model")
     r.add_argument("model")

@@ -1,8 +1,9 @@
 """HTTP client the CLI uses to talk to a running Corral (or Ollama) server.
 
 The server address comes from ``CORRAL_HOST``, then ``OLLAMA_HOST``, then
-``127.0.0.1:11434``. Errors come back as :class:`ClientError` carrying the
-server's ``error`` message.
+``127.0.0.1:11434``; the API key, sent as ``Authorization: Bearer``, from
+``CORRAL_API_KEY``, then ``OLLAMA_API_KEY``. Errors come back as
+:class:`ClientError` carrying the server's ``error`` message.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def base_url(env: dict[str, str] | None = None) -> str:
 class Client:
     def __init__(self, url: str | None = None, *, api_key: str | None = None) -> None:
         headers = {}
-        key = api_key or os.environ.get("CORRAL_API_KEY")
+        key = api_key or os.environ.get("CORRAL_API_KEY") or os.environ.get("OLLAMA_API_KEY")
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self.http = httpx.Client(base_url=url or base_url(), timeout=httpx.Timeout(None, connect=5.0), headers=headers)

@@ -7,11 +7,20 @@ classifies errors by matching message text.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
+_NO_HEADERS: Mapping[str, str] = {}
+
 
 class CorralError(Exception):
-    """Base class: ``status`` is the HTTP status the error maps to; ``param`` names the bad field."""
+    """Base class: ``status`` is the HTTP status the error maps to; ``param`` names the bad field.
+
+    ``headers`` are sent with the error response whatever its dialect (``Retry-After`` on a 429).
+    """
 
     status: int = 500
+    headers: Mapping[str, str] = _NO_HEADERS
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -24,7 +33,10 @@ class BadRequest(CorralError):
 
 
 class Unauthorized(CorralError):
+    """No API key, or one that is not (or no longer) valid."""
+
     status = 401
+    headers: Mapping[str, str] = {"WWW-Authenticate": 'Bearer realm="corral"'}
 
 
 class Forbidden(CorralError):
@@ -48,7 +60,15 @@ class PayloadTooLarge(CorralError):
 
 
 class TooManyRequests(CorralError):
+    """A rate limit is spent; ``retry_after`` seconds (rounded up) go out as ``Retry-After``."""
+
     status = 429
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
 
 
 class BadGateway(CorralError):

@@ -2,7 +2,8 @@
 
 Every knob follows Ollama's variable name (``OLLAMA_HOST``, ``OLLAMA_MODELS``,
 ``OLLAMA_KEEP_ALIVE`` ...). Each has a ``CORRAL_*`` twin of the same suffix
-which wins when both are set. The object is immutable; it is built by
+which wins when both are set. Knobs Ollama lacks (the gateway's
+``CORRAL_NO_AUTH``, ``CORRAL_LOG_RETENTION``) are ``CORRAL_*`` only. The object is immutable; it is built by
 :func:`Settings.from_env` and passed to whatever needs it.
 """
 
@@ -14,8 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from corral.durations import parse_keep_alive
+from corral.gateway.periods import parse_period
 
 DEFAULT_PORT = 11434
+DEFAULT_LOG_RETENTION = 30 * 86400.0
+_TRUE = ("1", "true", "yes", "on")
 
 
 def _env(env: Mapping[str, str], name: str) -> str | None:
@@ -90,6 +94,8 @@ class Settings:
     kv_cache_type: str = "f16"  # f16 | q8_0 | q4_0 (OLLAMA_KV_CACHE_TYPE)
     flash_attention: bool = False  # OLLAMA_FLASH_ATTENTION (on anyway for a quantized KV cache)
     prompt_cache_mib: int = 0  # CORRAL_PROMPT_CACHE_MIB: llama.cpp's host-RAM cache of idle slots' prompts
+    no_auth: bool = False  # CORRAL_NO_AUTH / --no-auth: serve without API keys, even on a public address
+    log_retention: float = DEFAULT_LOG_RETENTION  # CORRAL_LOG_RETENTION / --log-retention (seconds; 0 keeps all)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +114,12 @@ class Settings:
         if kv_type not in ("f16", "q8_0", "q4_0"):
             raise ValueError(f"invalid OLLAMA_KV_CACHE_TYPE {kv_type!r}: use f16, q8_0 or q4_0")
         flash = (_env(env, "FLASH_ATTENTION") or "0").lower() in ("1", "true", "yes")
+        no_auth = (env.get("CORRAL_NO_AUTH") or "0").strip().lower() in _TRUE
+        retention_raw = (env.get("CORRAL_LOG_RETENTION") or "").strip()
+        try:
+            retention = parse_period(retention_raw) if retention_raw else DEFAULT_LOG_RETENTION
+        except ValueError as exc:
+            raise ValueError(f"invalid CORRAL_LOG_RETENTION: {exc}") from None
         return cls(
             home=home,
             models_dir=models_dir,
@@ -126,6 +138,8 @@ class Settings:
             kv_cache_type=kv_type,
             flash_attention=flash,
             prompt_cache_mib=max(0, _int(env, "PROMPT_CACHE_MIB", 0)),
+            no_auth=no_auth,
+            log_retention=retention,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

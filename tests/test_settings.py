@@ -102,3 +102,15 @@ def test_cors_headers_only_for_cross_origin_requests(server: ServerProc) -> None
     cross = httpx.get(server.url + "/api/version", headers={"Origin": "http://localhost:5173"})
     assert cross.headers.get("access-control-allow-origin") == "http://localhost:5173"
     assert "Origin" in cross.headers.get("vary", "")
+
+
+def test_gateway_settings(tmp_path: Path) -> None:
+    s = Settings.from_env({"CORRAL_HOME": str(tmp_path)})
+    assert s.no_auth is False and s.log_retention == 30 * 86400
+    s = Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_NO_AUTH": "1", "CORRAL_LOG_RETENTION": "12h"})
+    assert s.no_auth is True and s.log_retention == 12 * 3600
+    # Ollama has neither knob, so there is no OLLAMA_ twin
+    s = Settings.from_env({"CORRAL_HOME": str(tmp_path), "OLLAMA_NO_AUTH": "1", "OLLAMA_LOG_RETENTION": "1h"})
+    assert s.no_auth is False and s.log_retention == 30 * 86400
+    with pytest.raises(ValueError, match="CORRAL_LOG_RETENTION"):
+        Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_LOG_RETENTION": "forever"})

@@ -14,7 +14,7 @@ implementation of this same interface, not a fork of the service.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,6 +22,9 @@ from typing import Any, Protocol
 from corral.errors import EngineError
 
 # ---- calls -------------------------------------------------------------------
+
+PhaseReport = Callable[[str, float], None]
+"""``report(phase, ms)``: a phase of :data:`corral.gateway.timing.PHASES` known before the answer ends."""
 
 
 @dataclass
@@ -34,6 +37,9 @@ class Common:
     top_logprobs: int = 0
     keep_alive: float | None = None
     images: list[str] | None = None
+    # Called once the request holds its slot, with "queue" and "load" in ms, so that a streamed
+    # answer's headers (sent before the Final) can carry them. The Final has them too.
+    report: PhaseReport | None = None
 
 
 @dataclass
@@ -74,9 +80,20 @@ class Piece:
 
 @dataclass
 class Final:
+    """How an answer ended, and what it cost.
+
+    Durations are nanoseconds: ``queue_ns`` waiting for a slot of the model,
+    ``load_ns`` loading it, ``prompt_eval_ns`` and ``eval_ns`` the engine's
+    own. ``first_token_at`` is the :func:`time.perf_counter` reading when the
+    first token came out of the engine (None when none did), so the gateway
+    can compute time to first token from its own start of the request.
+    """
+
     done_reason: str
     model: str
     total_ns: int = 0
+    queue_ns: int = 0
+    first_token_at: float | None = None
     load_ns: int = 0
     prompt_eval_count: int = 0
     prompt_eval_ns: int = 0
@@ -121,6 +138,7 @@ class Embeddings:
     prompt_tokens: int
     load_ns: int
     total_ns: int
+    queue_ns: int = 0
 
 
 @dataclass

@@ -76,8 +76,11 @@ class _Shaper:
         self.lease = lease
         self.start = start
         self.model_name = model_name
+        self.first_token_at: float | None = None
 
     def token(self, event: TokenEvent) -> Piece | None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
         if self.splitter is not None:
             thinking, content = self.splitter.feed(event.text)
         else:
@@ -93,6 +96,8 @@ class _Shaper:
             done_reason=event.done_reason,
             model=self.model_name,
             total_ns=int((time.monotonic() - self.start) * 1e9),
+            queue_ns=int(self.lease.queue_seconds * 1e9),
+            first_token_at=self.first_token_at,
             load_ns=int(self.lease.load_seconds * 1e9),
             prompt_eval_count=event.prompt_tokens,
             prompt_eval_ns=event.prompt_eval_ns,
@@ -183,6 +188,7 @@ class LocalBackend:
         schema = _format_schema(call.format)
         spec = self.load_spec(record, opts)
         async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
+            _report_slot(call, lease)
             bos, eos = self._bos_eos(record)
             messages = list(call.messages)
 
@@ -212,6 +218,7 @@ class LocalBackend:
         if call.suffix and not call.raw:
             record.require("insert")
         async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
+            _report_slot(call, lease)
             bos, eos = self._bos_eos(record)
             parts: list[int | str] = list(call.context or [])
             if call.suffix and not call.raw and record.info.fim is not None and not (call.template or record.template):
@@ -297,10 +304,10 @@ class LocalBackend:
                     tokens = tokens[:limit]
                 prepared.append(tokens if tokens else (item if isinstance(item, str) else ""))
             vectors, n_tokens = await lease.model.embed(prepared) if prepared else ([], 0)
-            load_ns = int(lease.load_seconds * 1e9)
+            load_ns, queue_ns = int(lease.load_seconds * 1e9), int(lease.queue_seconds * 1e9)
         if call.dimensions is not None:
             vectors = [_normalise(v[:call.dimensions]) for v in vectors]
-        return Embeddings(vectors, n_tokens, load_ns, int((time.monotonic() - start) * 1e9))
+        return Embeddings(vectors, n_tokens, load_ns, int((time.monotonic() - start) * 1e9), queue_ns)
 
     # ---- catalog ------------------------------------------------------------------------
     async def unload(self, model: str) -> bool:
@@ -352,6 +359,13 @@ class LocalBackend:
 
     async def close(self) -> None:
         await self.scheduler.close()
+
+
+def _report_slot(call: Common, lease: Lease) -> None:
+    """Tell the caller, as soon as the slot is held, how long it queued and loaded (see ``Common.report``)."""
+    if call.report is not None:
+        call.report("queue", lease.queue_seconds * 1000)
+        call.report("load", lease.load_seconds * 1000)
 
 
 def _parent(local: LocalModel) -> str:

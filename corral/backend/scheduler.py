@@ -9,6 +9,11 @@
   is idle, as Ollama does.
 * Each model has ``num_parallel`` slots; requests beyond that wait in a
   queue bounded by ``max_queue``, past which we answer 503.
+
+Each :class:`Lease` says how long its request waited for a slot
+(``queue_seconds``, load time excluded) and how long it spent loading the
+model. :meth:`Scheduler.queue_depth`, :meth:`Scheduler.slot_usage` and
+:meth:`Scheduler.loaded_bytes` are the live numbers ``/metrics`` exports.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Runner:
     keep_alive: float
     load_seconds: float
     refs: int = 0
+    busy: int = 0  # slots held right now
     last_used: float = field(default_factory=time.monotonic)
     expires_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     timer: asyncio.TimerHandle | None = None
@@ -57,6 +63,7 @@ class Runner:
 class Lease:
     runner: Runner
     load_seconds: float  # 0 when the model was already loaded
+    queue_seconds: float = 0.0  # waiting for the model and a free slot, load time excluded
 
     @property
     def model(self) -> LoadedModel:
@@ -70,6 +77,7 @@ class Scheduler:
         self.runners: dict[str, Runner] = {}
         self._cond = asyncio.Condition()
         self._pending = 0
+        self._waiting: dict[str, int] = {}  # model -> requests not yet holding a slot
 
     # ---- public API ---------------------------------------------------------
     @asynccontextmanager
@@ -77,22 +85,26 @@ class Scheduler:
         """Hold one slot of a loaded model for the duration of a request."""
         if self._pending >= self.settings.max_queue:
             raise ServerBusy("server busy, please try again.  maximum pending requests exceeded")
-        self._pending += 1
+        start = time.perf_counter()
+        self._enqueue(key)
         try:
             runner, load_seconds = await self._get_runner(key, digest, spec, keep_alive)
         except BaseException:
-            self._pending -= 1
+            self._dequeue(key)
             raise
         try:
             await runner.slots.acquire()
         except BaseException:
-            self._pending -= 1
+            self._dequeue(key)
             await self._release_ref(key)
             raise
-        self._pending -= 1
+        self._dequeue(key)
+        runner.busy += 1
+        queued = max(0.0, time.perf_counter() - start - load_seconds)
         try:
-            yield Lease(runner, load_seconds)
+            yield Lease(runner, load_seconds, queued)
         finally:
+            runner.busy -= 1
             runner.slots.release()
             await self._release_ref(key)
 
@@ -116,12 +128,36 @@ class Scheduler:
     def running(self) -> list[Runner]:
         return sorted(self.runners.values(), key=lambda r: r.last_used, reverse=True)
 
+    def queue_depth(self) -> dict[str, int]:
+        """Requests waiting for a slot (or for their model to load), per model."""
+        return dict(self._waiting)
+
+    def slot_usage(self) -> dict[str, tuple[int, int]]:
+        """``(busy, total)`` slots of each loaded model."""
+        return {r.key: (r.busy, r.spec.num_parallel) for r in self.runners.values()}
+
+    def loaded_bytes(self) -> dict[str, int]:
+        """Memory held by each loaded model."""
+        return {r.key: r.model.size_bytes for r in self.runners.values()}
+
     async def close(self) -> None:
         async with self._cond:
             for runner in list(self.runners.values()):
                 await self._unload_locked(runner)
 
     # ---- internals -------------------------------------------------------------
+    def _enqueue(self, key: str) -> None:
+        self._pending += 1
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+
+    def _dequeue(self, key: str) -> None:
+        self._pending -= 1
+        left = self._waiting.get(key, 1) - 1
+        if left > 0:
+            self._waiting[key] = left
+        else:
+            self._waiting.pop(key, None)
+
     async def _get_runner(self, key: str, digest: str, spec: LoadSpec, keep_alive: float | None) -> tuple[Runner, float]:
         ka = self.settings.keep_alive if keep_alive is None else keep_alive
         async with self._cond:

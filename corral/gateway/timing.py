@@ -9,19 +9,23 @@ in milliseconds:
 ``prompt_eval`` evaluating the prompt;
 ``ttft``        time to first token, from the start of the request;
 ``generation``  producing the output tokens;
-``client_io``   time spent sending the answer to the client;
+``client_io``   time spent sending the answer to the client once it was complete;
 ``upstream``    in proxy mode, the upstream's share of the request;
 ``total``       the whole request, as the gateway saw it.
 
 Every response carries the same value in ``Server-Timing`` (W3C; browsers'
 dev tools show it) and ``X-SDL-Proxy-Timing`` (the seeds' proxy header), for
-example ``queue;dur=0.4, ttft;dur=61.2, total;dur=412.9``.
+example ``queue;dur=0.4, ttft;dur=61.2, total;dur=412.9``. A streamed
+answer's headers leave with its first token, so they carry only what is known
+then (``auth``, ``queue``, ``load``, ``ttft``); the stream marker has the rest.
 
-Stream markers: a streamed NDJSON answer's final ``"done": true`` object
+Stream markers: the final ``"done": true`` object of ``/api/generate`` and
+``/api/chat`` (streamed NDJSON, and the single object of ``"stream": false``)
 carries one extra field, :data:`STREAM_TIMING_FIELD` (``corral_timing``), an
-object of phase name to milliseconds (same phases, same order, one decimal).
-Ollama's clients ignore fields they do not know. :data:`STREAM_MARKERS` lists
-every such extra field.
+object of phase name to milliseconds (same phases, same order, one decimal;
+``total`` up to that object, ``client_io`` not yet known). Ollama's clients
+ignore fields they do not know. :data:`STREAM_MARKERS` lists every such
+extra field. Every phase of every request is also in the request log.
 """
 
 from __future__ import annotations

@@ -2,7 +2,15 @@
 
 ``create_app(settings)`` returns the Starlette app; nothing here is global.
 One exception handler turns :class:`corral.errors.CorralError` into the
-error body of the dialect whose route raised it (:mod:`corral.server.errors`).
+error body of the dialect whose route raised it (:mod:`corral.server.errors`)
+and records its text on the request's context for the request log.
+
+The gateway (:class:`corral.gateway.service.Gateway`: keys, request log,
+metrics) is opened here and plugged in as the middleware's first hooks
+(:mod:`corral.server.gateway_hooks`) with its routes (:mod:`corral.server.admin`);
+the lifespan refuses a public bind with no key, starts the log writer, and
+flushes it on shutdown, after in-flight requests have finished.
+``gateway=False`` leaves all of it out (a bare server, for comparison).
 """
 
 from __future__ import annotations
@@ -24,8 +32,12 @@ from corral.backend.local import LocalBackend
 from corral.backend.scheduler import Scheduler
 from corral.engine.base import Engine
 from corral.errors import CorralError
-from corral.server import registry_v2
+from corral.gateway.service import Gateway
+from corral.gateway.timing import TIMING_HEADERS
+from corral.server import admin, registry_v2
+from corral.server.context import context_of
 from corral.server.errors import dialect_of
+from corral.server.gateway_hooks import gateway_hooks
 from corral.server.http import JSON
 from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.server.ollama import inference, models, registry
@@ -43,13 +55,16 @@ async def _corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
     if exc.status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    context_of(request).error = exc.message
     dialect = dialect_of(request.scope)
-    return JSON(dialect.body(exc.status, exc.message, exc), status_code=exc.status, headers=dict(dialect.headers))
+    return JSON(dialect.body(exc.status, exc.message, exc), status_code=exc.status,
+                headers={**dialect.headers, **exc.headers})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: "404 page not found", 405: "405 method not allowed"}.get(exc.status_code, str(exc.detail))
+    context_of(request).error = message
     dialect = dialect_of(request.scope)
     return JSON(dialect.body(exc.status_code, message), status_code=exc.status_code, headers=dict(dialect.headers))
 
@@ -57,6 +72,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     """Last resort, outside the middleware: endpoints already turn crashes into InternalError."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    context_of(request).error = f"internal error: {exc}"
     return JSON(dialect_of(request.scope).body(500, f"internal error: {exc}"), status_code=500)
 
 
@@ -75,10 +91,10 @@ class CORS(CORSMiddleware):
         await super().__call__(scope, receive, send)
 
 
-def api_routes() -> list[BaseRoute]:
-    """Every route Corral serves, in matching order (each carries its dialect)."""
-    return [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes, *openai_routes.routes,
-            *openai_routes.fallback]
+def api_routes(*, admin_routes: bool = True) -> list[BaseRoute]:
+    """Every route Corral serves, in matching order (each carries its dialect and scope)."""
+    return [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes,
+            *(admin.routes if admin_routes else []), *openai_routes.routes, *openai_routes.fallback]
 
 
 def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[GatewayHook],
@@ -93,6 +109,7 @@ def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[Gatew
             allow_origin_regex=None if allow_all else _LOCAL_ORIGINS,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
             allow_headers=["*"],
+            expose_headers=[*TIMING_HEADERS, "X-Request-Id"],
         ),
     ]
     return Starlette(
@@ -103,22 +120,34 @@ def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[Gatew
     )
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Sequence[GatewayHook] = ()) -> Starlette:
-    """The server: every dialect over the local backend (store + scheduler + llama.cpp)."""
+def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Sequence[GatewayHook] = (),
+               gateway: bool = True) -> Starlette:
+    """The server: every dialect over the local backend (store + scheduler + llama.cpp), behind the gateway."""
     if engine is None:
         from corral.engine.llamacpp import LlamaCppEngine
 
         engine = LlamaCppEngine(num_threads=settings.num_threads, verbose=settings.debug)
     store = Store(settings.models_dir)
+    gw = Gateway.open(settings) if gateway else None
+    routes = api_routes(admin_routes=gw is not None)
+    all_hooks = [*(gateway_hooks(gw) if gw is not None else []), *hooks]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if gw is not None:
+            gw.check_bind()
         store.ensure()
         scheduler = Scheduler(settings, engine)
         app.state.settings = settings
         app.state.store = store
         backend = LocalBackend(settings, store, scheduler)
         app.state.backend = backend
+        app.state.gateway = gw
+        if gw is not None:
+            gw.metrics.set_sources(queue_depth=scheduler.queue_depth, slots=scheduler.slot_usage,
+                                   loaded=scheduler.loaded_bytes, log_backlog=lambda: gw.log.backlog,
+                                   log_dropped=lambda: gw.log.dropped)
+            gw.start()
         if settings.starter_models:
             from corral.store.starters import seed_starters
 
@@ -127,6 +156,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
         try:
             yield
         finally:
-            await backend.close()
+            try:
+                await backend.close()
+            finally:
+                if gw is not None:
+                    gw.close()
 
-    return build_app(settings, api_routes(), hooks, lifespan)
+    return build_app(settings, routes, all_hooks, lifespan)

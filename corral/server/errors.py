@@ -7,6 +7,16 @@ registry's ``{"errors": [...]}``. Every route is a :class:`DialectRoute`, which
 records its dialect in the ASGI scope; the app's exception handlers, and a
 stream that fails after it started, read it from there. A request that
 matched no route is answered in Ollama's shape, as Ollama answers it.
+
+Each route also declares who may call it, where it is declared: its
+``scope`` is ``"open"`` (no key ever: ``GET /``, ``/api/version``),
+``"user"`` (the default: any valid key) or ``"admin"`` (model management,
+registry writes, ``/metrics``); and ``model_from`` says where a request names
+its model (``"body"``: the JSON body's ``model``; ``"path"``: the ``model``
+path parameter), so a key's model allowlist can be enforced before the
+handler runs. :func:`route_scope` reads the scope of any route object; a
+route of another kind (a static ``Mount`` for the playground, say) opts in
+by carrying a ``scope`` attribute of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,6 +41,9 @@ log = logging.getLogger(__name__)
 SCOPE_KEY = "corral.dialect"
 
 Renderer = Callable[[int, str, "CorralError | None"], dict[str, Any]]
+Access = Literal["open", "user", "admin"]
+ModelFrom = Literal["body", "path"]
+ACCESS_LEVELS: tuple[Access, ...] = ("open", "user", "admin")
 
 
 @dataclass(frozen=True)
@@ -104,12 +117,17 @@ def _guard(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Requ
 
 
 class DialectRoute(Route):
-    """A route that answers its errors in ``dialect``'s shape."""
+    """A route that answers its errors in ``dialect``'s shape and declares its access ``scope``."""
 
     def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], *, dialect: Dialect,
-                 methods: list[str] | None = None, name: str | None = None) -> None:
+                 methods: list[str] | None = None, name: str | None = None, scope: Access = "user",
+                 model_from: ModelFrom | None = None) -> None:
+        if scope not in ACCESS_LEVELS:
+            raise ValueError(f"route {path}: scope must be one of {ACCESS_LEVELS}, not {scope!r}")
         super().__init__(path, _guard(endpoint), methods=methods, name=name or endpoint.__name__)
         self.dialect = dialect
+        self.scope: Access = scope
+        self.model_from = model_from
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SCOPE_KEY] = self.dialect
@@ -117,10 +135,19 @@ class DialectRoute(Route):
 
 
 def route_factory(dialect: Dialect) -> Callable[..., DialectRoute]:
-    """``route = route_factory(OPENAI)``; then ``route("/v1/models", handler, methods=["GET"])``."""
+    """``route = route_factory(OPENAI)``; then ``route("/v1/models", handler, methods=["GET"])``
+    (``scope="admin"`` / ``"open"``, ``model_from="body"`` where they apply)."""
 
     def route(path: str, endpoint: Callable[[Request], Awaitable[Response]], *, methods: list[str] | None = None,
-              name: str | None = None) -> DialectRoute:
-        return DialectRoute(path, endpoint, dialect=dialect, methods=methods, name=name)
+              name: str | None = None, scope: Access = "user", model_from: ModelFrom | None = None) -> DialectRoute:
+        return DialectRoute(path, endpoint, dialect=dialect, methods=methods, name=name, scope=scope,
+                            model_from=model_from)
 
     return route
+
+
+def route_scope(route: object) -> Access:
+    """Who may call ``route``: its declared ``scope``; ``"user"`` for a route that declares none
+    (and for no route at all: an unknown path needs a key like any other API path)."""
+    declared = getattr(route, "scope", "user")
+    return next((level for level in ACCESS_LEVELS if level == declared), "user")

@@ -4,7 +4,9 @@
 async generator before the response starts, so an error raised before the
 first chunk still gets its proper status code, while an error raised after
 becomes the stream's last line. ``LineStream`` is the per-token hot path:
-it sends each line from the request's own task, with nothing in between.
+it sends each line from the request's own task, with nothing in between;
+a stream that fails after it started, or whose client went away, says so on
+the request's context (:mod:`corral.server.context`) for the request log.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from corral.errors import BadRequest
+from corral.server.context import context_of
 
 if TYPE_CHECKING:
     from corral.server.errors import Dialect
@@ -55,8 +58,8 @@ async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
         raise BadRequest(f"invalid JSON in request body: {exc}") from None
 
 
-async def cancel_on_disconnect(receive: Receive, work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` in this task; if the client goes away first, cancel it and return quietly.
+async def cancel_on_disconnect(receive: Receive, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work`` in this task; if the client goes away first, cancel it and return True (quietly).
 
     Cancelling closes whatever ``work`` is iterating (an engine stream frees
     its llama.cpp slot, an upstream request is closed).
@@ -82,9 +85,11 @@ async def cancel_on_disconnect(receive: Receive, work: Coroutine[Any, Any, None]
         if not state["gone"]:
             raise
         task.uncancel()
+        return True
     finally:
         state["running"] = False
         watcher.cancel()
+    return False
 
 
 class LineStream(Response):
@@ -111,9 +116,10 @@ class LineStream(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await cancel_on_disconnect(receive, self._write(send))
+        if await cancel_on_disconnect(receive, self._write(send, scope)):
+            context_of(scope).error = "client closed the connection mid-stream"
 
-    async def _write(self, send: Send) -> None:
+    async def _write(self, send: Send, scope: Scope) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         events, render = self.events, self.render_event
         try:
@@ -124,7 +130,9 @@ class LineStream(Response):
                 if text:
                     await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
         except Exception as exc:  # the stream has started: the error becomes its last item (logged if unexpected)
-            await send({"type": "http.response.body", "body": self.on_error(exc).encode(), "more_body": True})
+            item = self.on_error(exc)
+            context_of(scope).error = str(getattr(exc, "message", None) or exc)
+            await send({"type": "http.response.body", "body": item.encode(), "more_body": True})
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         await send({"type": "http.response.body", "body": b"", "more_body": False})

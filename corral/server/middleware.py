@@ -1,12 +1,19 @@
 """Gateway seam: one ASGI middleware in front of every route.
 
-It gives each request a :class:`RequestContext` (id, start time, the route
-and dialect that will answer it, named phase timings) and runs the
-registered :class:`GatewayHook` objects around it: ``before`` may reject the
-request by raising a :class:`corral.errors.CorralError` (answered in the
-route's dialect), ``on_start`` may add response headers, ``after`` sees the
-final status and timings once the body has been sent. API keys, the request
-log and ``/metrics`` plug in here as hooks.
+It gives each request a :class:`~corral.server.context.RequestContext` (id,
+start time, the route and dialect that will answer it, the route's access
+scope and path parameters, named phase timings) and runs the registered
+:class:`GatewayHook` objects around it: ``before`` may reject the request by
+raising a :class:`corral.errors.CorralError` (answered in the route's dialect,
+with the error's own headers such as ``Retry-After``), ``on_start`` may add
+response headers, ``after`` sees the final status and timings once the body
+has been sent. API keys, the request log and ``/metrics`` plug in here as
+hooks (``corral.server.gateway_hooks``).
+
+A hook that needs the request body (a key's model allowlist) reads it with
+:meth:`RequestContext.read_body`; the middleware then hands the same bytes on
+to the endpoint. With hooks, the request body's size is counted as it is
+read.
 
 With no hooks, the only per-request work is the context and the
 ``X-Request-Id`` header; nothing is added per streamed chunk beyond one call
@@ -16,39 +23,21 @@ that passes the message on.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError
-from corral.server.errors import OLLAMA, DialectRoute
+from corral.server.context import STATE_KEY, RequestContext
+from corral.server.errors import OLLAMA, DialectRoute, route_scope
 from corral.server.http import JSON
 
 log = logging.getLogger("corral.access")
 
-
-@dataclass
-class RequestContext:
-    id: str
-    method: str
-    path: str
-    route: str  # the matched route's path template ("" when none matched)
-    dialect: str
-    start: float = field(default_factory=time.perf_counter)
-    phases: dict[str, float] = field(default_factory=dict)  # name -> milliseconds
-    status: int = 0
-    first_byte: float | None = None  # seconds after start
-    bytes_out: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+__all__ = ["GatewayHook", "GatewayMiddleware", "RequestContext"]
 
 
 class GatewayHook(Protocol):
@@ -62,31 +51,58 @@ class GatewayHook(Protocol):
         """Called once the response has been sent (or the client went away)."""
 
 
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives ``body`` (already read by a hook) once, then defers to ``receive``."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _counting(ctx: RequestContext, receive: Receive) -> Receive:
+    """A receive that adds the size of each body chunk to ``ctx.bytes_in``."""
+
+    async def counting() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            ctx.bytes_in += len(message.get("body", b""))
+        return message
+
+    return counting
+
+
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = (), hooks: Sequence[GatewayHook] = ()) -> None:
         self.app = app
         self.routes = list(routes)
         self.hooks = list(hooks)
 
-    def _route(self, scope: Scope) -> BaseRoute | None:
-        partial = None
+    def _route(self, scope: Scope) -> tuple[BaseRoute | None, Scope]:
+        partial: tuple[BaseRoute | None, Scope] = (None, {})
         for route in self.routes:
-            match, _ = route.matches(scope)
+            match, child = route.matches(scope)
             if match is Match.FULL:
-                return route
-            if match is Match.PARTIAL and partial is None:
-                partial = route
+                return route, child
+            if match is Match.PARTIAL and partial[0] is None:
+                partial = (route, child)
         return partial
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = self._route(scope) if self.hooks else None
+        route, child = self._route(scope) if self.hooks else (None, {})
         dialect = route.dialect if isinstance(route, DialectRoute) else OLLAMA
         ctx = RequestContext(uuid.uuid4().hex[:16], scope["method"], scope["path"],
-                             getattr(route, "path", ""), dialect.name)
-        scope.setdefault("state", {})["ctx"] = ctx
+                             getattr(route, "path", ""), dialect.name, route_scope(route),
+                             getattr(route, "model_from", None), child.get("path_params", {}))
+        scope.setdefault("state", {})[STATE_KEY] = ctx
         request_id = (b"x-request-id", ctx.id.encode())
         hooks = self.hooks
 
@@ -95,8 +111,10 @@ class GatewayMiddleware:
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append(request_id)
-                for hook in hooks:
-                    hook.on_start(ctx, headers)
+                if hooks:
+                    ctx.started_at = ctx.elapsed
+                    for hook in hooks:
+                        hook.on_start(ctx, headers)
                 message = {**message, "headers": headers}
             elif hooks:
                 if ctx.first_byte is None:
@@ -104,15 +122,20 @@ class GatewayMiddleware:
                 ctx.bytes_out += len(message.get("body", b""))
             await send(message)
 
+        if hooks:
+            receive = ctx.receive = _counting(ctx, receive)
         try:
             try:
                 for hook in hooks:
                     await hook.before(ctx, scope)
             except CorralError as exc:
+                ctx.error = exc.message
                 response = JSON(dialect.body(exc.status, exc.message, exc), status_code=exc.status,
-                                headers=dict(dialect.headers))
+                                headers={**dialect.headers, **exc.headers})
                 await response(scope, receive, wrapped)
                 return
+            if ctx.body is not None:
+                receive = _replay(ctx.body, receive)
             await self.app(scope, receive, wrapped)
         finally:
             await self._after(ctx)

@@ -2,8 +2,10 @@
 
 No engine and no store: every Ollama, OpenAI and registry route of the
 server is declared again with :func:`forward` as its endpoint, so each keeps
-its dialect (errors in the right shape) and passes through the same gateway
-middleware (keys, request log, timing, metrics). :func:`forward` sends the
+its dialect (errors in the right shape) and its access scope, and passes
+through the same gateway middleware (keys, request log, timing, metrics).
+The gateway's own routes (``/metrics``, the admin log API, beacons) are
+answered here, not forwarded. :func:`forward` sends the
 request on as it came, less the client's credentials, and streams the answer
 back chunk by chunk as the upstream sends it. An unreachable upstream is a
 502 naming it; an upstream that fails mid-stream ends the stream with the
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -26,11 +28,15 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from corral.errors import BadGateway
+from corral.gateway.service import Gateway
 from corral.gateway.upstream import AnswerTap, Upstream
+from corral.server import admin
 from corral.server.app import api_routes, build_app
+from corral.server.context import RequestContext, context_of
 from corral.server.errors import Dialect, DialectRoute, dialect_of
+from corral.server.gateway_hooks import gateway_hooks
 from corral.server.http import cancel_on_disconnect
-from corral.server.middleware import GatewayHook, RequestContext
+from corral.server.middleware import GatewayHook
 from corral.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,11 +47,6 @@ _STREAMED_TYPES = ("application/x-ndjson", "text/event-stream")
 
 def _upstream(request: Request) -> Upstream:
     return request.app.state.upstream  # type: ignore[no-any-return]
-
-
-def _ctx(request: Request) -> RequestContext | None:
-    ctx = request.scope.get("state", {}).get("ctx")
-    return ctx if isinstance(ctx, RequestContext) else None
 
 
 def _model_of(body: bytes) -> str | None:
@@ -60,30 +61,28 @@ def _model_of(body: bytes) -> str | None:
 async def forward(request: Request) -> Response:
     """Send this request to the upstream and relay its answer (see module docstring)."""
     upstream = _upstream(request)
-    ctx = _ctx(request)
+    ctx = context_of(request)
     size = int(request.headers.get("content-length") or 0)
     content: bytes | AsyncIterator[bytes]
+    model: str | None = request.path_params.get("model")
     if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") or 0 < size <= MAX_SNIFF_BODY:
         content = await request.body()
-        model = _model_of(content) if content else request.path_params.get("model")
-        if ctx is not None and model:
-            ctx.extra["model"] = model
+        model = (_model_of(content) if content else None) or model
     else:
         content = request.stream()
     start = time.perf_counter()
     answer = await upstream.open(request.method, request.url.path, request.url.query,
                                  request.headers.items(), content)
     media_type = answer.headers.get("content-type", "")
-    if ctx is not None:
-        ctx.extra["stream"] = media_type.startswith(_STREAMED_TYPES)
+    ctx.note(model, stream=media_type.startswith(_STREAMED_TYPES))
     return Relay(answer, AnswerTap(media_type), dialect_of(request.scope), ctx, start)
 
 
 class Relay(Response):
     """The upstream's answer, relayed chunk by chunk; the upstream request is closed however it ends."""
 
-    def __init__(self, answer: aiohttp.ClientResponse, tap: AnswerTap, dialect: Dialect,
-                 ctx: RequestContext | None, start: float) -> None:
+    def __init__(self, answer: aiohttp.ClientResponse, tap: AnswerTap, dialect: Dialect, ctx: RequestContext,
+                 start: float) -> None:
         self.answer = answer
         self.tap = tap
         self.dialect = dialect
@@ -107,8 +106,7 @@ class Relay(Response):
             async for chunk in self.answer.content.iter_any():
                 if first is None:
                     first = time.perf_counter()
-                    if self.ctx is not None:
-                        self.ctx.extra["upstream_first_byte_ms"] = (first - self.start) * 1000
+                    self.ctx.phases["ttft"] = (first - self.ctx.start) * 1000
                 self.tap.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, OSError) as exc:
@@ -118,22 +116,30 @@ class Relay(Response):
             if self.tap.media_type.startswith(_STREAMED_TYPES):
                 await send({"type": "http.response.body", "body": self.dialect.stream_item(err).encode(),
                             "more_body": True})
-            if self.ctx is not None:
-                self.ctx.extra["error"] = err.message
-        if self.ctx is not None:
-            self.ctx.extra["upstream_ms"] = (time.perf_counter() - self.start) * 1000
+            self.ctx.error = err.message
+        self.ctx.phases["upstream"] = (time.perf_counter() - self.start) * 1000
+        self.ctx.answered_at = self.ctx.elapsed
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _record(self) -> None:
-        if self.ctx is not None:
-            self.ctx.extra.update(self.tap.summary())
+        """What the answer said about itself: tokens, done reason, the upstream's own phases."""
+        summary = self.tap.summary()
+        ctx = self.ctx
+        ctx.done_reason = summary.get("done_reason", ctx.done_reason)
+        ctx.prompt_tokens = summary.get("prompt_tokens", ctx.prompt_tokens)
+        ctx.output_tokens = summary.get("output_tokens", ctx.output_tokens)
+        for phase, ms in summary.get("phases", {}).items():
+            ctx.phases.setdefault(phase, ms)
 
 
-def forwarding_routes(routes: list[BaseRoute]) -> list[BaseRoute]:
-    """The same routes, each with :func:`forward` as its endpoint (same path, methods and dialect)."""
+def forwarding_routes(routes: Sequence[BaseRoute], local: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """The same routes, each with :func:`forward` as its endpoint (same path, methods, dialect and
+    scope), except those in ``local``, which stay as they are."""
     out: list[BaseRoute] = []
     for route in routes:
-        if isinstance(route, DialectRoute):
+        if route in local:
+            out.append(route)
+        elif isinstance(route, DialectRoute):
             twin = DialectRoute(route.path, forward, dialect=route.dialect, methods=sorted(route.methods or ()),
                                 name=route.name)
             for attr, value in vars(route).items():  # anything a hook reads off the route (its scope...)
@@ -143,17 +149,30 @@ def forwarding_routes(routes: list[BaseRoute]) -> list[BaseRoute]:
     return out
 
 
-def create_proxy_app(settings: Settings, upstream: Upstream, *, hooks: tuple[GatewayHook, ...] = ()) -> Starlette:
+def create_proxy_app(settings: Settings, upstream: Upstream, *, hooks: Sequence[GatewayHook] = (),
+                     gateway: bool = True) -> Starlette:
     """``corral proxy``: the gateway in front of ``upstream``, with no local engine."""
+    gw = Gateway.open(settings) if gateway else None
+    routes = forwarding_routes(api_routes(admin_routes=gw is not None), admin.routes)
+    all_hooks = [*(gateway_hooks(gw) if gw is not None else []), *hooks]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if gw is not None:
+            gw.check_bind()
+            gw.metrics.set_sources(log_backlog=lambda: gw.log.backlog, log_dropped=lambda: gw.log.dropped)
+            gw.start()
         app.state.settings = settings
         app.state.upstream = upstream
+        app.state.gateway = gw
         log.info("Corral proxy on %s, forwarding to %s", settings.base_url, upstream.url)
         try:
             yield
         finally:
-            await upstream.close()
+            try:
+                await upstream.close()
+            finally:
+                if gw is not None:
+                    gw.close()
 
-    return build_app(settings, forwarding_routes(api_routes()), hooks, lifespan)
+    return build_app(settings, routes, all_hooks, lifespan)

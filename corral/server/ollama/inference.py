@@ -4,6 +4,12 @@ Each handler validates the wire request (``corral.server.ollama.types``), builds
 internal call (``corral.backend.local``), and writes Ollama's NDJSON chunks or its
 single JSON answer. Per-token lines are assembled from a precomputed prefix
 rather than by building a pydantic object per token.
+
+Each handler also tells the request's context (:mod:`corral.server.context`)
+what the gateway logs: the model and stream flag once the body is parsed, and
+the :class:`Final` at the end, which gives back the phases that
+``/api/generate`` and ``/api/chat`` put in their ``done`` object as
+``corral_timing`` (:mod:`corral.gateway.timing`), streamed or not.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from starlette.responses import Response
 from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, Piece, collect
 from corral.durations import parse_keep_alive
 from corral.errors import BadRequest
+from corral.gateway.timing import STREAM_TIMING_FIELD
+from corral.server.context import RequestContext, context_of
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.ollama.types import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, parse_request
@@ -64,9 +72,11 @@ def _tool_calls_wire(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def generate(request: Request) -> Response:
     req: GenerateRequest = parse_request(GenerateRequest, await read_json(request))
+    load_only = req.prompt == "" and not req.images and req.suffix is None
+    ctx = context_of(request).note(req.model, stream=req.stream is not False and not load_only)
     backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
-    if req.prompt == "" and not req.images and req.suffix is None:
+    if load_only:
         loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"model": loaded.model, "created_at": now(), "response": "", "done": True,
                      "done_reason": "load" if loaded.loaded else "unload"})
@@ -74,14 +84,15 @@ async def generate(request: Request) -> Response:
         model=req.model, prompt=req.prompt, suffix=req.suffix, system=req.system, template=req.template,
         context=req.context, raw=req.raw, format=req.format, images=req.images, options=req.options or {},
         think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs, keep_alive=keep_alive,
+        report=ctx.report,
     )
     events = backend.generate(call)
     if req.stream is False:
-        return JSON(await _collect_generate(events, req.model))
-    return await stream_events(events, _generate_line(req.model), dialect=OLLAMA)
+        return JSON(await _collect_generate(events, req.model, ctx))
+    return await stream_events(events, _generate_line(req.model, ctx), dialect=OLLAMA)
 
 
-def _generate_line(model: str) -> Callable[[Piece | Final], str]:
+def _generate_line(model: str, ctx: RequestContext) -> Callable[[Piece | Final], str]:
     """Render one event of /api/generate as its NDJSON line (called per token: no pydantic, no dict)."""
     prefix = '{"model":' + dumps(model) + ',"created_at":"'
 
@@ -98,12 +109,13 @@ def _generate_line(model: str) -> Callable[[Piece | Final], str]:
         out.update(_stats(ev))
         if ev.context is not None:
             out["context"] = ev.context
+        out[STREAM_TIMING_FIELD] = ctx.finish(ev)
         return dumps(out) + "\n"
 
     return render
 
 
-async def _collect_generate(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
+async def _collect_generate(events: AsyncIterator[Piece | Final], model: str, ctx: RequestContext) -> dict[str, Any]:
     got = await collect(events)
     out: dict[str, Any] = {"model": model, "created_at": now(), "response": got.content, "done": True}
     if got.thinking:
@@ -113,6 +125,7 @@ async def _collect_generate(events: AsyncIterator[Piece | Final], model: str) ->
         out["context"] = got.final.context
     if got.logprobs:
         out["logprobs"] = got.logprobs
+    out[STREAM_TIMING_FIELD] = ctx.finish(got.final)
     return out
 
 
@@ -131,6 +144,7 @@ def chat_call_from(req: ChatRequest, keep_alive: float | None) -> ChatCall:
 
 async def chat(request: Request) -> Response:
     req: ChatRequest = parse_request(ChatRequest, await read_json(request))
+    ctx = context_of(request).note(req.model, stream=req.stream is not False and bool(req.messages))
     backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
     for m in req.messages:
@@ -140,13 +154,15 @@ async def chat(request: Request) -> Response:
         loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"model": loaded.model, "created_at": now(), "message": {"role": "assistant", "content": ""},
                      "done": True, "done_reason": "load" if loaded.loaded else "unload"})
-    events = backend.chat(chat_call_from(req, keep_alive))
+    call = chat_call_from(req, keep_alive)
+    call.report = ctx.report
+    events = backend.chat(call)
     if req.stream is False:
-        return JSON(await _collect_chat(events, req.model))
-    return await stream_events(events, _chat_line(req.model), dialect=OLLAMA)
+        return JSON(await _collect_chat(events, req.model, ctx))
+    return await stream_events(events, _chat_line(req.model, ctx), dialect=OLLAMA)
 
 
-def _chat_line(model: str) -> Callable[[Piece | Final], str]:
+def _chat_line(model: str, ctx: RequestContext) -> Callable[[Piece | Final], str]:
     """Render one event of /api/chat as its NDJSON line(s) (called per token)."""
     prefix = '{"model":' + dumps(model) + ',"created_at":"'
 
@@ -167,12 +183,13 @@ def _chat_line(model: str) -> Callable[[Piece | Final], str]:
         out: dict[str, Any] = {"model": model, "created_at": now(),
                                "message": {"role": "assistant", "content": ev.content}, "done": True}
         out.update(_stats(ev))
+        out[STREAM_TIMING_FIELD] = ctx.finish(ev)
         return lines + dumps(out) + "\n"
 
     return render
 
 
-async def _collect_chat(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
+async def _collect_chat(events: AsyncIterator[Piece | Final], model: str, ctx: RequestContext) -> dict[str, Any]:
     got = await collect(events)
     message: dict[str, Any] = {"role": "assistant", "content": got.content}
     if got.thinking:
@@ -183,6 +200,7 @@ async def _collect_chat(events: AsyncIterator[Piece | Final], model: str) -> dic
     out.update(_stats(got.final))
     if got.logprobs:
         out["logprobs"] = got.logprobs
+    out[STREAM_TIMING_FIELD] = ctx.finish(got.final)
     return out
 
 
@@ -190,6 +208,7 @@ async def _collect_chat(events: AsyncIterator[Piece | Final], model: str) -> dic
 
 async def embed(request: Request) -> Response:
     req: EmbedRequest = parse_request(EmbedRequest, await read_json(request))
+    ctx = context_of(request).note(req.model)
     backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
     inputs: Any = req.input
@@ -200,26 +219,29 @@ async def embed(request: Request) -> Response:
         return JSON({"model": loaded.model, "embeddings": []})
     out = await backend.embed(EmbedCall(req.model, inputs, truncate=req.truncate is not False,
                                         dimensions=req.dimensions, options=req.options, keep_alive=keep_alive))
+    ctx.finish_embed(out)
     return JSON({"model": req.model, "embeddings": out.vectors, "total_duration": out.total_ns,
                  "load_duration": out.load_ns, "prompt_eval_count": out.prompt_tokens})
 
 
 async def embeddings(request: Request) -> Response:
     req: EmbeddingsRequest = parse_request(EmbeddingsRequest, await read_json(request))
+    ctx = context_of(request).note(req.model)
     backend = _backend(request)
     keep_alive = parse_keep_alive(req.keep_alive)
     if not req.prompt:
         await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"embedding": []})
     out = await backend.embed(EmbedCall(req.model, [req.prompt], options=req.options, keep_alive=keep_alive))
+    ctx.finish_embed(out)
     return JSON({"embedding": out.vectors[0]})
 
 
 routes = [
-    route("/api/generate", generate, methods=["POST"]),
-    route("/api/chat", chat, methods=["POST"]),
-    route("/api/embed", embed, methods=["POST"]),
-    route("/api/embeddings", embeddings, methods=["POST"]),
+    route("/api/generate", generate, methods=["POST"], model_from="body"),
+    route("/api/chat", chat, methods=["POST"], model_from="body"),
+    route("/api/embed", embed, methods=["POST"], model_from="body"),
+    route("/api/embeddings", embeddings, methods=["POST"], model_from="body"),
 ]
 
 __all__ = ["chat_call_from", "json", "routes"]

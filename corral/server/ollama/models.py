@@ -17,6 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 from corral import OLLAMA_COMPAT_VERSION
 from corral.backend.base import Backend
 from corral.errors import BadRequest, NotFound
+from corral.server.context import context_of
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.ollama.types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
@@ -51,6 +52,7 @@ async def tags(request: Request) -> Response:
 
 async def show(request: Request) -> Response:
     req: ShowRequest = parse_request(ShowRequest, await read_json(request))
+    context_of(request).note(req.target)
     if not req.target:
         raise BadRequest("model is required", param="model")
     info = await _backend(request).show(req.target, verbose=req.verbose)
@@ -181,14 +183,14 @@ async def blob_post(request: Request) -> Response:
 
 
 routes = [
-    route("/", root, methods=["GET", "HEAD"]),
-    route("/api/version", version, methods=["GET", "HEAD"]),
+    route("/", root, methods=["GET", "HEAD"], scope="open"),
+    route("/api/version", version, methods=["GET", "HEAD"], scope="open"),
     route("/api/tags", tags, methods=["GET", "HEAD"]),
-    route("/api/show", show, methods=["POST"]),
+    route("/api/show", show, methods=["POST"], model_from="body"),
     route("/api/ps", ps, methods=["GET"]),
-    route("/api/create", create, methods=["POST"]),
-    route("/api/copy", copy, methods=["POST"]),
-    route("/api/delete", delete, methods=["DELETE"]),
-    route("/api/blobs/{digest}", blob_head, methods=["HEAD"]),
-    route("/api/blobs/{digest}", blob_post, methods=["POST"]),
+    route("/api/create", create, methods=["POST"], scope="admin"),
+    route("/api/copy", copy, methods=["POST"], scope="admin"),
+    route("/api/delete", delete, methods=["DELETE"], scope="admin"),
+    route("/api/blobs/{digest}", blob_head, methods=["HEAD"], scope="admin"),
+    route("/api/blobs/{digest}", blob_post, methods=["POST"], scope="admin"),
 ]

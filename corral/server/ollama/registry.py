@@ -72,6 +72,6 @@ async def push(request: Request) -> Response:
 
 
 routes = [
-    route("/api/pull", pull, methods=["POST"]),
-    route("/api/push", push, methods=["POST"]),
+    route("/api/pull", pull, methods=["POST"], scope="admin"),
+    route("/api/push", push, methods=["POST"], scope="admin"),
 ]

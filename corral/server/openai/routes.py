@@ -12,6 +12,10 @@ Errors are :class:`corral.errors.CorralError` subclasses; these routes are
 :data:`corral.server.errors.OPENAI` routes, so the app's handler writes
 OpenAI's ``{"error": {...}}`` for them, and an error after the stream has
 started becomes a last ``data: {"error": {...}}`` event.
+
+As in the Ollama dialect, each handler tells the request's context
+(:mod:`corral.server.context`) its model and stream flag, and the final
+tokens and phases, for the request log.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from starlette.responses import Response
 
 from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, ModelSummary, Piece, collect
 from corral.errors import BadRequest
+from corral.server.context import RequestContext, context_of
 from corral.server.errors import OPENAI, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.openai.types import (
@@ -294,18 +299,20 @@ async def _sse(request: Request, lines: AsyncIterator[str]) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request))
+    ctx = context_of(request).note(req.model, stream=bool(req.stream))
     call = chat_call_from(req)
+    call.report = ctx.report
     events = _backend(request).chat(call)
     cid, created = _new_id("chatcmpl-"), int(time.time())
     top_n = call.top_logprobs if call.logprobs else -1
     if not req.stream:
-        return JSON(await _collect_chat(events, cid, created, req.model, top_n))
+        return JSON(await _collect_chat(events, cid, created, req.model, top_n, ctx))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return await _sse(request, _chat_sse(events, cid, created, req.model, top_n, include_usage))
+    return await _sse(request, _chat_sse(events, cid, created, req.model, top_n, include_usage, ctx))
 
 
 async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
-                    include_usage: bool) -> AsyncIterator[str]:
+                    include_usage: bool, ctx: RequestContext) -> AsyncIterator[str]:
     """Chunks as Ollama writes them: role on the first delta, then content,
     thinking as ``reasoning``, tool calls as one delta, an empty-delta finish
     chunk, the usage chunk when asked, then ``[DONE]``."""
@@ -336,6 +343,7 @@ async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int
         if ev.tool_calls:
             yield (delta_head + (role if first else "") + '"tool_calls":' + dumps(_tool_calls_out(ev.tool_calls))
                    + "}" + tail)
+        ctx.finish(ev)
         reason = _finish_reason(ev, bool(ev.tool_calls))
         yield head + '[{"index":0,"delta":{},"finish_reason":"' + reason + '"}]}\n\n'
         if include_usage:
@@ -344,9 +352,10 @@ async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int
 
 
 async def _collect_chat(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str,
-                        top_n: int) -> dict[str, Any]:
+                        top_n: int, ctx: RequestContext) -> dict[str, Any]:
     got = await collect(events)
     content, final, logprobs = got.content, got.final, got.logprobs
+    ctx.finish(final)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if got.thinking:
         message["reasoning"] = got.thinking
@@ -400,15 +409,17 @@ def generate_call_from(req: CompletionRequest) -> GenerateCall:
 
 async def completions(request: Request) -> Response:
     req: CompletionRequest = parse(CompletionRequest, await read_json(request))
+    ctx = context_of(request).note(req.model, stream=bool(req.stream))
     call = generate_call_from(req)
+    call.report = ctx.report
     events = _backend(request).generate(call)
     cid, created = _new_id("cmpl-"), int(time.time())
     top_n = req.logprobs if req.logprobs is not None else -1
     echo = call.prompt if req.echo else ""
     if not req.stream:
-        return JSON(await _collect_completion(events, cid, created, req.model, top_n, echo))
+        return JSON(await _collect_completion(events, cid, created, req.model, top_n, echo, ctx))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return await _sse(request, _completion_sse(events, cid, created, req.model, top_n, echo, include_usage))
+    return await _sse(request, _completion_sse(events, cid, created, req.model, top_n, echo, include_usage, ctx))
 
 
 def _legacy_logprobs(entries: list[dict[str, Any]], offset: int, n: int) -> tuple[dict[str, Any], int]:
@@ -428,7 +439,7 @@ def _legacy_logprobs(entries: list[dict[str, Any]], offset: int, n: int) -> tupl
 
 
 async def _completion_sse(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
-                          echo: str, include_usage: bool) -> AsyncIterator[str]:
+                          echo: str, include_usage: bool, ctx: RequestContext) -> AsyncIterator[str]:
     head = ('data: {"id":' + dumps(cid) + ',"object":"text_completion","created":' + str(created)
             + ',"model":' + dumps(model) + ',"system_fingerprint":"' + FINGERPRINT + '","choices":')
     text_head = head + '[{"index":0,"text":'
@@ -444,6 +455,7 @@ async def _completion_sse(events: AsyncIterator[Piece | Final], cid: str, create
             yield text_head + dumps(pending_echo + ev.content) + lp + tail
             pending_echo = ""
             continue
+        ctx.finish(ev)
         reason = "length" if ev.done_reason == "length" else "stop"
         yield text_head + dumps(pending_echo + ev.content) + ',"finish_reason":"' + reason + '"}]}\n\n'
         if include_usage:
@@ -452,9 +464,10 @@ async def _completion_sse(events: AsyncIterator[Piece | Final], cid: str, create
 
 
 async def _collect_completion(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
-                              echo: str) -> dict[str, Any]:
+                              echo: str, ctx: RequestContext) -> dict[str, Any]:
     got = await collect(events)
     final, entries = got.final, got.logprobs
+    ctx.finish(final)
     choice: dict[str, Any] = {"index": 0, "text": echo + got.content,
                               "finish_reason": "length" if final.done_reason == "length" else "stop",
                               "logprobs": _legacy_logprobs(entries, 0, top_n)[0] if top_n >= 0 else None}
@@ -478,6 +491,7 @@ def _as_floats(vector: list[float]) -> list[float]:
 
 async def embeddings(request: Request) -> Response:
     req: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request))
+    ctx = context_of(request).note(req.model)
     fmt = (req.encoding_format or "float").lower()
     if fmt not in ("float", "base64"):
         raise BadRequest(f"Invalid value for 'encoding_format' = {req.encoding_format}. "
@@ -490,6 +504,7 @@ async def embeddings(request: Request) -> Response:
     if any(isinstance(i, list) and any(t < 0 for t in i) for i in inputs):
         raise BadRequest("invalid input: token ids must be non-negative", param="input")
     out = await _backend(request).embed(EmbedCall(req.model, inputs, dimensions=req.dimensions))
+    ctx.finish_embed(out)
     vectors, n_tokens = out.vectors, out.prompt_tokens
     encode: Callable[[list[float]], str | list[float]] = _b64 if fmt == "base64" else _as_floats
     data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(vectors)]
@@ -514,17 +529,18 @@ async def list_models(request: Request) -> Response:
 
 async def retrieve_model(request: Request) -> Response:
     name = request.path_params["model"]
+    context_of(request).note(name)
     entry = _model_entry(await _backend(request).model(name))
     entry["id"] = name  # OpenAI (and Ollama) echo the id as asked
     return JSON(entry)
 
 
 routes = [
-    route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    route("/v1/completions", completions, methods=["POST"]),
-    route("/v1/embeddings", embeddings, methods=["POST"]),
+    route("/v1/chat/completions", chat_completions, methods=["POST"], model_from="body"),
+    route("/v1/completions", completions, methods=["POST"], model_from="body"),
+    route("/v1/embeddings", embeddings, methods=["POST"], model_from="body"),
     route("/v1/models", list_models, methods=["GET"]),
-    route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    route("/v1/models/{model:path}", retrieve_model, methods=["GET"], model_from="path"),
 ]
 # Anything else under /v1 that no dialect claimed: answered in OpenAI's shape. Mounted last by the app.
 fallback = [route("/v1/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])]

@@ -1,0 +1,133 @@
+"""Per-request context: what the gateway knows about one request, filled in as it runs.
+
+:class:`GatewayMiddleware` (``corral.server.middleware``) makes one
+:class:`RequestContext` per HTTP request and puts it at
+``scope["state"]["ctx"]``; :func:`context_of` finds it again from a request or
+a scope. The middleware fills in the route facts (route template, dialect,
+access scope, path parameters), status, bytes and first byte; the gateway
+hooks add the caller (key name) and the ``auth`` phase; the route handlers add
+what only they know, each with one call: :meth:`RequestContext.note` once the
+body is parsed (model, stream), :meth:`RequestContext.finish` with the
+backend's :class:`~corral.backend.base.Final` (tokens, done_reason and the
+queue/load/prompt_eval/ttft/generation phases; it returns the stream marker
+for the ``done`` object), :meth:`RequestContext.finish_embed` for embeddings.
+The error handlers record the error text (:attr:`RequestContext.error`).
+
+Nothing here runs per streamed token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import Message, Receive, Scope
+
+from corral.backend.base import Embeddings, Final
+from corral.gateway.timing import stream_marker
+
+STATE_KEY = "ctx"
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+@dataclass
+class RequestContext:
+    id: str
+    method: str
+    path: str
+    route: str  # the matched route's path template ("" when none matched)
+    dialect: str
+    access: str = "user"  # the matched route's scope: open | user | admin
+    model_from: str | None = None  # where the request names its model: body | path | None
+    path_params: dict[str, Any] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+    ts: float = field(default_factory=time.time)  # wall-clock start, for the log
+    phases: dict[str, float] = field(default_factory=dict)  # name -> milliseconds
+    status: int = 0
+    started_at: float | None = None  # seconds after start when the response headers went out
+    first_byte: float | None = None  # seconds after start
+    answered_at: float | None = None  # seconds after start when the answer was complete (the Final)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    client: str | None = None  # the peer's address
+    user_agent: str | None = None
+    key_name: str | None = None  # the caller's key (None: auth off, or an open route)
+    is_admin: bool = False  # the caller may use admin routes and read every log row
+    model: str | None = None
+    stream: bool = False
+    done_reason: str | None = None
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    receive: Receive = field(default=_no_body, repr=False)  # the request's body channel (set by the middleware)
+    body: bytes | None = field(default=None, repr=False)  # the body, once a hook has read it
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    async def read_body(self) -> bytes:
+        """The whole request body, read once; the middleware hands it on to the endpoint."""
+        if self.body is None:
+            chunks: list[bytes] = []
+            while True:
+                message = await self.receive()
+                if message["type"] != "http.request":  # the client went away: the endpoint sees that too
+                    break
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            self.body = b"".join(chunks)
+        return self.body
+
+    # ---- what the route handlers report (one call each) --------------------------------
+
+    def note(self, model: str | None, stream: bool = False) -> RequestContext:
+        """The model the request names and whether it is answered as a stream."""
+        self.model = model or None
+        self.stream = stream
+        return self
+
+    def report(self, phase: str, ms: float) -> None:
+        """A phase known before the answer ends (``Common.report``): it makes the stream's headers."""
+        self.phases[phase] = ms
+
+    def finish(self, final: Final) -> dict[str, float]:
+        """Record how the answer ended; return the ``corral_timing`` stream marker for its ``done`` object."""
+        self.done_reason = final.done_reason
+        self.prompt_tokens = final.prompt_eval_count
+        self.output_tokens = final.eval_count
+        phases = self.phases
+        phases["queue"] = final.queue_ns / 1e6
+        phases["load"] = final.load_ns / 1e6
+        phases["prompt_eval"] = final.prompt_eval_ns / 1e6
+        if final.first_token_at is not None:
+            phases["ttft"] = (final.first_token_at - self.start) * 1000
+        phases["generation"] = final.eval_ns / 1e6
+        self.answered_at = self.elapsed
+        return stream_marker({**phases, "total": self.answered_at * 1000})
+
+    def finish_embed(self, out: Embeddings) -> None:
+        """Record an embeddings answer: prompt tokens and its queue and load phases."""
+        self.prompt_tokens = out.prompt_tokens
+        self.output_tokens = 0
+        self.phases["queue"] = out.queue_ns / 1e6
+        self.phases["load"] = out.load_ns / 1e6
+        self.answered_at = self.elapsed
+
+
+def context_of(source: Request | Scope) -> RequestContext:
+    """The request's context; a detached one when no middleware made one (a handler called directly)."""
+    scope = source.scope if isinstance(source, Request) else source
+    state = scope.setdefault("state", {})
+    ctx = state.get(STATE_KEY)
+    if not isinstance(ctx, RequestContext):
+        ctx = RequestContext("", scope.get("method", ""), scope.get("path", ""), "", "ollama")
+        state[STATE_KEY] = ctx
+    return ctx
