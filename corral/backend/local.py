@@ -54,6 +54,23 @@ def _format_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     raise BadRequest(f'invalid format: {fmt!r}; expected "json" or a JSON schema', param="format")
 
 
+def _closed(schema: Any) -> Any:
+    """``schema`` with every object that lists its ``properties`` closed to others (``additionalProperties``
+    false where it says nothing), as OpenAI's strict mode does: a forced call then ends once its arguments
+    are given instead of inventing more until the token limit."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v) if k in ("items", "anyOf", "oneOf", "allOf", "not") else v for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: _closed(sub) for name, sub in schema[key].items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
 def _tool_call_schema(tools: list[dict[str, Any]] | None, names: list[str]) -> dict[str, Any]:
     """The JSON schema of one call of a tool named in ``names``: ``{"name": <const>, "arguments": <its
     parameters>}``, one alternative per tool (``anyOf``), in the shape :class:`ToolCallParser` reads back."""
@@ -68,7 +85,7 @@ def _tool_call_schema(tools: list[dict[str, Any]] | None, names: list[str]) -> d
         options.append({
             "type": "object",
             "properties": {"name": {"const": name},
-                           "arguments": params if isinstance(params, dict) and params else {"type": "object"}},
+                           "arguments": _closed(params) if isinstance(params, dict) and params else {"type": "object"}},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         })
