@@ -23,11 +23,15 @@ from corral.backend.local import LocalBackend
 from corral.backend.scheduler import Scheduler
 from corral.engine.base import Engine
 from corral.errors import CorralError
+from corral.gateway.db import default_db_path
+from corral.gateway.responses import ResponseStore
 from corral.server import registry_v2
+from corral.server.anthropic import routes as anthropic_routes
 from corral.server.errors import dialect_of
 from corral.server.http import JSON
 from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.server.ollama import inference, models, registry
+from corral.server.openai import responses as openai_responses
 from corral.server.openai import routes as openai_routes
 from corral.settings import Settings
 from corral.store.store import Store
@@ -80,8 +84,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
 
         engine = LlamaCppEngine(num_threads=settings.num_threads, verbose=settings.debug)
     store = Store(settings.models_dir)
+    # Anthropic's /v1/messages and OpenAI's /v1/responses come before the OpenAI /v1 catch-all.
     routes = [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes, *openai_routes.routes,
-              *openai_routes.fallback]
+              *openai_responses.routes, *anthropic_routes.routes, *openai_routes.fallback]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -91,6 +96,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
         app.state.store = store
         backend = LocalBackend(settings, store, scheduler)
         app.state.backend = backend
+        responses = ResponseStore.open(default_db_path(settings))  # stored /v1/responses, in the gateway DB
+        app.state.responses = responses
         if settings.starter_models:
             from corral.store.starters import seed_starters
 
@@ -100,6 +107,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
             yield
         finally:
             await backend.close()
+            responses.close()
 
     allow_all = "*" in settings.origins
     middleware = [
