@@ -28,6 +28,7 @@ from openai import OpenAI
 from pydantic import BaseModel
 
 from tests.conftest import SMOLLM, free_port
+from tests.test_openai_api import THINK_MODEL, THINK_TEMPLATE
 from tests.test_responses_api import CITY, TOOLS_MODEL, TOOLS_TEMPLATE
 
 # The SDK dropped the sampling keywords; the API (and Corral) still take them in the body.
@@ -152,6 +153,24 @@ def test_count_tokens(client: Anthropic, tools_model: str) -> None:
     made = client.messages.create(model=tools_model, max_tokens=1, messages=HELLO, tools=[WEATHER], **GREEDY)
     assert with_tools.input_tokens == made.usage.input_tokens
     assert with_tools.input_tokens > client.messages.count_tokens(model=tools_model, messages=HELLO).input_tokens
+
+
+def test_thinking_blocks(client: Anthropic, base_url: str) -> None:
+    r = httpx.post(base_url + "/api/create", json={"model": THINK_MODEL, "from": SMOLLM, "template": THINK_TEMPLATE,
+                                                   "stream": False}, timeout=120)
+    assert r.status_code == 200, r.text
+    ask: dict[str, Any] = {"model": THINK_MODEL, "max_tokens": 30, "thinking": {"type": "enabled", "budget_tokens": 1024},
+                           "messages": [{"role": "user", "content": "What is 6+1?"}], **GREEDY}
+    m = client.messages.create(**ask)
+    thinking, text = m.content
+    assert thinking.type == "thinking" and thinking.thinking and text.type == "text" and "<think>" not in text.text
+    with client.messages.stream(**ask) as stream:
+        final = stream.get_final_message()
+    assert [b.model_dump(exclude={"parsed_output"}) for b in final.content] == [b.model_dump() for b in m.content]
+    # "adaptive" leaves it to the model: no 400 from a model that cannot think.
+    plain = client.messages.create(model=SMOLLM, max_tokens=4, messages=HELLO, thinking={"type": "adaptive"},
+                                   **GREEDY)
+    assert [b.type for b in plain.content] == ["text"]
 
 
 # ---- tools ---------------------------------------------------------------------------------

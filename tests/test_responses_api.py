@@ -24,6 +24,7 @@ from openai import OpenAI
 from pydantic import BaseModel
 
 from tests.conftest import SMOLLM, ServerProc
+from tests.test_openai_api import THINK_MODEL, THINK_TEMPLATE
 
 TOOLS_MODEL = "smol-dialect-tools"
 # A tool-capable template for SmolLM2's weights (the stock one has no tools).
@@ -187,6 +188,26 @@ def test_forced_tool_call_streamed(client: OpenAI, tools_model: str) -> None:
     (call,) = final.output
     assert call.type == "function_call" and call.name == "get_weather"
     assert json.loads(call.arguments) == {"city": "London"} == json.loads(events[4].arguments)
+
+
+def test_reasoning_item(client: OpenAI, base_url: str) -> None:
+    """reasoning.effort turns thinking on; the thinking comes back as a reasoning item before the message."""
+    r = httpx.post(base_url + "/api/create", json={"model": THINK_MODEL, "from": SMOLLM, "template": THINK_TEMPLATE,
+                                                   "stream": False}, timeout=120)
+    assert r.status_code == 200, r.text
+    ask: dict[str, Any] = {"model": THINK_MODEL, "input": "What is 6+1?", "reasoning": {"effort": "low"},
+                           "temperature": 0, "max_output_tokens": 30}
+    whole = client.responses.create(**ask)
+    reasoning, message = whole.output
+    assert reasoning.type == "reasoning" and reasoning.summary[0].text  # "six plus one"
+    assert "<think>" not in whole.output_text and message.type == "message"
+    with client.responses.stream(**ask) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert kinds[2:4] == ["response.output_item.added", "response.reasoning_summary_part.added"]
+    assert "response.reasoning_summary_text.delta" in kinds and "response.reasoning_summary_text.done" in kinds
+    assert final.output[0].summary[0].text == reasoning.summary[0].text
+    assert final.output_text == whole.output_text
 
 
 # ---- stored responses -----------------------------------------------------------------
