@@ -50,7 +50,7 @@ def expected_scope(path: str, method: str) -> str:
 
 
 PARAMS = {"digest": "sha256:" + "0" * 64, "namespace": "library", "model": "smollm2", "reference": "latest",
-          "upload_id": "no-such-upload", "path": "nothing"}
+          "upload_id": "no-such-upload", "path": "nothing", "response_id": "resp_nothing"}
 
 
 def concrete(route: Route) -> str:

@@ -281,6 +281,33 @@ def test_chat_tool_calls(client: OpenAI, base_url: str) -> None:
         client.chat.completions.create(model=TOOLS_MODEL, messages=bad_args, tools=[WEATHER_TOOL], **FAST)
 
 
+def test_chat_forced_tool_choice(client: OpenAI, base_url: str) -> None:
+    """tool_choice "required" or a named function constrains sampling to a call: no response_format needed."""
+    _create(base_url, TOOLS_MODEL, TOOLS_TEMPLATE)
+    city = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London"]}},
+            "required": ["city"]}
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": city}}
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"tz": {"type": "string", "enum": ["UTC"]}}, "required": ["tz"]}}}
+    msgs = [{"role": "user", "content": "What is the weather in London?"}]
+    named = client.chat.completions.create(model=TOOLS_MODEL, messages=msgs, tools=[weather, clock],
+                                           tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                           temperature=0, max_tokens=32)
+    (call,) = named.choices[0].message.tool_calls
+    assert named.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "London"}
+    required = list(client.chat.completions.create(model=TOOLS_MODEL, messages=msgs, tools=[weather, clock],
+                                                   tool_choice="required", temperature=0, max_tokens=32,
+                                                   stream=True))
+    (delta,) = [t for c in required if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert delta.function.name in ("get_weather", "get_time") and isinstance(json.loads(delta.function.arguments),
+                                                                               dict)
+    assert required[-1].choices[0].finish_reason == "tool_calls"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=TOOLS_MODEL, messages=msgs, tool_choice="required", max_tokens=4)
+    assert err.value.param == "tool_choice"
+
+
 def test_reasoning_effort_maps_to_think(client: OpenAI, base_url: str) -> None:
     _create(base_url, THINK_MODEL, THINK_TEMPLATE)
     msgs = [{"role": "user", "content": "What is 6+1?"}]

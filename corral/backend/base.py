@@ -46,6 +46,9 @@ class Common:
 class ChatCall(Common):
     messages: list[dict[str, Any]] = field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
+    # A forced tool choice: the names (from ``tools``) of which the model must call one. The backend
+    # constrains sampling to that call's JSON schema unless ``format`` already constrains the reply.
+    force_tool: list[str] | None = None
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Final:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     context: list[int] | None = None
     content: str = ""  # leftover content released at the end (e.g. a failed tool parse)
+    stop_sequence: str | None = None  # the stop string that ended generation, when one did
 
 
 @dataclass
@@ -200,6 +204,10 @@ class Backend(Protocol):
     def chat(self, call: ChatCall) -> AsyncIterator[Piece | Final]: ...
 
     def generate(self, call: GenerateCall) -> AsyncIterator[Piece | Final]: ...
+
+    async def count_tokens(self, call: ChatCall) -> int:
+        """How many tokens ``call``'s prompt is, as :meth:`chat` would send it to the model."""
+        ...
 
     async def embed(self, call: EmbedCall) -> Embeddings: ...
 

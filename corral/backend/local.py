@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from corral.backend.base import (
@@ -52,6 +52,44 @@ def _format_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(fmt, dict):
         return fmt
     raise BadRequest(f'invalid format: {fmt!r}; expected "json" or a JSON schema', param="format")
+
+
+def _closed(schema: Any) -> Any:
+    """``schema`` with every object that lists its ``properties`` closed to others (``additionalProperties``
+    false where it says nothing), as OpenAI's strict mode does: a forced call then ends once its arguments
+    are given instead of inventing more until the token limit."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v) if k in ("items", "anyOf", "oneOf", "allOf", "not") else v for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {name: _closed(sub) for name, sub in schema[key].items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+def _tool_call_schema(tools: list[dict[str, Any]] | None, names: list[str]) -> dict[str, Any]:
+    """The JSON schema of one call of a tool named in ``names``: ``{"name": <const>, "arguments": <its
+    parameters>}``, one alternative per tool (``anyOf``), in the shape :class:`ToolCallParser` reads back."""
+    functions = {(t.get("function") or {}).get("name"): t.get("function") or {} for t in tools or []}
+    if not names:
+        raise BadRequest("a forced tool choice must name at least one tool", param="tool_choice")
+    options: list[dict[str, Any]] = []
+    for name in dict.fromkeys(names):
+        if name not in functions:
+            raise BadRequest(f"tool_choice names {name!r}, which is not one of the tools", param="tool_choice")
+        params = functions[name].get("parameters")
+        options.append({
+            "type": "object",
+            "properties": {"name": {"const": name},
+                           "arguments": _closed(params) if isinstance(params, dict) and params else {"type": "object"}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        })
+    return options[0] if len(options) == 1 else {"anyOf": options}
 
 
 def _think_flag(think: bool | str | None) -> bool | None:
@@ -103,6 +141,7 @@ class _Shaper:
             prompt_eval_ns=event.prompt_eval_ns,
             eval_count=event.eval_count,
             eval_ns=event.eval_ns,
+            stop_sequence=event.extra.get("stop_word") or None,
         )
 
     def done(self, event: DoneEvent) -> list[Piece | Final]:
@@ -178,24 +217,35 @@ class LocalBackend:
         add_bos = bool(record.info.kv.get("tokenizer.ggml.add_bos_token", False))
         return ("" if add_bos else record.info.bos_text), record.info.eos_text
 
-    async def chat(self, call: ChatCall) -> AsyncIterator[Piece | Final]:
-        start = time.monotonic()
+    def _chat_setup(self, call: ChatCall) -> tuple[ModelRecord, bool | None, dict[str, Any], LoadSpec]:
+        """Resolve and check a chat call: its model record, think flag, options and load spec."""
         record = self.record(call.model)
         think = self._check(record, call)
         if call.tools:
             record.require("tools")
         opts = self.options_for(record, call.options)
+        return record, think, opts, self.load_spec(record, opts)
+
+    def _chat_renderer(self, record: ModelRecord, call: ChatCall,
+                       think: bool | None) -> Callable[[list[dict[str, Any]]], str]:
+        bos, eos = self._bos_eos(record)
+
+        def render(msgs: list[dict[str, Any]]) -> str:
+            return render_chat(record, msgs, tools=call.tools, think=think, bos=bos, eos=eos)
+
+        return render
+
+    async def chat(self, call: ChatCall) -> AsyncIterator[Piece | Final]:
+        start = time.monotonic()
+        record, think, opts, spec = self._chat_setup(call)
         schema = _format_schema(call.format)
-        spec = self.load_spec(record, opts)
+        if call.force_tool is not None:  # checked even when an explicit format takes precedence
+            forced = _tool_call_schema(call.tools, call.force_tool)
+            schema = forced if schema is None else schema
         async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
             _report_slot(call, lease)
-            bos, eos = self._bos_eos(record)
-            messages = list(call.messages)
-
-            def render(msgs: list[dict[str, Any]]) -> str:
-                return render_chat(record, msgs, tools=call.tools, think=think, bos=bos, eos=eos)
-
-            prompt = await self._fit_chat(lease, messages, render, spec.num_ctx)
+            render = self._chat_renderer(record, call, think)
+            prompt = await self._fit_chat(lease, list(call.messages), render, spec.num_ctx)
             request = CompletionRequest([prompt], opts, json_schema=schema,
                                         n_probs=call.top_logprobs, want_logprobs=call.logprobs)
             names = {t.get("function", {}).get("name") for t in call.tools or []} or None
@@ -207,6 +257,13 @@ class LocalBackend:
                 else:
                     for item in shape.done(event):
                         yield item
+
+    async def count_tokens(self, call: ChatCall) -> int:
+        """Tokens of the whole rendered prompt (before any fitting into the context window)."""
+        record, think, _, spec = self._chat_setup(call)
+        async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
+            prompt = self._chat_renderer(record, call, think)(list(call.messages))
+            return len(await lease.model.tokenize(prompt, add_special=True))
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[Piece | Final]:
         start = time.monotonic()

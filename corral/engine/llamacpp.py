@@ -133,7 +133,8 @@ def _done(payload: dict[str, Any]) -> DoneEvent:
         prompt_eval_ns=int(float(t.get("prompt_ms", 0.0)) * 1e6),
         eval_count=int(payload.get("tokens_predicted", t.get("predicted_n", 0))),
         eval_ns=int(float(t.get("predicted_ms", 0.0)) * 1e6),
-        extra={"timings": t},
+        extra={"timings": t,
+               "stop_word": payload.get("stopping_word") if payload.get("stop_type") == "word" else None},
     )
 
 

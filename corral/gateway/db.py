@@ -121,7 +121,22 @@ def m003_beacons(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX beacons_ts ON beacons(ts)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_keys, m002_requests, m003_beacons)
+def m004_responses(conn: sqlite3.Connection) -> None:
+    """Stored ``/v1/responses`` answers: the response object as JSON, and the conversation up to and
+    including it as internal chat messages, which ``previous_response_id`` continues from."""
+    conn.execute("""
+        CREATE TABLE responses (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            model TEXT NOT NULL,
+            previous_response_id TEXT,
+            response TEXT NOT NULL,
+            messages TEXT NOT NULL
+        )""")
+    conn.execute("CREATE INDEX responses_created_at ON responses(created_at)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_keys, m002_requests, m003_beacons, m004_responses)
 
 
 class Database:

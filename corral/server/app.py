@@ -32,15 +32,19 @@ from corral.backend.local import LocalBackend
 from corral.backend.scheduler import Scheduler
 from corral.engine.base import Engine
 from corral.errors import CorralError
+from corral.gateway.db import default_db_path
+from corral.gateway.responses import ResponseStore
 from corral.gateway.service import Gateway
 from corral.gateway.timing import TIMING_HEADERS
 from corral.server import admin, registry_v2
+from corral.server.anthropic import routes as anthropic_routes
 from corral.server.context import context_of
 from corral.server.errors import dialect_of
 from corral.server.gateway_hooks import gateway_hooks
 from corral.server.http import JSON
 from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.server.ollama import inference, models, registry
+from corral.server.openai import responses as openai_responses
 from corral.server.openai import routes as openai_routes
 from corral.settings import Settings
 from corral.store.store import Store
@@ -94,7 +98,8 @@ class CORS(CORSMiddleware):
 def api_routes(*, admin_routes: bool = True) -> list[BaseRoute]:
     """Every route Corral serves, in matching order (each carries its dialect and scope)."""
     return [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes,
-            *(admin.routes if admin_routes else []), *openai_routes.routes, *openai_routes.fallback]
+            *(admin.routes if admin_routes else []), *openai_routes.routes, *openai_responses.routes,
+            *anthropic_routes.routes, *openai_routes.fallback]  # the /v1 catch-all last
 
 
 def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[GatewayHook],
@@ -143,6 +148,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
         backend = LocalBackend(settings, store, scheduler)
         app.state.backend = backend
         app.state.gateway = gw
+        responses = ResponseStore.open(default_db_path(settings))  # stored /v1/responses, in the gateway DB
+        app.state.responses = responses
         if gw is not None:
             gw.metrics.set_sources(queue_depth=scheduler.queue_depth, slots=scheduler.slot_usage,
                                    loaded=scheduler.loaded_bytes, log_backlog=lambda: gw.log.backlog,
@@ -159,6 +166,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
             try:
                 await backend.close()
             finally:
+                responses.close()
                 if gw is not None:
                     gw.close()
 

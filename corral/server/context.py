@@ -19,13 +19,14 @@ Nothing here runs per streamed token.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope
 
-from corral.backend.base import Embeddings, Final
+from corral.backend.base import Embeddings, Final, Piece
 from corral.gateway.timing import stream_marker
 
 STATE_KEY = "ctx"
@@ -120,6 +121,15 @@ class RequestContext:
         self.phases["queue"] = out.queue_ns / 1e6
         self.phases["load"] = out.load_ns / 1e6
         self.answered_at = self.elapsed
+
+
+async def reporting(events: AsyncIterator[Piece | Final], ctx: RequestContext) -> AsyncIterator[Piece | Final]:
+    """``events`` unchanged, recording the Final on ``ctx`` as it passes (for dialects whose renderers
+    don't take the context themselves; one more generator layer per token)."""
+    async for event in events:
+        if type(event) is Final:
+            ctx.finish(event)
+        yield event
 
 
 def context_of(source: Request | Scope) -> RequestContext:

@@ -2,8 +2,9 @@
 
 The exception hierarchy (:mod:`corral.errors`) carries an HTTP status and a
 message and knows nothing of wire shapes. A :class:`Dialect` turns one into
-its own body: Ollama's ``{"error": "..."}``, OpenAI's error object, the
-registry's ``{"errors": [...]}``. Every route is a :class:`DialectRoute`, which
+its own body: Ollama's ``{"error": "..."}``, OpenAI's error object,
+Anthropic's ``{"type": "error", "error": {...}}``, the registry's
+``{"errors": [...]}``. Every route is a :class:`DialectRoute`, which
 records its dialect in the ASGI scope; the app's exception handlers, and a
 stream that fails after it started, read it from there. A request that
 matched no route is answered in Ollama's shape, as Ollama answers it.
@@ -89,8 +90,20 @@ def _openai(status: int, message: str, exc: CorralError | None) -> dict[str, Any
     return {"error": {"message": message, "type": err_type, "param": exc.param if exc else None, "code": code}}
 
 
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                    503: "overloaded_error", 529: "overloaded_error"}
+
+
+def _anthropic(status: int, message: str, exc: CorralError | None) -> dict[str, Any]:
+    err_type = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": err_type, "message": message}}
+
+
 OLLAMA = Dialect("ollama", _ollama)
 OPENAI = Dialect("openai", _openai, stream_framing=lambda body: "data: " + body + "\n\n")
+# A failure after an Anthropic stream has started is its own SSE event, ``event: error``.
+ANTHROPIC = Dialect("anthropic", _anthropic, stream_framing=lambda body: "event: error\ndata: " + body + "\n\n")
 
 
 def dialect_of(scope: Scope) -> Dialect:

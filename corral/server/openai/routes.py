@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import array
 import base64
-import json
 import logging
-import secrets
-import string
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,12 +34,13 @@ from starlette.responses import Response
 
 from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, ModelSummary, Piece, collect
 from corral.errors import BadRequest
+from corral.server.chatmap import apply_tool_choice, new_id, tool_call_id
 from corral.server.context import RequestContext, context_of
 from corral.server.errors import OPENAI, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
+from corral.server.openai.convert import messages_in, think_from_effort, tool_choice_of
 from corral.server.openai.types import (
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
     ResponseFormat,
@@ -55,30 +53,12 @@ FINGERPRINT = "fp_ollama"
 SSE_DONE = "data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 
-# OpenAI reasoning effort -> Ollama ``think`` (openai.go thinkFromReasoningEffort).
-# Corral's think levels stop at "high", so Ollama's "max" tier maps there.
-_EFFORT: dict[str, bool | str] = {
-    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
-    "max": "high", "xhigh": "high", "ultra": "high",
-}
-_IMAGE_PREFIXES = ("data:;base64,",) + tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp"))
-_ID_CHARS = string.ascii_lowercase + string.digits
-
 
 route = route_factory(OPENAI)
 
 
 def _backend(request: Request) -> Backend:
     return request.app.state.backend  # type: ignore[no-any-return]
-
-
-def _new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(12)
-
-
-def _tool_call_id() -> str:
-    # 9 alphanumerics: Mistral's chat templates reject any other tool call id.
-    return "".join(secrets.choice(_ID_CHARS) for _ in range(9))
 
 
 # ---- request translation ---------------------------------------------------------
@@ -108,13 +88,7 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
 
 
 def _think(req: ChatCompletionRequest) -> bool | str | None:
-    effort = req.reasoning.effort if req.reasoning is not None else req.reasoning_effort
-    if not effort:
-        return None
-    if effort not in _EFFORT:
-        raise BadRequest(f"invalid reasoning value: {effort!r} (must be \"minimal\", \"low\", \"medium\", "
-                         "\"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")", param="reasoning_effort")
-    return _EFFORT[effort]
+    return think_from_effort(req.reasoning.effort if req.reasoning is not None else req.reasoning_effort)
 
 
 def _format(rf: ResponseFormat | None) -> str | dict[str, Any] | None:
@@ -139,114 +113,11 @@ def _format(rf: ResponseFormat | None) -> str | dict[str, Any] | None:
                      param="response_format")
 
 
-def _image(part: dict[str, Any]) -> str:
-    """An ``image_url`` part -> the base64 payload Ollama messages carry."""
-    ref = part.get("image_url")
-    url = ref.get("url") if isinstance(ref, dict) else ref
-    if not isinstance(url, str):
-        raise BadRequest("invalid message format: image_url needs a url", param="messages")
-    if url.startswith(("http://", "https://")):
-        raise BadRequest("image URLs are not currently supported, please use base64 encoded data instead",
-                         param="messages")
-    for prefix in _IMAGE_PREFIXES:
-        if url.startswith(prefix):
-            data = url[len(prefix):]
-            try:
-                base64.b64decode(data, validate=True)
-            except ValueError:
-                break
-            return data
-    raise BadRequest("invalid image input", param="messages")
-
-
-def _content(content: str | list[dict[str, Any]] | None) -> tuple[str, list[str]]:
-    if content is None or isinstance(content, str):
-        return content or "", []
-    texts: list[str] = []
-    images: list[str] = []
-    for part in content:
-        kind = part.get("type")
-        if kind == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "image_url":
-            images.append(_image(part))
-        else:
-            raise BadRequest(f"invalid message format: unsupported content part {kind!r}", param="messages")
-    return "\n".join(texts), images
-
-
-def _tool_call_in(tc: dict[str, Any]) -> dict[str, Any]:
-    fn = tc.get("function")
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise BadRequest("invalid tool call: function.name is required", param="messages")
-    args = fn.get("arguments")
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except ValueError:
-            raise BadRequest("invalid tool call arguments", param="messages") from None
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise BadRequest("invalid tool call arguments", param="messages")
-    out: dict[str, Any] = {"function": {"name": fn["name"], "arguments": args}}
-    if tc.get("id"):
-        out["id"] = tc["id"]
-    return out
-
-
-def _messages(msgs: list[ChatMessage]) -> tuple[list[dict[str, Any]], list[str]]:
-    """OpenAI messages -> Ollama message dicts, plus every image they carry."""
-    names = {tc.get("id"): (tc.get("function") or {}).get("name") for m in msgs for tc in m.tool_calls or []}
-    out: list[dict[str, Any]] = []
-    images: list[str] = []
-    for m in msgs:
-        role = "system" if m.role == "developer" else m.role
-        if role not in ("system", "user", "assistant", "tool"):
-            raise BadRequest(f"invalid message role: {m.role!r}", param="messages")
-        text, imgs = _content(m.content)
-        msg: dict[str, Any] = {"role": role, "content": text}
-        if imgs:
-            msg["images"] = imgs
-            images.extend(imgs)
-        thinking = m.reasoning or m.reasoning_content
-        if thinking:
-            msg["thinking"] = thinking
-        if m.tool_calls:
-            msg["tool_calls"] = [_tool_call_in(tc) for tc in m.tool_calls]
-        if role == "tool":
-            tool_name = m.name or names.get(m.tool_call_id)
-            if tool_name:
-                msg["tool_name"] = tool_name
-            if m.tool_call_id:
-                msg["tool_call_id"] = m.tool_call_id
-        out.append(msg)
-    return out, images
-
-
-def _tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
-    """Apply tool_choice: ``none`` drops the tools, a named function keeps only it.
-
-    ``auto`` and ``required`` are accepted; ``required`` is not enforced (as in
-    Ollama): constrain the reply with ``response_format`` to force a call.
-    """
-    choice = req.tool_choice
-    tools = req.tools or None
-    if choice is None or choice in ("auto", "required"):
-        return tools
-    if choice == "none":
-        return None
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        if choice.get("type") != "function" or not isinstance(name, str):
-            raise BadRequest("tool_choice must name a function: {\"type\": \"function\", \"function\": "
-                             "{\"name\": ...}}", param="tool_choice")
-        picked = [t for t in tools or [] if (t.get("function") or {}).get("name") == name]
-        if not picked:
-            raise BadRequest(f"tool_choice names function {name!r}, which is not in tools", param="tool_choice")
-        return picked
-    raise BadRequest(f"invalid tool_choice {choice!r}; expected none, auto, required or a named function",
-                     param="tool_choice")
+def _tools(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None, list[str] | None]:
+    """Apply tool_choice: ``none`` drops the tools, a named function keeps only it, and ``required`` or a
+    named function force a call of it (constrained sampling in the backend)."""
+    mode, name = tool_choice_of(req.tool_choice, lambda c: (c.get("function") or {}).get("name"))
+    return apply_tool_choice(req.tools, mode, name)
 
 
 def chat_call_from(req: ChatCompletionRequest) -> ChatCall:
@@ -254,13 +125,14 @@ def chat_call_from(req: ChatCompletionRequest) -> ChatCall:
     _only_one(req.n, "n")
     if not req.messages:
         raise BadRequest("[] is too short - 'messages'", param="messages")
-    messages, images = _messages(req.messages)
+    messages, images = messages_in(req.messages)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     want_logprobs = bool(req.logprobs)
+    tools, force = _tools(req)
     return ChatCall(
-        model=req.model, messages=messages, tools=_tools(req), format=_format(req.response_format),
+        model=req.model, messages=messages, tools=tools, format=_format(req.response_format),
         options=_sampling(req, max_tokens), think=_think(req), logprobs=want_logprobs,
-        top_logprobs=(req.top_logprobs or 0) if want_logprobs else 0, images=images or None,
+        top_logprobs=(req.top_logprobs or 0) if want_logprobs else 0, images=images or None, force_tool=force,
     )
 
 
@@ -279,7 +151,7 @@ def _finish_reason(final: Final, tool_calls: bool) -> str:
 
 def _tool_calls_out(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ollama tool calls -> OpenAI's: an id, type function, arguments as a JSON string."""
-    return [{"index": c["function"].get("index", i), "id": c.get("id") or _tool_call_id(), "type": "function",
+    return [{"index": c["function"].get("index", i), "id": c.get("id") or tool_call_id(), "type": "function",
              "function": {"name": c["function"]["name"], "arguments": dumps(c["function"]["arguments"])}}
             for i, c in enumerate(calls)]
 
@@ -303,7 +175,7 @@ async def chat_completions(request: Request) -> Response:
     call = chat_call_from(req)
     call.report = ctx.report
     events = _backend(request).chat(call)
-    cid, created = _new_id("chatcmpl-"), int(time.time())
+    cid, created = new_id("chatcmpl-"), int(time.time())
     top_n = call.top_logprobs if call.logprobs else -1
     if not req.stream:
         return JSON(await _collect_chat(events, cid, created, req.model, top_n, ctx))
@@ -413,7 +285,7 @@ async def completions(request: Request) -> Response:
     call = generate_call_from(req)
     call.report = ctx.report
     events = _backend(request).generate(call)
-    cid, created = _new_id("cmpl-"), int(time.time())
+    cid, created = new_id("cmpl-"), int(time.time())
     top_n = req.logprobs if req.logprobs is not None else -1
     echo = call.prompt if req.echo else ""
     if not req.stream:

@@ -18,7 +18,7 @@ from corral.server.ollama.types import parse_request
 
 __all__ = [
     "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "EmbeddingRequest", "Reasoning",
-    "ResponseFormat", "StreamOptions", "parse",
+    "ResponseCreateParams", "ResponseFormat", "ResponseReasoning", "ResponseText", "StreamOptions", "parse",
 ]
 
 
@@ -90,6 +90,42 @@ class CompletionRequest(_Sampling):
     echo: bool | None = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     best_of: int | None = None
+
+
+class ResponseText(BaseModel):
+    """``text`` of a Responses request: ``format`` is ``{"type": "text" | "json_object" | "json_schema", ...}``,
+    kept as given so the response can echo it."""
+
+    model_config = ConfigDict(extra="ignore")
+    format: dict[str, Any] | None = None
+
+
+class ResponseReasoning(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    effort: str | None = None
+    summary: str | None = None
+
+
+class ResponseCreateParams(_Req):
+    """``POST /v1/responses`` (the openai SDK's ``ResponseCreateParams``). ``input`` items are dicts,
+    translated item by item in :mod:`corral.server.openai.responses`; tools are Responses' flat function
+    tools (``{"type": "function", "name", "description", "parameters"}``)."""
+
+    model: str
+    input: str | list[dict[str, Any]] = ""
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponseText | None = None
+    reasoning: ResponseReasoning | None = None
+    store: bool | None = True
+    previous_response_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    stream: bool | None = False
 
 
 class EmbeddingRequest(_Req):
