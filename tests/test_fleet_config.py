@@ -21,6 +21,7 @@ default_upstream = "vllm"
 prefix_index_size = 1000
 block_size = 64
 probe_timeout = 1.5
+min_prefix_match = 0.25
 
 [[upstream]]
 name = "gpu1"
@@ -46,8 +47,8 @@ def test_a_full_fleet_file_loads_with_every_setting(tmp_path: Path) -> None:
     config = load_fleet(write(tmp_path, GOOD), env={"VLLM_KEY": "sekrit"})
     assert config.routing == "least-loaded"
     assert (config.refresh_interval, config.health_interval, config.failure_threshold, config.cooldown,
-            config.load_margin, config.prefix_index_size, config.block_size, config.probe_timeout) == (
-        30, 2.5, 5, 20, 2, 1000, 64, 1.5)
+            config.load_margin, config.prefix_index_size, config.block_size, config.probe_timeout,
+            config.min_prefix_match) == (30, 2.5, 5, 20, 2, 1000, 64, 1.5, 0.25)
     gpu1, vllm = config.upstreams
     assert gpu1 == UpstreamSpec("gpu1", "http://10.0.0.1:11434")  # trailing slash dropped, defaults
     assert (vllm.kind, vllm.key, vllm.weight, vllm.models) == ("openai", "sekrit", 4, ("Qwen/Qwen2.5-7B-Instruct",))
@@ -80,6 +81,8 @@ UP = '[[upstream]]\nname = "a"\nurl = "http://a:1"\n'
     ("prefix_index_size = 0\n" + UP, "prefix_index_size", "must be >= 1"),
     ("block_size = 0\n" + UP, "block_size", "must be >= 1"),
     ("probe_timeout = nan\n" + UP, "probe_timeout", "expected a number"),
+    ("min_prefix_match = 1.5\n" + UP, "min_prefix_match", "must be <= 1"),
+    ("min_prefix_match = -0.1\n" + UP, "min_prefix_match", "must be >= 0"),
     ("retries = 2\n" + UP, "retries", "unknown setting"),
     ("", "upstream", "at least one upstream"),
     ('upstream = "http://a:1"\n', "upstream", "array of tables"),

@@ -19,6 +19,7 @@ The fleet file::
     default_upstream = "gpu1"        # model management (pull, create, ...) goes here; default: the first
     prefix_index_size = 65536        # prefix blocks remembered by the cache-aware router (LRU)
     block_size = 128                 # characters per prefix block
+    min_prefix_match = 0.5           # share of a prompt's blocks a prefix must cover to steer it (0..1)
     probe_timeout = 5.0              # seconds for one discovery or health request
 
     [[upstream]]
@@ -128,6 +129,7 @@ class FleetConfig:
     default_upstream: str | None = None
     prefix_index_size: int = 65536
     block_size: int = 128
+    min_prefix_match: float = 0.5
     probe_timeout: float = 5.0
 
     def __post_init__(self) -> None:
@@ -146,6 +148,9 @@ class FleetConfig:
         _number(self.failure_threshold, "failure_threshold", minimum=1, integer=True)
         _number(self.prefix_index_size, "prefix_index_size", minimum=1, integer=True)
         _number(self.block_size, "block_size", minimum=1, integer=True)
+        _number(self.min_prefix_match, "min_prefix_match", minimum=0)
+        if self.min_prefix_match > 1:
+            raise _fail("min_prefix_match", f"must be <= 1, got {self.min_prefix_match!r}")
         if self.default_upstream is not None and self.default_upstream not in seen:
             raise _fail("default_upstream", f"no upstream is named {self.default_upstream!r}")
 
