@@ -112,11 +112,12 @@ def test_record_can_index_the_prompt_with_its_answer() -> None:
     assert d2.upstream == d.upstream and d2.matched_chars > d.matched_chars + 32
 
 
-def test_prefixes_of_one_model_do_not_steer_another() -> None:
+def test_prefixes_of_one_model_do_not_steer_another_but_its_spellings_share_them() -> None:
     _, router = make("ab")
     text = prefix_of({"messages": chat("Teach me fractions.")})
     router.record(router.route(MODEL, text))
     assert router.route("other:1b", text).reason != "prefix"
+    assert router.route("llama3", text).reason == "prefix"
 
 
 def test_excluded_and_ejected_upstreams_are_skipped() -> None:

@@ -184,6 +184,11 @@ class PrefixIndex:
             del self._entries[h]
 
 
+def _seed(model: str) -> str:
+    """The model as a hash seed, one spelling for ``llama3`` and ``llama3:latest``."""
+    return model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"
+
+
 # ---- the router -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -232,7 +237,7 @@ class Router:
         cands = self.candidates(model, exclude)
         hashes: tuple[int, ...] = ()
         if self.policy == "cache-aware" and prefix_text:
-            hashes = tuple(block_hashes(prefix_text, self.block_size, model))
+            hashes = tuple(block_hashes(prefix_text, self.block_size, _seed(model)))
         if len(cands) == 1:
             decision = Decision(model, cands[0].name, "only", hashes=hashes)
         elif self.policy == "round-robin":
@@ -256,7 +261,7 @@ class Router:
         if self.policy != "cache-aware":
             return
         hashes = decision.hashes if prefix_text is None else block_hashes(prefix_text, self.block_size,
-                                                                         decision.model)
+                                                                         _seed(decision.model))
         self.index.insert(hashes, decision.upstream, self.fleet.clock())
 
     # ---- policies ---------------------------------------------------------------------------
