@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -162,7 +162,7 @@ class Discovery:
                        asyncio.create_task(self._loop(self.check_all, self.fleet.config.health_interval))]
 
     @staticmethod
-    async def _loop(step: Any, interval: float) -> None:
+    async def _loop(step: Callable[[], Awaitable[None]], interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
