@@ -7,6 +7,7 @@ Everything but ``serve`` talks to a running server over HTTP (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from datetime import UTC, datetime
@@ -114,7 +115,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
+    """One upstream: a logging proxy. A fleet file, several --upstream or --routing: the fleet gateway."""
+    from corral.fleet.config import FleetConfigError, from_urls, load_fleet
     from corral.gateway.upstream import Upstream
+    from corral.server.fleet_proxy import create_fleet_app
     from corral.server.proxy import create_proxy_app
 
     changes: dict[str, Any] = {"host": args.host, "port": args.port}
@@ -123,7 +127,18 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     settings = Settings.from_env().with_overrides(**changes)
     if _bind_refused(settings):
         return 1
-    run_server(create_proxy_app(settings, Upstream(args.upstream, args.upstream_key)), settings)
+    upstreams = args.upstream or ["http://127.0.0.1:11434"]
+    if not (args.fleet or len(upstreams) > 1 or args.routing):
+        run_server(create_proxy_app(settings, Upstream(upstreams[0], args.upstream_key)), settings)
+        return 0
+    try:
+        fleet = load_fleet(args.fleet) if args.fleet else from_urls(upstreams)
+        if args.routing:
+            fleet = dataclasses.replace(fleet, routing=args.routing)
+    except FleetConfigError as exc:
+        sys.stderr.write(f"Error: {exc.message}\n")
+        return 1
+    run_server(create_fleet_app(settings, fleet), settings)
     return 0
 
 
@@ -370,7 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(CORRAL_LOG_RETENTION)")
     s.set_defaults(func=cmd_serve)
     px = sub.add_parser("proxy", help="run the gateway in front of another Ollama or Corral (no local engine)")
-    px.add_argument("--upstream", default="http://127.0.0.1:11434", help="the server to forward to")
+    px.add_argument("--upstream", action="append", default=None,
+                    help="a server to forward to (default http://127.0.0.1:11434); repeat it for a fleet, "
+                         "as [NAME=][KIND+]URL with KIND ollama, corral or openai")
+    px.add_argument("--fleet", default=None, help="a fleet file (TOML): upstreams, routing, health settings")
+    px.add_argument("--routing", choices=["cache-aware", "least-loaded", "round-robin"], default=None,
+                    help="how the fleet picks an upstream (default cache-aware)")
     px.add_argument("--upstream-key", default=None, help="Bearer key to send upstream instead of the client's")
     px.add_argument("--host", default="127.0.0.1")
     px.add_argument("--port", type=int, default=11435, help="default 11435, the seeds' ollama_logger port")

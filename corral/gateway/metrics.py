@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -36,6 +36,7 @@ QueueDepth = Callable[[], dict[str, int]]
 Slots = Callable[[], dict[str, tuple[int, int]]]
 Loaded = Callable[[], dict[str, int]]
 Count = Callable[[], int]
+Upstreams = Callable[[], list[dict[str, Any]]]  # corral.fleet.state.FleetState.snapshot()
 
 T = TypeVar("T")
 
@@ -46,6 +47,7 @@ class _Sources:
     loaded: Loaded | None = None
     log_backlog: Count | None = None
     log_dropped: Count | None = None
+    upstreams: Upstreams | None = None
 
 
 def _read(name: str, source: Callable[[], T] | None) -> T | None:
@@ -83,7 +85,28 @@ class _LiveCollector(Collector):
         dropped = _read("log_dropped", s.log_dropped)
         if dropped is not None:
             dropped_f.add_metric([], dropped)
-        return iter([queue_f, busy_f, total_f, loaded_f, backlog_f, dropped_f])
+        return iter([queue_f, busy_f, total_f, loaded_f, backlog_f, dropped_f, *self._upstreams()])
+
+    def _upstreams(self) -> list[Metric]:
+        """Per fleet upstream: outstanding requests, health, routing decisions by reason, failovers."""
+        states = _read("upstreams", self.sources.upstreams)
+        if states is None:
+            return []
+        outstanding = GaugeMetricFamily("corral_upstream_outstanding", "Requests in flight to each upstream",
+                                        labels=["upstream"])
+        healthy = GaugeMetricFamily("corral_upstream_healthy", "1 while an upstream's circuit is closed or half-open",
+                                    labels=["upstream", "state"])
+        decisions = CounterMetricFamily("corral_upstream_decisions", "Requests routed to each upstream, by reason",
+                                        labels=["upstream", "reason"])
+        failovers = CounterMetricFamily("corral_upstream_failovers", "Requests retried elsewhere after this "
+                                        "upstream failed before their first byte", labels=["upstream"])
+        for s in states:
+            outstanding.add_metric([s["name"]], s["outstanding"])
+            healthy.add_metric([s["name"], s["health"]], 0 if s["health"] == "open" else 1)
+            for reason, n in sorted(s["decisions"].items()):
+                decisions.add_metric([s["name"], reason], n)
+            failovers.add_metric([s["name"]], s["failovers"])
+        return [outstanding, healthy, decisions, failovers]
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
@@ -121,8 +144,9 @@ class Metrics:
 
     def set_sources(self, *, queue_depth: QueueDepth | None = None, slots: Slots | None = None,
                     loaded: Loaded | None = None, log_backlog: Count | None = None,
-                    log_dropped: Count | None = None) -> None:
+                    log_dropped: Count | None = None, upstreams: Upstreams | None = None) -> None:
         """Where the scrape-time gauges come from; a source left None is not exported."""
+        self._sources.upstreams = upstreams
         self._sources.queue_depth = queue_depth
         self._sources.slots = slots
         self._sources.loaded = loaded

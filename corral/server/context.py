@@ -26,7 +26,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope
 
-from corral.backend.base import Embeddings, Final, Piece
+from corral.backend.base import Backend, Embeddings, Final, Piece
 from corral.gateway.timing import stream_marker
 
 STATE_KEY = "ctx"
@@ -65,6 +65,7 @@ class RequestContext:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     error: str | None = None
+    upstream: str | None = None  # fleet mode: "NAME:reason", which upstream answered and why it was chosen
     extra: dict[str, Any] = field(default_factory=dict)
     receive: Receive = field(default=_no_body, repr=False)  # the request's body channel (set by the middleware)
     body: bytes | None = field(default=None, repr=False)  # the body, once a hook has read it
@@ -130,6 +131,16 @@ async def reporting(events: AsyncIterator[Piece | Final], ctx: RequestContext) -
         if type(event) is Final:
             ctx.finish(event)
         yield event
+
+
+BACKEND_KEY = "backend"
+
+
+def backend_of(request: Request) -> Backend:
+    """The backend that answers this request: one set for it alone (``corral proxy --fleet`` routes an
+    Ollama request to an OpenAI-compatible upstream this way), else the app's."""
+    backend = request.scope.get("state", {}).get(BACKEND_KEY)
+    return backend if backend is not None else request.app.state.backend  # type: ignore[no-any-return]
 
 
 def context_of(source: Request | Scope) -> RequestContext:

@@ -195,7 +195,7 @@ class LogHook:
             load_ms=phases.get("load"), prompt_eval_ms=phases.get("prompt_eval"), ttft_ms=phases.get("ttft"),
             generation_ms=phases.get("generation"),
             client_io_ms=max(0.0, total - ready * 1000) if ready else None,
-            upstream_ms=phases.get("upstream"), total_ms=total,
+            upstream_ms=phases.get("upstream"), total_ms=total, upstream=ctx.upstream,
         )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -60,7 +60,11 @@ def _model_of(body: bytes) -> str | None:
 
 async def forward(request: Request) -> Response:
     """Send this request to the upstream and relay its answer (see module docstring)."""
-    upstream = _upstream(request)
+    return await relay(request, _upstream(request))
+
+
+async def relay(request: Request, upstream: Upstream) -> Relay:
+    """Send this request to ``upstream``; return its answer ready to relay (a BadGateway if unreachable)."""
     ctx = context_of(request)
     size = int(request.headers.get("content-length") or 0)
     content: bytes | AsyncIterator[bytes]
@@ -91,6 +95,8 @@ class Relay(Response):
         self.status_code = answer.status
         self.background = None
         self.raw_headers = Upstream.response_headers(answer.raw_headers)
+        self.failed: str | None = None  # why the upstream failed mid-answer, if it did
+        self.on_close: list[Callable[[Relay], None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -98,6 +104,8 @@ class Relay(Response):
         finally:
             self.answer.release()
             self._record()
+            for callback in self.on_close:
+                callback(self)
 
     async def _relay(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -116,7 +124,7 @@ class Relay(Response):
             if self.tap.media_type.startswith(_STREAMED_TYPES):
                 await send({"type": "http.response.body", "body": self.dialect.stream_item(err).encode(),
                             "more_body": True})
-            self.ctx.error = err.message
+            self.ctx.error = self.failed = err.message
         self.ctx.phases["upstream"] = (time.perf_counter() - self.start) * 1000
         self.ctx.answered_at = self.ctx.elapsed
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -132,21 +140,21 @@ class Relay(Response):
             ctx.phases.setdefault(phase, ms)
 
 
+def twin(route: DialectRoute, endpoint: Callable[[Request], Awaitable[Response]]) -> DialectRoute:
+    """``route`` again (path, methods, dialect, scope, where it names its model) with another endpoint."""
+    out = DialectRoute(route.path, endpoint, dialect=route.dialect, methods=sorted(route.methods or ()),
+                       name=route.name)
+    for attr, value in vars(route).items():  # anything a hook reads off the route
+        if attr not in vars(out):
+            setattr(out, attr, value)
+    return out
+
+
 def forwarding_routes(routes: Sequence[BaseRoute], local: Sequence[BaseRoute]) -> list[BaseRoute]:
     """The same routes, each with :func:`forward` as its endpoint (same path, methods, dialect and
     scope), except those in ``local``, which stay as they are."""
-    out: list[BaseRoute] = []
-    for route in routes:
-        if route in local:
-            out.append(route)
-        elif isinstance(route, DialectRoute):
-            twin = DialectRoute(route.path, forward, dialect=route.dialect, methods=sorted(route.methods or ()),
-                                name=route.name)
-            for attr, value in vars(route).items():  # anything a hook reads off the route (its scope...)
-                if attr not in vars(twin):
-                    setattr(twin, attr, value)
-            out.append(twin)
-    return out
+    return [route if route in local or not isinstance(route, DialectRoute) else twin(route, forward)
+            for route in routes]
 
 
 def create_proxy_app(settings: Settings, upstream: Upstream, *, hooks: Sequence[GatewayHook] = (),

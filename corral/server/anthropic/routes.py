@@ -39,7 +39,7 @@ from corral.server.chatmap import (
     tool_arguments,
     tool_call_id,
 )
-from corral.server.context import context_of, reporting
+from corral.server.context import backend_of, context_of, reporting
 from corral.server.errors import ANTHROPIC, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 
@@ -50,7 +50,7 @@ _CHOICE: dict[str, ToolChoiceMode] = {"auto": "auto", "any": "required", "tool":
 
 
 def _backend(request: Request) -> Backend:
-    return request.app.state.backend  # type: ignore[no-any-return]
+    return backend_of(request)
 
 
 # ---- request translation ---------------------------------------------------------------

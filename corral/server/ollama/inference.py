@@ -27,7 +27,7 @@ from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCal
 from corral.durations import parse_keep_alive
 from corral.errors import BadRequest
 from corral.gateway.timing import STREAM_TIMING_FIELD
-from corral.server.context import RequestContext, context_of
+from corral.server.context import RequestContext, backend_of, context_of
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.ollama.types import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, parse_request
@@ -48,7 +48,7 @@ def _rfc3339_second(second: int) -> str:
 
 
 def _backend(request: Request) -> Backend:
-    return request.app.state.backend  # type: ignore[no-any-return]
+    return backend_of(request)
 
 
 def _stats(final: Final) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 from corral import OLLAMA_COMPAT_VERSION
 from corral.backend.base import Backend
 from corral.errors import BadRequest, NotFound
-from corral.server.context import context_of
+from corral.server.context import backend_of, context_of
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.ollama.types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
@@ -29,7 +29,7 @@ route = route_factory(OLLAMA)
 
 
 def _backend(request: Request) -> Backend:
-    return request.app.state.backend  # type: ignore[no-any-return]
+    return backend_of(request)
 
 
 def _store(request: Request) -> Store:

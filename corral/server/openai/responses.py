@@ -42,7 +42,7 @@ from corral.server.chatmap import (
     tool_arguments,
     tool_call_id,
 )
-from corral.server.context import context_of, reporting
+from corral.server.context import backend_of, context_of, reporting
 from corral.server.errors import OPENAI, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.openai.convert import messages_in, think_from_effort, tool_choice_of
@@ -54,7 +54,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 
 def _backend(request: Request) -> Backend:
-    return request.app.state.backend  # type: ignore[no-any-return]
+    return backend_of(request)
 
 
 def _store(request: Request) -> ResponseStore:

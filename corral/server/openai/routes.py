@@ -35,7 +35,7 @@ from starlette.responses import Response
 from corral.backend.base import Backend, ChatCall, EmbedCall, Final, GenerateCall, ModelSummary, Piece, collect
 from corral.errors import BadRequest
 from corral.server.chatmap import apply_tool_choice, new_id, tool_call_id
-from corral.server.context import RequestContext, context_of
+from corral.server.context import RequestContext, backend_of, context_of
 from corral.server.errors import OPENAI, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.openai.convert import messages_in, think_from_effort, tool_choice_of
@@ -58,7 +58,7 @@ route = route_factory(OPENAI)
 
 
 def _backend(request: Request) -> Backend:
-    return request.app.state.backend  # type: ignore[no-any-return]
+    return backend_of(request)
 
 
 # ---- request translation ---------------------------------------------------------
