@@ -7,6 +7,7 @@ error body of the dialect whose route raised it (:mod:`corral.server.errors`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,10 +23,10 @@ from starlette.types import Receive, Scope, Send
 from corral.backend.local import LocalBackend
 from corral.backend.scheduler import Scheduler
 from corral.engine.base import Engine
-from corral.errors import CorralError
+from corral.errors import ClientGone, CorralError
 from corral.server import registry_v2
 from corral.server.errors import dialect_of
-from corral.server.http import JSON
+from corral.server.http import JSON, Inflight
 from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.server.ollama import inference, models, registry
 from corral.server.openai import routes as openai_routes
@@ -40,7 +41,9 @@ _LOCAL_ORIGINS = r"^(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?
 
 async def _corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
-    if exc.status >= 500:
+    if isinstance(exc, ClientGone):
+        log.info("%s %s: %s", request.method, request.url.path, exc.message)
+    elif exc.status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     dialect = dialect_of(request.scope)
     return JSON(dialect.body(exc.status, exc.message, exc), status_code=exc.status, headers=dict(dialect.headers))
@@ -85,7 +88,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store.ensure()
+        await asyncio.to_thread(store.claim, settings.partial_pull_ttl)  # and clear a crash's leftovers
         scheduler = Scheduler(settings, engine)
         app.state.settings = settings
         app.state.store = store
@@ -100,6 +103,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
             yield
         finally:
             await backend.close()
+            store.release()
 
     allow_all = "*" in settings.origins
     middleware = [
@@ -112,9 +116,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
             allow_headers=["*"],
         ),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={CorralError: _corral_error, HTTPException: _http_error, Exception: _unexpected},
     )
+    app.state.settings = settings
+    app.state.inflight = Inflight()  # what a shutdown must end (corral.cli serve drains it on SIGTERM)
+    return app

@@ -11,6 +11,12 @@ log and ``/metrics`` plug in here as hooks.
 With no hooks, the only per-request work is the context and the
 ``X-Request-Id`` header; nothing is added per streamed chunk beyond one call
 that passes the message on.
+
+Every response goes through here, 500s included: an exception that escapes
+everything below (a route outside the dialect guard, another middleware, a
+hook) is logged with its traceback and answered here as a 500 in the
+route's dialect, so the access log, hooks and metrics see the status that
+was really sent. A request whose client went away (499) is logged as such.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError
-from corral.server.errors import OLLAMA, DialectRoute
+from corral.server.errors import OLLAMA, DialectRoute, dialect_of
 from corral.server.http import JSON
 
 log = logging.getLogger("corral.access")
@@ -113,7 +119,16 @@ class GatewayMiddleware:
                                 headers=dict(dialect.headers))
                 await response(scope, receive, wrapped)
                 return
-            await self.app(scope, receive, wrapped)
+            try:
+                await self.app(scope, receive, wrapped)
+            except Exception as exc:
+                log.error("unhandled error on %s %s", ctx.method, ctx.path, exc_info=exc)
+                if ctx.status:  # the response has started: nothing more can be said on it
+                    return
+                answering = dialect_of(scope)
+                response = JSON(answering.body(500, f"internal error: {exc}"), status_code=500,
+                                headers=dict(answering.headers))
+                await response(scope, receive, wrapped)
         finally:
             await self._after(ctx)
 
