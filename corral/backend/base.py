@@ -34,6 +34,7 @@ class Common:
     top_logprobs: int = 0
     keep_alive: float | None = None
     images: list[str] | None = None
+    arrived: float | None = None  # time.monotonic() when the request arrived: durations count from here
 
 
 @dataclass
@@ -60,6 +61,8 @@ class EmbedCall:
     dimensions: int | None = None
     options: dict[str, Any] | None = None
     keep_alive: float | None = None
+    normalize: bool = True  # L2-normalised as /api/embed answers; the legacy /api/embeddings gives the raw vector
+    arrived: float | None = None  # time.monotonic() when the request arrived
 
 
 # ---- answers ------------------------------------------------------------------
