@@ -32,10 +32,11 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError
-from corral.server.errors import OLLAMA, DialectRoute, dialect_of
+from corral.server.errors import OLLAMA, SCOPE_KEY, DialectRoute, dialect_of
 from corral.server.http import JSON
 
 log = logging.getLogger("corral.access")
+errors = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,8 +96,10 @@ class GatewayMiddleware:
         scope.setdefault("state", {})["ctx"] = ctx
         request_id = (b"x-request-id", ctx.id.encode())
         hooks = self.hooks
+        started = False
 
         async def wrapped(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
@@ -104,10 +107,19 @@ class GatewayMiddleware:
                 for hook in hooks:
                     hook.on_start(ctx, headers)
                 message = {**message, "headers": headers}
+                started = True
             elif hooks:
                 if ctx.first_byte is None:
                     ctx.first_byte = ctx.elapsed
                 ctx.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        async def plain(message: Message) -> None:  # the last-resort 500: no hook may stop it going out
+            nonlocal started
+            if message["type"] == "http.response.start":
+                ctx.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), request_id]}
+                started = True
             await send(message)
 
         try:
@@ -119,16 +131,15 @@ class GatewayMiddleware:
                                 headers=dict(dialect.headers))
                 await response(scope, receive, wrapped)
                 return
-            try:
-                await self.app(scope, receive, wrapped)
-            except Exception as exc:
-                log.error("unhandled error on %s %s", ctx.method, ctx.path, exc_info=exc)
-                if ctx.status:  # the response has started: nothing more can be said on it
-                    return
-                answering = dialect_of(scope)
-                response = JSON(answering.body(500, f"internal error: {exc}"), status_code=500,
-                                headers=dict(answering.headers))
-                await response(scope, receive, wrapped)
+            await self.app(scope, receive, wrapped)
+        except Exception as exc:
+            errors.error("unhandled error on %s %s", ctx.method, ctx.path, exc_info=exc)
+            if started:  # the response has started: nothing more can be said on it
+                return
+            answering = dialect_of(scope) if scope.get(SCOPE_KEY) else dialect
+            response = JSON(answering.body(500, f"internal error: {exc}"), status_code=500,
+                            headers=dict(answering.headers))
+            await response(scope, receive, plain)
         finally:
             await self._after(ctx)
 
