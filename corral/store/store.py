@@ -12,8 +12,9 @@ upload spools and the work folders of an interrupted ``create``. A partial
 pull (``blobs/partial-sha256-*``) is kept so that a later pull resumes it,
 but only for ``CORRAL_PARTIAL_PULL_TTL`` (24h by default) and only while its
 blob is still missing, so nothing accumulates across crashes. While another
-server has the same store open (a shared ``flock`` on ``.corral.lock``),
-only leftovers older than an hour are touched, never its work in progress.
+server has the same store open (a shared ``flock`` on the models folder
+itself, so nothing is written into an Ollama folder used as it is), only
+leftovers older than an hour are touched, never its work in progress.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ MEDIA = {kind: MEDIA_PREFIX + kind for kind in
          ("model", "template", "system", "params", "license", "adapter", "projector", "messages")}
 
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
-LOCK_FILE = ".corral.lock"
 # Temp names of this module, the registry's upload spools and create's work folders (see Store.claim).
 _BLOB_TEMPS = (".partial-", ".upload-", ".tmp-")
 _WORK_DIRS = ("corral-convert-", "corral-quant-")
@@ -186,7 +186,7 @@ class Store:
         """Open the store for a server: hold a shared lock on it for the process' life, and remove what
         a crashed process left behind (see the module docstring). Returns the names removed."""
         self.ensure()
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alone = True
