@@ -136,6 +136,9 @@ def test_top_logprobs_n_gives_between_one_and_n_alternatives_sorted_by_logprob(c
                 alternatives = [t.logprob for t in lp.top_logprobs]
                 assert 1 <= len(alternatives) <= n
                 assert alternatives == sorted(alternatives, reverse=True)
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model=SMOLLM, prompt="Hi", options=OPTS, logprobs=True, top_logprobs=21)
+    assert err.value.status_code == 400 and err.value.error == "top_logprobs must be between 0 and 20"
 
 
 def test_v1_logprobs_follow_top_logprobs(oai: OpenAI, base_url: str) -> None:

@@ -67,6 +67,12 @@ def go_base64_error(text: str) -> int | None:
             return si if si < n else None
 
 
+def _check_top_logprobs(value: int) -> int:
+    if not 0 <= value <= 20:
+        raise ValueError("top_logprobs must be between 0 and 20")  # Ollama's words
+    return value
+
+
 def _check_images(images: list[str] | None) -> list[str] | None:
     for image in images or ():
         at = go_base64_error(image)
@@ -151,12 +157,17 @@ class GenerateRequest(_Req):
     options: dict[str, Any] | None = None
     think: Think = None
     logprobs: bool = False
-    top_logprobs: int = Field(default=0, ge=0, le=20)
+    top_logprobs: int = 0
 
     @field_validator("images")
     @classmethod
     def _images(cls, v: list[str] | None) -> list[str] | None:
         return _check_images(v)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, v: int) -> int:
+        return _check_top_logprobs(v)
 
 
 class ChatRequest(_Req):
@@ -169,7 +180,12 @@ class ChatRequest(_Req):
     options: dict[str, Any] | None = None
     think: Think = None
     logprobs: bool = False
-    top_logprobs: int = Field(default=0, ge=0, le=20)
+    top_logprobs: int = 0
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, v: int) -> int:
+        return _check_top_logprobs(v)
 
 
 class EmbedRequest(_Req):
