@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SMOLLM, ServerProc, free_port
+from tests.conftest import ROOT, SMOLLM, ServerProc, free_port
 
 QUICK = {"temperature": 0, "num_predict": 2}
 ENDLESS = {"type": "array", "items": {"type": "integer"}, "minItems": 100000}  # generation that does not end
@@ -101,13 +103,18 @@ def test_sigterm_when_idle_exits_0_at_once(start_server: Callable[..., ServerPro
     assert time.monotonic() - started < 5
 
 
-def test_a_port_in_use_exits_3(start_server: Callable[..., ServerProc], tmp_path: Path) -> None:
+def test_a_port_in_use_exits_3(tmp_path: Path) -> None:
     port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
+    env.update({"CORRAL_HOME": str(tmp_path / "busy"), "CORRAL_HOST": f"127.0.0.1:{port}",
+                "CORRAL_STARTER_MODELS": "0"})
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        with pytest.raises(RuntimeError, match="server exited early"):
-            start_server({"CORRAL_STARTER_MODELS": "0"}, home=tmp_path / "busy", port=port)
+        out = subprocess.run([sys.executable, "-m", "corral", "serve"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "address already in use" in out.stderr
 
 
 # ---- kill -9 leftovers -------------------------------------------------------------------------------------------
