@@ -42,17 +42,68 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def human_ago(iso: str) -> str:
+def _human_duration(seconds: float) -> str:
+    """Ollama's format.humanDuration."""
+    secs = int(seconds)
+    if secs < 1:
+        return "Less than a second"
+    if secs == 1:
+        return "1 second"
+    if secs < 60:
+        return f"{secs} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def human_time(iso: str, zero: str = "Never", now: datetime | None = None) -> str:
+    """Ollama's format.HumanTime: "4 minutes from now", "2 hours ago", "Forever" (20+ years ahead)."""
     try:
         then = datetime.fromisoformat(iso)
     except ValueError:
         return iso
-    secs = (datetime.now(UTC) - then).total_seconds()
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if secs >= size:
-            n = int(secs // size)
-            return f"{n} {unit}{'s' if n > 1 else ''} ago"
-    return "Less than a minute ago" if secs >= 1 else "Less than a second ago"
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    if then.year <= 1:
+        return zero
+    delta = ((now or datetime.now(UTC)) - then).total_seconds()
+    if int(delta / 3600) // 24 // 365 < -20:
+        return "Forever"
+    if delta < 0:
+        return _human_duration(-delta) + " from now"
+    return _human_duration(delta) + " ago"
+
+
+def human_ago(iso: str) -> str:
+    return human_time(iso)
+
+
+def until(iso: str, now: datetime | None = None) -> str:
+    """``ollama ps``'s UNTIL: "Stopping..." once the expiry has passed, else :func:`human_time`."""
+    try:
+        then = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    if current > then:
+        return "Stopping..."
+    return human_time(iso, "Never", current)
 
 
 def _table(rows: list[list[str]]) -> None:
@@ -63,14 +114,32 @@ def _table(rows: list[list[str]]) -> None:
 
 # ---- commands -----------------------------------------------------------------------
 
-def run_server(app: Any, settings: Settings) -> None:
-    """Serve ``app`` with uvicorn on the settings' address, logging to stderr."""
+def run_server(app: Any, settings: Settings) -> int:
+    """Serve ``app`` with uvicorn on the settings' address until SIGTERM or SIGINT; return the exit code.
+
+    On the first signal it stops accepting connections, lets open streams
+    and requests run for ``CORRAL_SHUTDOWN_GRACE`` seconds (5 by default),
+    ends those still running (a stream gets a last ``{"error": "server
+    shutting down"}`` line, a waiting request a 503), unloads the models,
+    flushes and exits 0. A second signal skips what is left of the grace.
+    Exit codes: 0 after a requested shutdown, 3 when the server cannot start
+    (address in use, a store it cannot open), 2 for bad arguments, 1 for
+    any other error.
+    """
     import uvicorn
 
     logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace) + 5)
+    server = _graceful_server(config, app.state.inflight, settings.shutdown_grace)
+    server.run()
+    if not server.started:
+        return 3  # uvicorn's STARTUP_FAILURE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return 0
 
 
 def _bind_refused(settings: Settings) -> bool:
@@ -110,8 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings.with_overrides(**changes)
     if _bind_refused(settings):
         return 1
-    run_server(create_app(settings), settings)
-    return 0
+    return run_server(create_app(settings), settings)
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -129,8 +197,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         return 1
     upstreams = args.upstream or ["http://127.0.0.1:11434"]
     if not (args.fleet or len(upstreams) > 1 or args.routing):
-        run_server(create_proxy_app(settings, Upstream(upstreams[0], args.upstream_key)), settings)
-        return 0
+        return run_server(create_proxy_app(settings, Upstream(upstreams[0], args.upstream_key)), settings)
     try:
         fleet = load_fleet(args.fleet) if args.fleet else from_urls(upstreams)
         if args.routing:
@@ -138,8 +205,50 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     except FleetConfigError as exc:
         sys.stderr.write(f"Error: {exc.message}\n")
         return 1
-    run_server(create_fleet_app(settings, fleet), settings)
-    return 0
+    return run_server(create_fleet_app(settings, fleet), settings)
+
+
+def _graceful_server(config: Any, inflight: Any, grace: float) -> Any:
+    """uvicorn's Server with Corral's shutdown: drain what is in flight, then exit 0 (not re-raise the signal)."""
+    import asyncio
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: Any = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+            # Unlike uvicorn, the signal is not raised again: a shutdown that was asked for and
+            # completed is a clean exit (0), not a death by SIGTERM.
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            first = not self.should_exit
+            self.should_exit = True
+            if self.loop is None:
+                return
+            logging.getLogger("corral").info("%s: shutting down", signal.Signals(sig).name)
+            wait = grace if first else 0.0
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(inflight.drain(wait)))
+
+    return Server(config)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -155,8 +264,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     models = Client().request("GET", "/api/ps")["models"]
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in models:
-        until = "Forever" if m["expires_at"].startswith("2318") else m["expires_at"]
-        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), "100% CPU", str(m.get("context_length", "")), until])
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), "100% CPU", str(m.get("context_length", "")),
+                     until(m["expires_at"])])
     _table(rows)
     return 0
 

@@ -77,8 +77,20 @@ class BadGateway(CorralError):
     status = 502
 
 
+class ClientGone(CorralError):
+    """The client went away before the answer was ready (nginx's 499; nobody reads the body)."""
+
+    status = 499
+
+
 class ServerBusy(CorralError):
     """The request queue is full (Ollama answers 503)."""
+
+    status = 503
+
+
+class ShuttingDown(CorralError):
+    """The server is stopping (SIGTERM): what is still running is ended with this (503)."""
 
     status = 503
 

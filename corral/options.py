@@ -3,12 +3,14 @@
 One table (:data:`OPTION_TYPES`) says which options exist and their types;
 requests, Modelfile ``PARAMETER`` lines and stored params layers are all
 checked against it. Unknown options are ignored with a warning, as Ollama
-does; a value of the wrong type is a 400.
+does; a value of the wrong type is a 400, and so is an integer that does not
+fit Go's 64-bit ``int`` (a ``seed`` of 2**64) or a ``num_ctx`` below 1.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,9 +61,43 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int_in_range(name: str, value: int) -> int:
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise BadRequest(f"json: cannot unmarshal number {value} into Go struct field Options.{name} of type int",
+                         param=f"options.{name}")
+    if name == "num_ctx" and value < 1:
+        raise BadRequest(f"invalid option num_ctx {value}: the context length must be at least 1",
+                         param="options.num_ctx")
+    return value
+
+
 def coerce_option(name: str, value: Any, *, strict: bool = True) -> Any:
     """Check/convert one option value; raise BadRequest on a wrong type."""
     want = OPTION_TYPES[name]
+    if want is int:
+        number = _coerce_int(value, strict)
+        if number is not None:
+            return _int_in_range(name, number)
+    return _coerce(name, want, value, strict)
+
+
+def _coerce_int(value: Any, strict: bool) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not strict and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    return None
+
+
+def _coerce(name: str, want: type, value: Any, strict: bool) -> Any:
     if want is list:
         if isinstance(value, str):
             return [value]
@@ -72,24 +108,22 @@ def coerce_option(name: str, value: Any, *, strict: bool = True) -> Any:
             return value
         if not strict and isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-    elif want is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if not strict and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
     elif want is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if math.isfinite(number):
+                return number
         if not strict and isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+            else:
+                if math.isfinite(number):
+                    return number
     type_name = {int: "int", float: "float", bool: "bool", list: "[]string"}[want]
     raise BadRequest(f'option "{name}" must be of type {type_name}', param=f"options.{name}")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from corral.durations import parse_keep_alive
+from corral.errors import CorralError
 from corral.gateway.periods import parse_period
 
 DEFAULT_PORT = 11434
@@ -61,6 +62,20 @@ def parse_host(value: str | None, default_port: int = DEFAULT_PORT) -> tuple[str
     return scheme, host, port
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
+               "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
+
+
+def parse_size(value: str) -> int:
+    """``"33554432"``, ``"32MiB"``, ``"32m"``, ``"50MB"`` -> bytes."""
+    text = value.strip().lower().replace(" ", "")
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits):]
+    if not digits or unit not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {value!r}: use bytes or a unit such as 32MiB")
+    return int(float(digits) * _SIZE_UNITS[unit])
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     value = _env(env, name)
     if value is None:
@@ -69,6 +84,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(value)
     except ValueError as exc:
         raise ValueError(f"invalid integer for OLLAMA_{name}/CORRAL_{name}: {value!r}") from exc
+
+
+def _seconds(value: str, name: str) -> float:
+    """A duration setting: seconds, or a Go duration such as ``"10s"`` or ``"12h"``."""
+    try:
+        seconds = parse_keep_alive(value)
+    except CorralError as exc:
+        raise ValueError(f"invalid duration for CORRAL_{name}: {value!r} ({exc.message})") from None
+    return 0.0 if seconds is None else seconds
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,12 @@ class Settings:
     prompt_cache_mib: int = 0  # CORRAL_PROMPT_CACHE_MIB: llama.cpp's host-RAM cache of idle slots' prompts
     no_auth: bool = False  # CORRAL_NO_AUTH / --no-auth: serve without API keys, even on a public address
     log_retention: float = DEFAULT_LOG_RETENTION  # CORRAL_LOG_RETENTION / --log-retention (seconds; 0 keeps all)
+    # CORRAL_MAX_BODY: the largest JSON request body (413 above). Blob uploads stream to disk and are not capped.
+    max_body: int = 32 << 20
+    # CORRAL_SHUTDOWN_GRACE: seconds that open streams get to finish after SIGTERM before they are ended.
+    shutdown_grace: float = 5.0
+    # CORRAL_PARTIAL_PULL_TTL: an interrupted pull's partial blob is kept this long for a later pull to resume.
+    partial_pull_ttl: float = 24 * 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +150,9 @@ class Settings:
             retention = parse_period(retention_raw) if retention_raw else DEFAULT_LOG_RETENTION
         except ValueError as exc:
             raise ValueError(f"invalid CORRAL_LOG_RETENTION: {exc}") from None
+        max_body_raw = _env(env, "MAX_BODY")
+        grace_raw = _env(env, "SHUTDOWN_GRACE")
+        ttl_raw = _env(env, "PARTIAL_PULL_TTL")
         return cls(
             home=home,
             models_dir=models_dir,
@@ -140,6 +173,9 @@ class Settings:
             prompt_cache_mib=max(0, _int(env, "PROMPT_CACHE_MIB", 0)),
             no_auth=no_auth,
             log_retention=retention,
+            max_body=max(1024, parse_size(max_body_raw)) if max_body_raw else 32 << 20,
+            shutdown_grace=max(0.0, _seconds(grace_raw, "SHUTDOWN_GRACE")) if grace_raw else 5.0,
+            partial_pull_ttl=max(0.0, _seconds(ttl_raw, "PARTIAL_PULL_TTL")) if ttl_raw else 24 * 3600.0,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -87,15 +87,20 @@ def test_create(client: Anthropic, oai: OpenAI) -> None:
     assert m.usage.input_tokens == twin.usage.prompt_tokens
 
 
+SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
 def test_stop_reasons(client: Anthropic) -> None:
-    done = client.messages.create(model=SMOLLM, max_tokens=32, messages=[
+    # The starter has no default system prompt (as Ollama's library model): give it SmolLM2's own, which
+    # keeps its answer to one word.
+    done = client.messages.create(model=SMOLLM, max_tokens=32, system=SMOLLM_SYSTEM, messages=[
         {"role": "user", "content": "Reply with one word: yes or no. Is the sky blue?"}], **GREEDY)
     assert done.stop_reason == "end_turn" and done.usage.output_tokens < 32
     count = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
-    full = client.messages.create(model=SMOLLM, max_tokens=32, messages=count, **GREEDY)
+    full = client.messages.create(model=SMOLLM, max_tokens=32, system=SMOLLM_SYSTEM, messages=count, **GREEDY)
     assert "5" in full.content[0].text
-    stopped = client.messages.create(model=SMOLLM, max_tokens=32, messages=count, stop_sequences=["5", "never"],
-                                     **GREEDY)
+    stopped = client.messages.create(model=SMOLLM, max_tokens=32, system=SMOLLM_SYSTEM, messages=count,
+                                     stop_sequences=["5", "never"], **GREEDY)
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "5"
     assert full.content[0].text.startswith(stopped.content[0].text) and "5" not in stopped.content[0].text
     sampled = client.messages.create(model=SMOLLM, max_tokens=8, messages=HELLO,
@@ -222,11 +227,17 @@ def test_forced_tool_call_streamed(client: Anthropic, tools_model: str) -> None:
     assert final.stop_reason == "tool_use"
 
 
-def test_tool_choice_none_drops_tools(client: Anthropic) -> None:
-    with pytest.raises(anthropic.BadRequestError) as err:  # SmolLM2's own template has no tools
-        client.messages.create(model=SMOLLM, max_tokens=4, messages=HELLO, tools=[WEATHER])
+def test_tool_choice_none_drops_tools(client: Anthropic, base_url: str) -> None:
+    # A model whose template has no tools section refuses tools, unless tool_choice none drops them.
+    plain = "smol-no-tools"
+    r = httpx.post(base_url + "/api/create", timeout=120, json={
+        "model": plain, "from": SMOLLM,
+        "template": "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"})
+    assert r.status_code == 200
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model=plain, max_tokens=4, messages=HELLO, tools=[WEATHER])
     assert "does not support tools" in err.value.message
-    m = client.messages.create(model=SMOLLM, max_tokens=4, messages=HELLO, tools=[WEATHER],
+    m = client.messages.create(model=plain, max_tokens=4, messages=HELLO, tools=[WEATHER],
                                tool_choice={"type": "none"}, **GREEDY)
     assert m.content[0].type == "text" and m.stop_reason == "max_tokens"
 

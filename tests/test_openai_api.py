@@ -166,7 +166,9 @@ def test_chat_sampling_fields(client: OpenAI) -> None:
 
 
 def test_chat_stop_string_and_list(client: OpenAI) -> None:
-    msgs = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    # The system prompt SmolLM2's own Jinja template adds: with it this model writes numbers here.
+    msgs = [{"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+            {"role": "user", "content": "Count from 1 to 10, separated by commas."}]
     full = client.chat.completions.create(model=SMOLLM, messages=msgs, temperature=0, max_tokens=16)
     assert "5" in full.choices[0].message.content
     for stop in ("5", ["5", "never-appears"]):
@@ -197,7 +199,7 @@ def test_chat_logprobs(client: OpenAI) -> None:
 def test_chat_response_format(client: OpenAI) -> None:
     r = client.chat.completions.create(
         model=SMOLLM, messages=[{"role": "user", "content": "Give a JSON object with a key ok set to true."}],
-        response_format={"type": "json_object"}, temperature=0, max_tokens=80)
+        response_format={"type": "json_object"}, temperature=0, max_tokens=200)
     assert isinstance(json.loads(r.choices[0].message.content), dict)
     schema = {"type": "object", "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]},
                                                "count": {"type": "integer"}},
@@ -235,12 +237,14 @@ def test_chat_n_other_than_one_is_400(client: OpenAI) -> None:
     assert err.value.status_code == 400 and err.value.param == "n" and err.value.type == "invalid_request_error"
 
 
-def test_chat_tool_choice_none_drops_tools(client: OpenAI) -> None:
+def test_chat_tool_choice_none_drops_tools(client: OpenAI, base_url: str) -> None:
+    _create(base_url, "smol-oai-no-tools", "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                                           "<|im_end|>\n{% endfor %}<|im_start|>assistant\n")
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=SMOLLM, messages=HELLO, tools=[WEATHER_TOOL], **FAST)
+        client.chat.completions.create(model="smol-oai-no-tools", messages=HELLO, tools=[WEATHER_TOOL], **FAST)
     assert "does not support tools" in err.value.message
-    r = client.chat.completions.create(model=SMOLLM, messages=HELLO, tools=[WEATHER_TOOL], tool_choice="none",
-                                       **FAST)
+    r = client.chat.completions.create(model="smol-oai-no-tools", messages=HELLO, tools=[WEATHER_TOOL],
+                                       tool_choice="none", **FAST)
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
 
 

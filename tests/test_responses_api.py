@@ -136,7 +136,8 @@ def test_structured_output(client: OpenAI) -> None:
     assert isinstance(r.output_parsed, Pick), r.output_text
     assert r.text.format.type == "json_schema" and r.text.format.name == "Pick"
     r = client.responses.create(model=SMOLLM, input="Give a JSON object with a key ok set to true.", temperature=0,
-                                max_output_tokens=32, text={"format": {"type": "json_object"}})
+                                instructions="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+                                max_output_tokens=64, text={"format": {"type": "json_object"}})
     assert isinstance(json.loads(r.output_text), dict)
 
 

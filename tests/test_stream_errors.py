@@ -35,7 +35,7 @@ class FailingModel:
         yield TokenEvent(" world")
         raise EngineError("llama runner crashed: out of memory")
 
-    async def embed(self, inputs: list[Any]) -> tuple[list[list[float]], int]:
+    async def embed(self, inputs: list[Any], *, normalize: bool = True) -> tuple[list[list[float]], int]:
         raise EngineError("no embeddings here")
 
     async def tokenize(self, text: str, *, special: bool = True, add_special: bool = False) -> list[int]:

@@ -40,6 +40,7 @@ class Common:
     # Called once the request holds its slot, with "queue" and "load" in ms, so that a streamed
     # answer's headers (sent before the Final) can carry them. The Final has them too.
     report: PhaseReport | None = None
+    arrived: float | None = None  # time.monotonic() when the request arrived: durations count from here
 
 
 @dataclass
@@ -69,6 +70,8 @@ class EmbedCall:
     dimensions: int | None = None
     options: dict[str, Any] | None = None
     keep_alive: float | None = None
+    normalize: bool = True  # L2-normalised as /api/embed answers; the legacy /api/embeddings gives the raw vector
+    arrived: float | None = None  # time.monotonic() when the request arrived
 
 
 # ---- answers ------------------------------------------------------------------

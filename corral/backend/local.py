@@ -6,6 +6,14 @@ the model from the store, checks its capabilities, renders the prompt, fits
 it into the context window, leases a slot from the scheduler and
 post-processes output (thinking, tool calls). It also answers the catalog
 (models, show, running) from the store and the scheduler.
+
+As Ollama: ``num_ctx`` is clamped to the model's trained context; a prompt
+longer than the context keeps its first ``num_keep`` tokens and its end
+(Ollama's context-shift truncation), for a chat after the oldest turns have
+been dropped, and a huge prompt is cut down to about what it can keep before
+it is tokenized, so a 50 MB prompt costs no more than a few times its own
+size in memory; ``load_duration`` runs from the request's arrival until a
+runner slot is ready (scheduling included), so it is never 0.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from corral.backend.base import (
     RunningModel,
 )
 from corral.backend.scheduler import Lease, Scheduler
+from corral.backend.schema import check_schema
 from corral.engine.base import CompletionRequest, DoneEvent, LoadSpec, TokenEvent
 from corral.errors import BadRequest, ModelNotFound
 from corral.options import merge_options, validate_options
@@ -43,6 +52,11 @@ from corral.templates.render import render_chat, render_generate
 
 log = logging.getLogger(__name__)
 
+# A token is assumed to span at most this many characters when a huge prompt is cut down before tokenizing:
+# the text kept is about this many times the tokens that can be kept.
+CHARS_PER_TOKEN_BOUND = 32
+_TRUNCATE_FURTHER = "input exceeds maximum context length and cannot be truncated further"
+
 
 def _format_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     if fmt is None or fmt == "":
@@ -50,6 +64,7 @@ def _format_schema(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     if fmt == "json":
         return {"type": "object"}
     if isinstance(fmt, dict):
+        check_schema(fmt)
         return fmt
     raise BadRequest(f'invalid format: {fmt!r}; expected "json" or a JSON schema', param="format")
 
@@ -107,12 +122,13 @@ class _Shaper:
     fraction of one more async-generator layer.
     """
 
-    def __init__(self, think: bool | None, tools: ToolCallParser | None, lease: Lease, start: float,
-                 model_name: str) -> None:
+    def __init__(self, think: bool | None, tools: ToolCallParser | None, start: float, ready: float,
+                 queue_seconds: float, model_name: str) -> None:
         self.splitter = ThinkingSplitter() if think else None
         self.tools = tools
-        self.lease = lease
         self.start = start
+        self.ready = ready
+        self.queue_seconds = queue_seconds
         self.model_name = model_name
         self.first_token_at: float | None = None
 
@@ -130,17 +146,18 @@ class _Shaper:
         return None
 
     def final(self, event: DoneEvent) -> Final:
+        # Work done takes time: a duration the engine rounded to 0 is reported as 1 ns, never 0.
         return Final(
             done_reason=event.done_reason,
             model=self.model_name,
-            total_ns=int((time.monotonic() - self.start) * 1e9),
-            queue_ns=int(self.lease.queue_seconds * 1e9),
+            total_ns=max(1, int((time.monotonic() - self.start) * 1e9)),
+            load_ns=max(1, int((self.ready - self.start) * 1e9)),
+            queue_ns=int(self.queue_seconds * 1e9),
             first_token_at=self.first_token_at,
-            load_ns=int(self.lease.load_seconds * 1e9),
             prompt_eval_count=event.prompt_tokens,
-            prompt_eval_ns=event.prompt_eval_ns,
+            prompt_eval_ns=max(1, event.prompt_eval_ns) if event.prompt_tokens else event.prompt_eval_ns,
             eval_count=event.eval_count,
-            eval_ns=event.eval_ns,
+            eval_ns=max(1, event.eval_ns) if event.eval_count else event.eval_ns,
             stop_sequence=event.extra.get("stop_word") or None,
         )
 
@@ -172,8 +189,13 @@ class LocalBackend:
         return load_record(self.store, name)
 
     def load_spec(self, record: ModelRecord, options: dict[str, Any]) -> LoadSpec:
-        num_ctx = int(options.get("num_ctx") or self.settings.context_length)
-        num_ctx = max(256, num_ctx)
+        num_ctx = max(256, int(options.get("num_ctx") or self.settings.context_length))
+        trained = record.info.context_length
+        if 0 < trained < num_ctx:
+            if options.get("num_ctx"):
+                log.warning("requested context size too large for model: num_ctx %d, n_ctx_train %d",
+                            options["num_ctx"], trained)
+            num_ctx = trained  # as Ollama: never a KV cache beyond what the model was trained for
         return LoadSpec(
             path=record.gguf_path,
             num_ctx=num_ctx,
@@ -236,20 +258,24 @@ class LocalBackend:
         return render
 
     async def chat(self, call: ChatCall) -> AsyncIterator[Piece | Final]:
-        start = time.monotonic()
+        start = call.arrived if call.arrived is not None else time.monotonic()
         record, think, opts, spec = self._chat_setup(call)
         schema = _format_schema(call.format)
         if call.force_tool is not None:  # checked even when an explicit format takes precedence
             forced = _tool_call_schema(call.tools, call.force_tool)
             schema = forced if schema is None else schema
         async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
+            ready = time.monotonic()
             _report_slot(call, lease)
             render = self._chat_renderer(record, call, think)
             prompt = await self._fit_chat(lease, list(call.messages), render, spec.num_ctx)
-            request = CompletionRequest([prompt], opts, json_schema=schema,
-                                        n_probs=call.top_logprobs, want_logprobs=call.logprobs)
+            # Even the latest turn alone may not fit: then the prompt is truncated as /api/generate's is.
+            parts = await self._fit_tokens(lease, [prompt], spec.num_ctx, int(opts.get("num_keep", 4)))
+            request = CompletionRequest(parts, opts, json_schema=schema, n_probs=_top(call),
+                                        want_logprobs=call.logprobs)
             names = {t.get("function", {}).get("name") for t in call.tools or []} or None
-            shape = _Shaper(think, ToolCallParser(names) if call.tools else None, lease, start, record.name)
+            shape = _Shaper(think, ToolCallParser(names) if call.tools else None, start, ready,
+                            lease.queue_seconds, record.name)
             async for event in lease.model.complete(request):
                 if isinstance(event, TokenEvent):
                     if (piece := shape.token(event)) is not None:
@@ -266,7 +292,7 @@ class LocalBackend:
             return len(await lease.model.tokenize(prompt, add_special=True))
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[Piece | Final]:
-        start = time.monotonic()
+        start = call.arrived if call.arrived is not None else time.monotonic()
         record = self.record(call.model)
         think = self._check(record, call)
         opts = self.options_for(record, call.options)
@@ -275,6 +301,7 @@ class LocalBackend:
         if call.suffix and not call.raw:
             record.require("insert")
         async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
+            ready = time.monotonic()
             _report_slot(call, lease)
             bos, eos = self._bos_eos(record)
             parts: list[int | str] = list(call.context or [])
@@ -287,10 +314,10 @@ class LocalBackend:
                 parts.append(render_generate(record, call.prompt, system=call.system, suffix=call.suffix,
                                              template=call.template, think=think, bos=bos, eos=eos))
             parts = await self._fit_tokens(lease, parts, spec.num_ctx, int(opts.get("num_keep", 4)))
-            request = CompletionRequest(parts, opts, json_schema=schema,
-                                        n_probs=call.top_logprobs, want_logprobs=call.logprobs)
+            request = CompletionRequest(parts, opts, json_schema=schema, n_probs=_top(call),
+                                        want_logprobs=call.logprobs)
             output: list[str] = []
-            shape = _Shaper(think, None, lease, start, record.name)
+            shape = _Shaper(think, None, start, ready, lease.queue_seconds, record.name)
             async for event in lease.model.complete(request):
                 if isinstance(event, TokenEvent):
                     if (piece := shape.token(event)) is not None:
@@ -313,14 +340,20 @@ class LocalBackend:
             tokens.extend(await lease.model.tokenize(output, special=False))
         return tokens
 
+    async def _count_tokens(self, lease: Lease, text: str, num_ctx: int) -> int:
+        """Tokens in ``text``; for a text too long to fit whatever its tokens, a bound, without tokenizing it."""
+        if len(text) > num_ctx * CHARS_PER_TOKEN_BOUND:
+            return num_ctx * CHARS_PER_TOKEN_BOUND
+        return len(await lease.model.tokenize(text))
+
     async def _fit_chat(self, lease: Lease, messages: list[dict[str, Any]], render: Any, num_ctx: int) -> str:
         prompt = render(messages)
-        if len(prompt.encode()) < num_ctx:
+        if len(prompt) < num_ctx and len(prompt.encode()) < num_ctx:
             return str(prompt)
         # Drop the oldest non-system messages until the prompt fits, always
         # keeping the latest message, as Ollama's chatPrompt does.
         while True:
-            n = len(await lease.model.tokenize(prompt))
+            n = await self._count_tokens(lease, prompt, num_ctx)
             droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
             if n < num_ctx - 1 or not droppable:
                 break
@@ -329,42 +362,93 @@ class LocalBackend:
         return str(prompt)
 
     async def _fit_tokens(self, lease: Lease, parts: list[int | str], num_ctx: int, num_keep: int) -> list[int | str]:
-        size = sum(1 if isinstance(p, int) else len(p.encode()) for p in parts)
-        if size < num_ctx - 1:
+        """Ollama's prompt truncation (llm/llama_server.go): a prompt of more than ``num_ctx - 1`` tokens keeps
+        its first ``num_keep`` tokens (plus BOS) and the end that fits ``num_ctx - max((num_ctx - keep) // 2, 1)``.
+
+        A part far longer than that is cut to its head and tail before it is tokenized (see
+        :data:`CHARS_PER_TOKEN_BOUND`), so the cost follows what is kept, not what was sent.
+        """
+        small = all(isinstance(p, int) or len(p) < num_ctx for p in parts)
+        if small and sum(1 if isinstance(p, int) else len(p.encode()) for p in parts) < num_ctx:
             return parts
+        full_limit = num_ctx - 1
+        specials = 0
+        if parts and isinstance(parts[0], str):
+            specials = len(await lease.model.tokenize("", add_special=True))  # BOS the engine would add
+        keep = min((num_keep if num_keep >= 0 else full_limit) + specials, full_limit)
+        head_chars = (keep + 1) * CHARS_PER_TOKEN_BOUND
+        tail_chars = num_ctx * CHARS_PER_TOKEN_BOUND
         tokens: list[int] = []
-        for part in parts:
-            tokens.extend([part] if isinstance(part, int) else await lease.model.tokenize(part))
-        limit = num_ctx - 1 - max(1, min(num_ctx // 4, 512))  # leave room to generate
+        cut = False
+        for i, part in enumerate(parts):
+            if isinstance(part, int):
+                tokens.append(part)
+            elif len(part) > head_chars + tail_chars:
+                cut = True
+                tokens.extend(await lease.model.tokenize(part[:head_chars], add_special=i == 0))
+                tokens.extend(await lease.model.tokenize(part[-tail_chars:]))
+            else:
+                tokens.extend(await lease.model.tokenize(part, add_special=i == 0))
+        if len(tokens) <= full_limit and not cut:
+            return list(tokens)
+        limit = num_ctx - max((num_ctx - keep) // 2, 1)
         if len(tokens) <= limit:
             return list(tokens)
-        keep = max(0, min(num_keep, limit // 2))
-        log.warning("truncating input prompt: %d tokens > limit %d (num_ctx %d)", len(tokens), limit, num_ctx)
+        log.warning("truncating input prompt: limit %d, prompt %d%s tokens, keep %d, num_ctx %d", limit,
+                    len(tokens), "+ (cut before tokenizing)" if cut else "", keep, num_ctx)
         return list(tokens[:keep] + tokens[len(tokens) - (limit - keep):])
 
     # ---- embeddings -------------------------------------------------------------------
     async def embed(self, call: EmbedCall) -> Embeddings:
-        """Vectors are L2-normalised (again after cutting to ``dimensions``)."""
-        start = time.monotonic()
+        """Ollama's /api/embed: each input fits ``num_ctx`` (the model's context, by default) with the
+        special tokens it needs, cut at the end when ``truncate`` (the default) or refused when not;
+        ``prompt_eval_count`` counts the tokens actually embedded. Vectors are L2-normalised (again after
+        cutting to ``dimensions``) unless ``normalize`` is off (the legacy /api/embeddings)."""
+        start = call.arrived if call.arrived is not None else time.monotonic()
         record = self.record(call.model)
+        asked = (call.options or {}).get("num_ctx")
+        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked < 1:
+            raise BadRequest(_TRUNCATE_FURTHER, param="options.num_ctx")
         opts = self.options_for(record, call.options)
         spec = self.load_spec(record, opts)
         async with self.scheduler.acquire(record.name, record.digest, spec, call.keep_alive) as lease:
-            limit = min(spec.num_ctx, spec.num_batch)
+            load_ns = max(1, int((time.monotonic() - start) * 1e9))
+            limit = min(int(opts.get("num_ctx") or spec.num_ctx), spec.num_ctx, spec.num_batch)
+            specials = await lease.model.tokenize("", special=False, add_special=True)
             prepared: list[list[int] | str] = []
             for item in call.inputs:
-                tokens = list(item) if isinstance(item, list) else await lease.model.tokenize(
-                    item, special=False, add_special=True)
-                if len(tokens) > limit:
-                    if not call.truncate:
-                        raise BadRequest("input exceeds maximum context length", param="input")
-                    tokens = tokens[:limit]
+                if isinstance(item, list):
+                    tokens = list(item)
+                    if len(tokens) > limit:
+                        if not call.truncate:
+                            raise BadRequest("the input length exceeds the context length", param="input")
+                        tokens = tokens[:limit]
+                else:
+                    tokens = await self._embed_tokens(lease, item, specials, limit, call.truncate)
                 prepared.append(tokens if tokens else (item if isinstance(item, str) else ""))
-            vectors, n_tokens = await lease.model.embed(prepared) if prepared else ([], 0)
-            load_ns, queue_ns = int(lease.load_seconds * 1e9), int(lease.queue_seconds * 1e9)
+            vectors, _ = await lease.model.embed(prepared, normalize=call.normalize) if prepared else ([], 0)
+            n_tokens = sum(len(t) for t in prepared if isinstance(t, list))
+            queue_ns = int(lease.queue_seconds * 1e9)
         if call.dimensions is not None:
             vectors = [_normalise(v[:call.dimensions]) for v in vectors]
-        return Embeddings(vectors, n_tokens, load_ns, int((time.monotonic() - start) * 1e9), queue_ns)
+        return Embeddings(vectors, n_tokens, load_ns, max(1, int((time.monotonic() - start) * 1e9)), queue_ns)
+
+    async def _embed_tokens(self, lease: Lease, text: str, specials: list[int], limit: int, truncate: bool) -> list[int]:
+        """One input's tokens, fitted to ``limit`` keeping the leading and trailing special tokens."""
+        bound = (limit + 1) * CHARS_PER_TOKEN_BOUND
+        tokens = await lease.model.tokenize(text[:bound] if len(text) > bound else text, special=False,
+                                            add_special=True)
+        if len(text) > bound and len(tokens) <= limit:  # tokens longer than the bound assumes: no shortcut
+            tokens = await lease.model.tokenize(text, special=False, add_special=True)
+        head, tail = _special_split(tokens, specials)
+        if limit < head + tail or limit < 1:
+            raise BadRequest(_TRUNCATE_FURTHER, param="options.num_ctx")
+        if len(tokens) <= limit:
+            return tokens
+        if not truncate:
+            raise BadRequest("the input length exceeds the context length", param="input")
+        content = tokens[head:len(tokens) - tail]
+        return tokens[:head] + content[:limit - head - tail] + tokens[len(tokens) - tail:]
 
     # ---- catalog ------------------------------------------------------------------------
     async def unload(self, model: str) -> bool:
@@ -423,6 +507,21 @@ def _report_slot(call: Common, lease: Lease) -> None:
     if call.report is not None:
         call.report("queue", lease.queue_seconds * 1000)
         call.report("load", lease.load_seconds * 1000)
+
+
+def _special_split(tokens: list[int], specials: list[int]) -> tuple[int, int]:
+    """How many of the tokenizer's special tokens lead ``tokens`` and how many trail it
+    ([CLS] ... [SEP] for BERT, BOS ... for llama); (0, 0) when they are not where expected."""
+    for n in range(len(specials), -1, -1):
+        trail = len(specials) - n
+        if tokens[:n] == specials[:n] and tokens[len(tokens) - trail:] == specials[n:] and len(tokens) >= len(specials):
+            return n, trail
+    return 0, 0
+
+
+def _top(call: Common) -> int:
+    """Alternatives asked per token: ``top_logprobs`` only counts with ``logprobs`` on, as in Ollama."""
+    return call.top_logprobs if call.logprobs else 0
 
 
 def _parent(local: LocalModel) -> str:

@@ -10,6 +10,14 @@
 * Each model has ``num_parallel`` slots; requests beyond that wait in a
   queue bounded by ``max_queue``, past which we answer 503.
 
+Whatever raises or is cancelled while a request holds a model (a failed
+load, an engine error mid-generation, a client that goes away, a model that
+fails to close), the reference it took is given back: a reference is taken
+only after every step that can fail, and given back synchronously, before
+any ``await`` that a second cancellation could interrupt. A load that the
+client abandons still completes and leaves the model loaded (idle, on its
+keep_alive timer), as Ollama's does, rather than leaking it.
+
 Each :class:`Lease` says how long its request waited for a slot
 (``queue_seconds``, load time excluded) and how long it spent loading the
 model. :meth:`Scheduler.queue_depth`, :meth:`Scheduler.slot_usage` and
@@ -52,11 +60,19 @@ class Runner:
     closing: bool = False
 
     def touch(self) -> None:
+        """Restart the keep_alive clock. Never raises: a duration past FOREVER is FOREVER."""
         self.last_used = time.monotonic()
-        if self.keep_alive < 0:
-            self.expires_at = FOREVER
-        else:
-            self.expires_at = datetime.now(UTC) + timedelta(seconds=self.keep_alive)
+        self.expires_at = expiry(self.keep_alive)
+
+
+def expiry(keep_alive: float) -> datetime:
+    """When a model idle from now on unloads (FOREVER for a negative keep_alive)."""
+    if keep_alive < 0:
+        return FOREVER
+    try:
+        return min(datetime.now(UTC) + timedelta(seconds=keep_alive), FOREVER)
+    except (OverflowError, ValueError):
+        return FOREVER
 
 
 @dataclass
@@ -89,16 +105,13 @@ class Scheduler:
         self._enqueue(key)
         try:
             runner, load_seconds = await self._get_runner(key, digest, spec, keep_alive)
-        except BaseException:
+            try:
+                await runner.slots.acquire()
+            except BaseException:
+                await self._release(runner)
+                raise
+        finally:
             self._dequeue(key)
-            raise
-        try:
-            await runner.slots.acquire()
-        except BaseException:
-            self._dequeue(key)
-            await self._release_ref(key)
-            raise
-        self._dequeue(key)
         runner.busy += 1
         queued = max(0.0, time.perf_counter() - start - load_seconds)
         try:
@@ -106,12 +119,12 @@ class Scheduler:
         finally:
             runner.busy -= 1
             runner.slots.release()
-            await self._release_ref(key)
+            await self._release(runner)
 
     async def ensure_loaded(self, key: str, digest: str, spec: LoadSpec, keep_alive: float | None) -> Lease:
         """Load (or refresh keep_alive of) a model without running anything."""
         runner, load_seconds = await self._get_runner(key, digest, spec, keep_alive)
-        await self._release_ref(key)
+        await self._release(runner)
         return Lease(runner, load_seconds)
 
     async def unload(self, key: str) -> bool:
@@ -140,12 +153,6 @@ class Scheduler:
         """Memory held by each loaded model."""
         return {r.key: r.model.size_bytes for r in self.runners.values()}
 
-    async def close(self) -> None:
-        async with self._cond:
-            for runner in list(self.runners.values()):
-                await self._unload_locked(runner)
-
-    # ---- internals -------------------------------------------------------------
     def _enqueue(self, key: str) -> None:
         self._pending += 1
         self._waiting[key] = self._waiting.get(key, 0) + 1
@@ -158,6 +165,12 @@ class Scheduler:
         else:
             self._waiting.pop(key, None)
 
+    async def close(self) -> None:
+        async with self._cond:
+            for runner in list(self.runners.values()):
+                await self._unload_locked(runner)
+
+    # ---- internals -------------------------------------------------------------
     async def _get_runner(self, key: str, digest: str, spec: LoadSpec, keep_alive: float | None) -> tuple[Runner, float]:
         ka = self.settings.keep_alive if keep_alive is None else keep_alive
         async with self._cond:
@@ -174,10 +187,14 @@ class Scheduler:
                     await self._cond.wait()
                     continue
                 if runner is not None:
-                    runner.refs += 1
-                    runner.keep_alive = ka
-                    runner.touch()
+                    previous, runner.keep_alive = runner.keep_alive, ka
+                    try:
+                        runner.touch()
+                    except BaseException:
+                        runner.keep_alive = previous
+                        raise
                     self._cancel_timer(runner)
+                    runner.refs += 1  # last: nothing after it can fail
                     return runner, 0.0
                 if len(self.runners) >= self.settings.max_loaded_models:
                     idle = [r for r in self.runners.values() if r.refs == 0 and not r.closing]
@@ -189,27 +206,64 @@ class Scheduler:
                     await self._unload_locked(victim)
                     continue
                 start = time.monotonic()
-                model = await self.engine.load(spec)
+                model = await self._load(key, digest, spec, ka)
                 elapsed = time.monotonic() - start
                 log.info("loaded %s in %.2fs", key, elapsed)
-                runner = Runner(key, digest, spec, model, asyncio.Semaphore(spec.num_parallel), ka, elapsed, refs=1)
-                runner.touch()
-                self.runners[key] = runner
+                runner = Runner(key, digest, spec, model, asyncio.Semaphore(spec.num_parallel), ka, elapsed)
+                self.runners[key] = runner  # first: a loaded model is always tracked
+                try:
+                    runner.touch()
+                except BaseException:
+                    await self._idle_locked(runner)
+                    raise
+                runner.refs = 1
                 return runner, elapsed
 
-    async def _release_ref(self, key: str) -> None:
-        async with self._cond:
-            runner = self.runners.get(key)
-            if runner is None:
-                return
-            runner.refs = max(0, runner.refs - 1)
+    async def _load(self, key: str, digest: str, spec: LoadSpec, keep_alive: float) -> LoadedModel:
+        """Load a model, to the end even when the request that asked is cancelled meanwhile.
+
+        The engine loads on a worker thread that a cancellation cannot stop;
+        abandoning it would leave a loaded model nobody tracks. So a
+        cancelled load is waited for (the lock still held, so nobody starts
+        a second copy), kept as an idle runner on its keep_alive timer, and
+        then the cancellation goes on.
+        """
+        task = asyncio.ensure_future(self.engine.load(spec))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                model = await task
+            except BaseException:
+                raise asyncio.CancelledError from None
+            runner = Runner(key, digest, spec, model, asyncio.Semaphore(spec.num_parallel), keep_alive, 0.0)
+            self.runners[key] = runner
             runner.touch()
-            if runner.refs == 0:
-                if runner.keep_alive == 0:
-                    await self._unload_locked(runner)
-                elif runner.keep_alive > 0:
-                    self._arm_timer(runner)
+            await self._idle_locked(runner)
+            raise
+
+    async def _release(self, runner: Runner) -> None:
+        """Give back one reference: synchronously (a cancellation cannot skip it), then settle the model."""
+        runner.refs = max(0, runner.refs - 1)
+        try:
+            runner.touch()
+        finally:
+            if runner.refs == 0 and self.runners.get(runner.key) is runner:
+                # Shielded: the unload (keep_alive 0) or the timer happens even if this task is cancelled now.
+                await asyncio.shield(self._settle_locked(runner))
+
+    async def _settle_locked(self, runner: Runner) -> None:
+        async with self._cond:
+            if self.runners.get(runner.key) is runner and runner.refs == 0:
+                await self._idle_locked(runner)
             self._cond.notify_all()
+
+    async def _idle_locked(self, runner: Runner) -> None:
+        """A runner nobody uses now: unloaded at once for keep_alive 0, else on its keep_alive timer."""
+        if runner.keep_alive == 0:
+            await self._unload_locked(runner)
+        elif runner.keep_alive > 0:
+            self._arm_timer(runner)
 
     def _arm_timer(self, runner: Runner) -> None:
         self._cancel_timer(runner)
@@ -230,10 +284,15 @@ class Scheduler:
                 self._cond.notify_all()
 
     async def _unload_locked(self, runner: Runner) -> None:
+        """Forget the runner and close its model; a model that fails to close is logged and forgotten all the same."""
         self._cancel_timer(runner)
         runner.closing = True
         try:
-            await runner.model.close()
+            await asyncio.shield(runner.model.close())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("closing %s failed; dropping it anyway", runner.key)
         finally:
             if self.runners.get(runner.key) is runner:
                 del self.runners[runner.key]

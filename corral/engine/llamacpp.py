@@ -101,25 +101,30 @@ def sampling_body(request: CompletionRequest) -> dict[str, Any]:
         body["json_schema"] = request.json_schema
     if request.grammar:
         body["grammar"] = request.grammar
-    if request.n_probs or request.want_logprobs:
+    if request.want_logprobs:
         body["n_probs"] = max(1, request.n_probs)
     return body
 
 
-def _logprobs(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
-    """llama.cpp's ``completion_probabilities`` -> Ollama's logprobs, and the token ids."""
+def _logprobs(entries: list[dict[str, Any]], top: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """llama.cpp's ``completion_probabilities`` -> Ollama's logprobs, and the token ids.
+
+    As Ollama: with ``top`` 0 each token carries its logprob and bytes and
+    no ``top_logprobs`` at all (llama.cpp is still asked for one alternative:
+    that is how it reports the chosen token's logprob); with ``top`` N it
+    carries at most N alternatives, most likely first.
+    """
     out, ids = [], []
     for item in entries:
         ids.append(int(item.get("id", -1)))
-        out.append({
-            "token": item.get("token", ""),
-            "logprob": item.get("logprob", 0.0),
-            "bytes": item.get("bytes"),
-            "top_logprobs": [
-                {"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
-                for t in item.get("top_logprobs") or []
-            ],
-        })
+        entry: dict[str, Any] = {"token": item.get("token", ""), "logprob": item.get("logprob", 0.0),
+                                 "bytes": item.get("bytes")}
+        if top > 0:
+            alternatives = [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
+                            for t in item.get("top_logprobs") or []]
+            alternatives.sort(key=lambda t: -float(t["logprob"]))
+            entry["top_logprobs"] = alternatives[:top]
+        out.append(entry)
     return out, ids
 
 
@@ -162,7 +167,7 @@ class LlamaCppModel:
 
     async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:
         stream = await open_completion(self._host, self._port, orjson.dumps(sampling_body(request)))
-        loads, get = orjson.loads, stream.next
+        loads, get, top = orjson.loads, stream.next, request.n_probs
         try:
             while (item := await get()) is not None:
                 payload = loads(item)
@@ -170,7 +175,7 @@ class LlamaCppModel:
                     text = payload.get("content") or ""
                     probs = payload.get("completion_probabilities")
                     if probs:
-                        yield TokenEvent(text, *_logprobs(probs))
+                        yield TokenEvent(text, *_logprobs(probs, top))
                     elif text:
                         yield TokenEvent(text)
                 elif "error" in payload or "stop" not in payload:
@@ -189,10 +194,11 @@ class LlamaCppModel:
                 self.size_bytes += self._embed_kv_bytes
             return self._embed_server
 
-    async def embed(self, inputs: list[list[int] | str]) -> tuple[list[list[float]], int]:
+    async def embed(self, inputs: list[list[int] | str], *, normalize: bool = True) -> tuple[list[list[float]], int]:
         loop = asyncio.get_running_loop()
         server = await self._embedder()
-        payload = json.dumps({"input": inputs, "encoding_format": "float"})
+        # embd_normalize: 2 is L2 (llama.cpp's default), -1 the model's raw pooled vector.
+        payload = json.dumps({"input": inputs, "encoding_format": "float", "embd_normalize": 2 if normalize else -1})
         raw = await loop.run_in_executor(self._pool, server.handle_embeddings, payload)
         data = json.loads(raw)
         if "error" in data:

@@ -15,6 +15,7 @@ flushes it on shutdown, after in-flight requests have finished.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -31,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 from corral.backend.local import LocalBackend
 from corral.backend.scheduler import Scheduler
 from corral.engine.base import Engine
-from corral.errors import CorralError
+from corral.errors import ClientGone, CorralError
 from corral.gateway.db import default_db_path
 from corral.gateway.responses import ResponseStore
 from corral.gateway.service import Gateway
@@ -41,7 +42,7 @@ from corral.server.anthropic import routes as anthropic_routes
 from corral.server.context import context_of
 from corral.server.errors import dialect_of
 from corral.server.gateway_hooks import gateway_hooks
-from corral.server.http import JSON
+from corral.server.http import JSON, Inflight
 from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.server.ollama import inference, models, registry
 from corral.server.openai import responses as openai_responses
@@ -57,7 +58,9 @@ _LOCAL_ORIGINS = r"^(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?
 
 async def _corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
-    if exc.status >= 500:
+    if isinstance(exc, ClientGone):
+        log.info("%s %s: %s", request.method, request.url.path, exc.message)
+    elif exc.status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     context_of(request).error = exc.message
     dialect = dialect_of(request.scope)
@@ -117,12 +120,15 @@ def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[Gatew
             expose_headers=[*TIMING_HEADERS, "X-Request-Id"],
         ),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={CorralError: _corral_error, HTTPException: _http_error, Exception: _unexpected},
     )
+    app.state.settings = settings
+    app.state.inflight = Inflight()  # what a shutdown must end (corral.cli drains it on SIGTERM)
+    return app
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Sequence[GatewayHook] = (),
@@ -141,7 +147,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if gw is not None:
             gw.check_bind()
-        store.ensure()
+        await asyncio.to_thread(store.claim, settings.partial_pull_ttl)  # and clear a crash's leftovers
         scheduler = Scheduler(settings, engine)
         app.state.settings = settings
         app.state.store = store
@@ -167,6 +173,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
                 await backend.close()
             finally:
                 responses.close()
+                store.release()
                 if gw is not None:
                     gw.close()
 

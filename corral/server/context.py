@@ -107,7 +107,9 @@ class RequestContext:
         self.output_tokens = final.eval_count
         phases = self.phases
         phases["queue"] = final.queue_ns / 1e6
-        phases["load"] = final.load_ns / 1e6
+        # Ollama's load_duration runs from the request's arrival to the runner being ready, the queue
+        # included; the load phase is the part that was not waiting for a slot.
+        phases["load"] = max(0.0, final.load_ns - final.queue_ns) / 1e6
         phases["prompt_eval"] = final.prompt_eval_ns / 1e6
         if final.first_token_at is not None:
             phases["ttft"] = (final.first_token_at - self.start) * 1000
@@ -120,7 +122,7 @@ class RequestContext:
         self.prompt_tokens = out.prompt_tokens
         self.output_tokens = 0
         self.phases["queue"] = out.queue_ns / 1e6
-        self.phases["load"] = out.load_ns / 1e6
+        self.phases["load"] = max(0.0, out.load_ns - out.queue_ns) / 1e6
         self.answered_at = self.elapsed
 
 

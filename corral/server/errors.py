@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from corral.errors import CorralError, InternalError
+from corral.errors import ClientGone, CorralError, InternalError
 from corral.server.http import dumps
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ def _guard(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Requ
             return await endpoint(request)
         except (CorralError, HTTPException):  # these have their own handlers
             raise
+        except ClientDisconnect:  # the client dropped while sending its body: not our error, no traceback
+            raise ClientGone("client disconnected while sending the request body") from None
         except Exception as exc:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             raise InternalError(f"internal error: {exc}") from exc

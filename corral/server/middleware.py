@@ -15,6 +15,12 @@ A hook that needs the request body (a key's model allowlist) reads it with
 to the endpoint. With hooks, the request body's size is counted as it is
 read.
 
+Every response goes through here, 500s included: an exception that escapes
+everything below (a route outside the dialect guard, another middleware, a
+hook) is logged with its traceback and answered here as a 500 in the
+route's dialect, so the access log, hooks and metrics see the status that
+was really sent. A request whose client went away (499) is logged as such.
+
 With no hooks, the only per-request work is the context and the
 ``X-Request-Id`` header; nothing is added per streamed chunk beyond one call
 that passes the message on.
@@ -32,10 +38,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError
 from corral.server.context import STATE_KEY, RequestContext
-from corral.server.errors import OLLAMA, DialectRoute, route_scope
+from corral.server.errors import OLLAMA, SCOPE_KEY, DialectRoute, dialect_of, route_scope
 from corral.server.http import JSON
 
 log = logging.getLogger("corral.access")
+errors = logging.getLogger(__name__)
 
 __all__ = ["GatewayHook", "GatewayMiddleware", "RequestContext"]
 
@@ -105,8 +112,10 @@ class GatewayMiddleware:
         scope.setdefault("state", {})[STATE_KEY] = ctx
         request_id = (b"x-request-id", ctx.id.encode())
         hooks = self.hooks
+        started = False
 
         async def wrapped(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
@@ -116,10 +125,19 @@ class GatewayMiddleware:
                     for hook in hooks:
                         hook.on_start(ctx, headers)
                 message = {**message, "headers": headers}
+                started = True
             elif hooks:
                 if ctx.first_byte is None:
                     ctx.first_byte = ctx.elapsed
                 ctx.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        async def plain(message: Message) -> None:  # the last-resort 500: no hook may stop it going out
+            nonlocal started
+            if message["type"] == "http.response.start":
+                ctx.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), request_id]}
+                started = True
             await send(message)
 
         if hooks:
@@ -137,6 +155,14 @@ class GatewayMiddleware:
             if ctx.body is not None:
                 receive = _replay(ctx.body, receive)
             await self.app(scope, receive, wrapped)
+        except Exception as exc:
+            errors.error("unhandled error on %s %s", ctx.method, ctx.path, exc_info=exc)
+            if started:  # the response has started: nothing more can be said on it
+                return
+            ctx.error = f"internal error: {exc}"
+            answering = dialect_of(scope) if scope.get(SCOPE_KEY) else dialect
+            response = JSON(answering.body(500, ctx.error), status_code=500, headers=dict(answering.headers))
+            await response(scope, receive, plain)
         finally:
             await self._after(ctx)
 

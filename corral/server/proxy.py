@@ -35,7 +35,7 @@ from corral.server.app import api_routes, build_app
 from corral.server.context import RequestContext, context_of
 from corral.server.errors import Dialect, DialectRoute, dialect_of
 from corral.server.gateway_hooks import gateway_hooks
-from corral.server.http import cancel_on_disconnect
+from corral.server.http import inflight_of, watched
 from corral.server.middleware import GatewayHook
 from corral.settings import Settings
 
@@ -100,7 +100,7 @@ class Relay(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await cancel_on_disconnect(receive, self._relay(send))
+            await watched(receive, self._relay(send), inflight=inflight_of(scope))
         finally:
             self.answer.release()
             self._record()

@@ -5,10 +5,22 @@ manifests; ``<models>/blobs/sha256-<hex>`` hold content-addressed layers.
 An existing Ollama models folder works as it is. Every write goes to a temp
 file in the same folder, is fsynced and digest-checked, then renamed, so a
 crash never leaves a half-written blob or manifest visible.
+
+What a crash (kill -9) leaves behind is removed when a server next opens the
+store (:meth:`Store.claim`): temp files of blob and manifest writes, blob
+upload spools and the work folders of an interrupted ``create``. A partial
+pull (``blobs/partial-sha256-*``) is kept so that a later pull resumes it,
+but only for ``CORRAL_PARTIAL_PULL_TTL`` (24h by default) and only while its
+blob is still missing, so nothing accumulates across crashes. While another
+server has the same store open (a shared ``flock`` on the models folder
+itself, so nothing is written into an Ollama folder used as it is), only
+leftovers older than an hour are touched, never its work in progress.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +47,11 @@ MEDIA = {kind: MEDIA_PREFIX + kind for kind in
          ("model", "template", "system", "params", "license", "adapter", "projector", "messages")}
 
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
+# Temp names of this module, the registry's upload spools and create's work folders (see Store.claim).
+_BLOB_TEMPS = (".partial-", ".upload-", ".tmp-")
+_WORK_DIRS = ("corral-convert-", "corral-quant-")
+PULL_PARTIAL = "partial-sha256-"
+_BUSY_STORE_MIN_AGE = 3600.0
 
 
 def check_digest(digest: str) -> str:
@@ -157,10 +175,73 @@ class Store:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
         self.manifests = self.root / "manifests"
+        self._lock_fd: int | None = None
 
     def ensure(self) -> None:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(parents=True, exist_ok=True)
+
+    # ---- crash leftovers -------------------------------------------------
+    def claim(self, partial_pull_ttl: float) -> list[str]:
+        """Open the store for a server: hold a shared lock on it for the process' life, and remove what
+        a crashed process left behind (see the module docstring). Returns the names removed."""
+        self.ensure()
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        try:
+            removed = self._clean(min_age=0.0 if alone else _BUSY_STORE_MIN_AGE, partial_pull_ttl=partial_pull_ttl)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # readers share it: the next server sees this one running
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+            self._lock_fd = fd
+        for name in removed:
+            log.info("removed leftover %s", name)
+        return removed
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _clean(self, *, min_age: float, partial_pull_ttl: float) -> list[str]:
+        now = time.time()
+        removed: list[str] = []
+
+        def age(path: Path) -> float:
+            try:
+                return now - path.stat().st_mtime
+            except OSError:
+                return -1.0
+
+        def remove(path: Path) -> None:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(str(path.relative_to(self.root)))
+
+        for path in self.root.iterdir():
+            if path.name.startswith(_WORK_DIRS) and age(path) >= min_age:
+                remove(path)
+        for path in self.blobs.iterdir():
+            if path.name.startswith(_BLOB_TEMPS) and age(path) >= min_age:
+                remove(path)
+            elif path.name.startswith(PULL_PARTIAL):
+                done = (self.blobs / path.name.removeprefix("partial-")).exists()
+                if done or age(path) > max(partial_pull_ttl, min_age):
+                    remove(path)
+        for folder, _, files in os.walk(self.manifests):
+            for name in files:
+                path = Path(folder) / name
+                if name.startswith(".tmp-") and age(path) >= min_age:
+                    remove(path)
+        return removed
 
     # ---- blobs ---------------------------------------------------------
     def blob_path(self, digest: str) -> Path:

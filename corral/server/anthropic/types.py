@@ -85,4 +85,4 @@ class MessageCreateParams(MessageCountTokensParams):
 
 def parse(model_cls: type[BaseModel], body: Any) -> Any:
     """Validate a decoded body into ``model_cls`` or raise a 400 (``BadRequest``)."""
-    return parse_request(model_cls, body)  # type: ignore[arg-type]
+    return parse_request(model_cls, body)

@@ -29,7 +29,7 @@ from corral.errors import BadRequest
 from corral.gateway.timing import STREAM_TIMING_FIELD
 from corral.server.context import RequestContext, backend_of, context_of
 from corral.server.errors import OLLAMA, route_factory
-from corral.server.http import JSON, dumps, read_json, stream_events
+from corral.server.http import JSON, answer, dumps, read_json, stream_events
 from corral.server.ollama.types import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, parse_request
 
 route = route_factory(OLLAMA)
@@ -71,6 +71,7 @@ def _tool_calls_wire(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---- /api/generate ----------------------------------------------------------------
 
 async def generate(request: Request) -> Response:
+    arrived = time.monotonic()
     req: GenerateRequest = parse_request(GenerateRequest, await read_json(request))
     load_only = req.prompt == "" and not req.images and req.suffix is None
     ctx = context_of(request).note(req.model, stream=req.stream is not False and not load_only)
@@ -84,12 +85,12 @@ async def generate(request: Request) -> Response:
         model=req.model, prompt=req.prompt, suffix=req.suffix, system=req.system, template=req.template,
         context=req.context, raw=req.raw, format=req.format, images=req.images, options=req.options or {},
         think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs, keep_alive=keep_alive,
-        report=ctx.report,
+        report=ctx.report, arrived=arrived,
     )
     events = backend.generate(call)
     if req.stream is False:
-        return JSON(await _collect_generate(events, req.model, ctx))
-    return await stream_events(events, _generate_line(req.model, ctx), dialect=OLLAMA)
+        return JSON(await answer(request, _collect_generate(events, req.model, ctx)))
+    return await stream_events(events, _generate_line(req.model, ctx), dialect=OLLAMA, request=request)
 
 
 def _generate_line(model: str, ctx: RequestContext) -> Callable[[Piece | Final], str]:
@@ -131,18 +132,19 @@ async def _collect_generate(events: AsyncIterator[Piece | Final], model: str, ct
 
 # ---- /api/chat ---------------------------------------------------------------------
 
-def chat_call_from(req: ChatRequest, keep_alive: float | None) -> ChatCall:
+def chat_call_from(req: ChatRequest, keep_alive: float | None, arrived: float | None = None) -> ChatCall:
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     images = [img for m in req.messages for img in (m.images or [])]
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
     return ChatCall(
         model=req.model, messages=messages, tools=tools, format=req.format, options=req.options or {},
         think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs, keep_alive=keep_alive,
-        images=images or None,
+        images=images or None, arrived=arrived,
     )
 
 
 async def chat(request: Request) -> Response:
+    arrived = time.monotonic()
     req: ChatRequest = parse_request(ChatRequest, await read_json(request))
     ctx = context_of(request).note(req.model, stream=req.stream is not False and bool(req.messages))
     backend = _backend(request)
@@ -154,12 +156,12 @@ async def chat(request: Request) -> Response:
         loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"model": loaded.model, "created_at": now(), "message": {"role": "assistant", "content": ""},
                      "done": True, "done_reason": "load" if loaded.loaded else "unload"})
-    call = chat_call_from(req, keep_alive)
+    call = chat_call_from(req, keep_alive, arrived)
     call.report = ctx.report
     events = backend.chat(call)
     if req.stream is False:
-        return JSON(await _collect_chat(events, req.model, ctx))
-    return await stream_events(events, _chat_line(req.model, ctx), dialect=OLLAMA)
+        return JSON(await answer(request, _collect_chat(events, req.model, ctx)))
+    return await stream_events(events, _chat_line(req.model, ctx), dialect=OLLAMA, request=request)
 
 
 def _chat_line(model: str, ctx: RequestContext) -> Callable[[Piece | Final], str]:
@@ -207,6 +209,7 @@ async def _collect_chat(events: AsyncIterator[Piece | Final], model: str, ctx: R
 # ---- /api/embed and /api/embeddings --------------------------------------------------
 
 async def embed(request: Request) -> Response:
+    arrived = time.monotonic()
     req: EmbedRequest = parse_request(EmbedRequest, await read_json(request))
     ctx = context_of(request).note(req.model)
     backend = _backend(request)
@@ -218,7 +221,8 @@ async def embed(request: Request) -> Response:
         loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"model": loaded.model, "embeddings": []})
     out = await backend.embed(EmbedCall(req.model, inputs, truncate=req.truncate is not False,
-                                        dimensions=req.dimensions, options=req.options, keep_alive=keep_alive))
+                                        dimensions=req.dimensions, options=req.options, keep_alive=keep_alive,
+                                        arrived=arrived))
     ctx.finish_embed(out)
     return JSON({"model": req.model, "embeddings": out.vectors, "total_duration": out.total_ns,
                  "load_duration": out.load_ns, "prompt_eval_count": out.prompt_tokens})
@@ -232,7 +236,9 @@ async def embeddings(request: Request) -> Response:
     if not req.prompt:
         await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"embedding": []})
-    out = await backend.embed(EmbedCall(req.model, [req.prompt], options=req.options, keep_alive=keep_alive))
+    # The legacy endpoint answers the model's own vector, not normalised (Ollama's EmbeddingsHandler).
+    out = await backend.embed(EmbedCall(req.model, [req.prompt], options=req.options, keep_alive=keep_alive,
+                                        normalize=False))
     ctx.finish_embed(out)
     return JSON({"embedding": out.vectors[0]})
 

@@ -8,6 +8,7 @@ Ollama's progress statuses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -176,8 +177,14 @@ async def blob_post(request: Request) -> Response:
         async for chunk in request.stream():
             if chunk:
                 await queue.put(chunk)
-    finally:
+    except BaseException:
+        # The body broke off (the client went away): the writer sees a short blob, fails its digest
+        # check and removes its temp file; wait for that, and report the body's error, not the digest's.
         await queue.put(None)
+        with contextlib.suppress(Exception):
+            await task
+        raise
+    await queue.put(None)
     await task
     return Response(status_code=201)
 

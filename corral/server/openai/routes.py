@@ -37,7 +37,7 @@ from corral.errors import BadRequest
 from corral.server.chatmap import apply_tool_choice, new_id, tool_call_id
 from corral.server.context import RequestContext, backend_of, context_of
 from corral.server.errors import OPENAI, route_factory
-from corral.server.http import JSON, dumps, read_json, stream_events
+from corral.server.http import JSON, answer, dumps, read_json, stream_events
 from corral.server.openai.convert import messages_in, think_from_effort, tool_choice_of
 from corral.server.openai.types import (
     ChatCompletionRequest,
@@ -157,28 +157,29 @@ def _tool_calls_out(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _trim_top(entries: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """Keep ``n`` alternatives per token (the engine returns at least one)."""
-    return [e if len(e.get("top_logprobs") or ()) <= n else {**e, "top_logprobs": e["top_logprobs"][:n]}
-            for e in entries]
+    """OpenAI's token logprobs: every entry has ``top_logprobs``, at most ``n`` of them (``[]`` for 0)."""
+    return [{**e, "top_logprobs": (e.get("top_logprobs") or [])[:n]} for e in entries]
 
 
 async def _sse(request: Request, lines: AsyncIterator[str]) -> Response:
     return await stream_events(lines, media_type="text/event-stream", dialect=OPENAI,
-                               headers=SSE_HEADERS)
+                               headers=SSE_HEADERS, request=request)
 
 
 # ---- /v1/chat/completions --------------------------------------------------------------
 
 async def chat_completions(request: Request) -> Response:
+    arrived = time.monotonic()
     req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request))
     ctx = context_of(request).note(req.model, stream=bool(req.stream))
     call = chat_call_from(req)
     call.report = ctx.report
+    call.arrived = arrived
     events = _backend(request).chat(call)
     cid, created = new_id("chatcmpl-"), int(time.time())
     top_n = call.top_logprobs if call.logprobs else -1
     if not req.stream:
-        return JSON(await _collect_chat(events, cid, created, req.model, top_n, ctx))
+        return JSON(await answer(request, _collect_chat(events, cid, created, req.model, top_n, ctx)))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await _sse(request, _chat_sse(events, cid, created, req.model, top_n, include_usage, ctx))
 
@@ -280,16 +281,19 @@ def generate_call_from(req: CompletionRequest) -> GenerateCall:
 
 
 async def completions(request: Request) -> Response:
+    arrived = time.monotonic()
     req: CompletionRequest = parse(CompletionRequest, await read_json(request))
     ctx = context_of(request).note(req.model, stream=bool(req.stream))
     call = generate_call_from(req)
     call.report = ctx.report
+    call.arrived = arrived
     events = _backend(request).generate(call)
     cid, created = new_id("cmpl-"), int(time.time())
     top_n = req.logprobs if req.logprobs is not None else -1
     echo = call.prompt if req.echo else ""
     if not req.stream:
-        return JSON(await _collect_completion(events, cid, created, req.model, top_n, echo, ctx))
+        return JSON(await answer(request, _collect_completion(events, cid, created, req.model, top_n, echo,
+                                                              ctx)))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await _sse(request, _completion_sse(events, cid, created, req.model, top_n, echo, include_usage, ctx))
 

@@ -23,29 +23,29 @@ __all__ = [
 
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), strict=True)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     include_usage: bool = False
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     type: str
     json_schema: dict[str, Any] | None = None
 
 
 class Reasoning(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     effort: str | None = None
 
 
 class ChatMessage(BaseModel):
     """One OpenAI message; content may be a string, null or a list of parts."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
@@ -137,4 +137,4 @@ class EmbeddingRequest(_Req):
 
 def parse(model_cls: type[BaseModel], body: Any) -> Any:
     """Validate a decoded body into ``model_cls`` or raise a 400 (``BadRequest``)."""
-    return parse_request(model_cls, body)  # type: ignore[arg-type]
+    return parse_request(model_cls, body)
