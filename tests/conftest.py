@@ -99,6 +99,20 @@ def launch(home: Path, env_extra: dict[str, str] | None = None, port: int | None
     raise RuntimeError(f"server did not start:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+REAL_SERVER_FIXTURES = {"server", "base_url", "start_server", "q8_server", "registry_a", "quick_report"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_server: starts corral serve or bench processes (set by conftest for the real-server fixtures)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real server, so ``-m "not real_server"`` is the in-process fast loop."""
+    for item in items:
+        if REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_server)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     # Four slots, so the suite exercises batching of concurrent requests (the default is one, as Ollama's).
