@@ -121,13 +121,13 @@ class FakeModel:
             count = 0
             reason = "stop"
             while True:
+                if engine.fail_after is not None and count >= engine.fail_after:
+                    raise engine.fail_error
                 if 0 <= limit <= count:
                     reason = "length"
                     break
                 if count >= len(tokens) and not engine.endless:
                     break
-                if engine.fail_after is not None and count >= engine.fail_after:
-                    raise engine.fail_error
                 # A real engine yields to the loop between tokens; so does this one.
                 await asyncio.sleep(engine.token_delay)
                 text += tokens[count % len(tokens)]

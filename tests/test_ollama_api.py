@@ -236,18 +236,6 @@ def test_context_overflow_truncates_prompt(client: ollama.Client) -> None:
     assert {m.model: m for m in client.ps().models}[SMOLLM].context_length == 4096
 
 
-def test_load_unload_and_ps(client: ollama.Client) -> None:
-    r = client.generate(model=SMOLLM, prompt="", keep_alive="10m")
-    assert r.done and r.done_reason == "load"
-    ps = {m.model: m for m in client.ps().models}
-    entry = ps[SMOLLM]
-    assert entry.size > 0 and entry.size_vram == 0 and entry.expires_at and entry.context_length == 4096
-    assert entry.details.family == "llama"
-    r = client.chat(model=SMOLLM, messages=[], keep_alive=0)
-    assert r.done_reason == "unload"
-    assert SMOLLM not in {m.model for m in client.ps().models}
-
-
 @pytest.mark.parametrize("payload, fragment", [
     ({"model": SMOLLM, "prompt": 123}, "prompt"),
     ({"model": SMOLLM, "prompt": "x", "options": {"temperature": "hot"}}, "temperature"),

@@ -3,19 +3,16 @@
 Every field of the OpenAI-compatibility issue runs against SmolLM2-135M in the
 in-process llama.cpp engine: chat and legacy completions (streamed and not),
 embeddings, models, tool calls, reasoning, logprobs and the error classes.
-The one exception is the last test, which mounts the app in-process with a
-stand-in service to check how 401/403/429/500 and mid-stream errors reach the
-SDK, because nothing in the server produces those yet.
+The one exception is the last test, which runs the app in-process with a
+fake engine that raises on demand, to check how 401/403/429/500 and
+mid-stream errors reach the SDK, because nothing in the server produces most
+of those yet. (The 503 of a full queue is in test_scheduler.py, in-process.)
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +21,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import SMOLLM, ServerProc
+from corral.errors import EngineError, Forbidden, TooManyRequests, Unauthorized
+from tests.conftest import SMOLLM, MakeApp
 
 FAST = {"temperature": 0, "max_tokens": 8}
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -458,93 +456,31 @@ def test_not_found_and_bad_request_shapes(client: OpenAI, base_url: str) -> None
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_full_queue_is_503(start_server: Callable[..., ServerProc], server: ServerProc) -> None:
-    """OLLAMA_NUM_PARALLEL=1, OLLAMA_MAX_QUEUE=1: one request runs, one waits, the next is refused."""
-    busy = start_server({"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_MAX_QUEUE": "1", "CORRAL_STARTER_MODELS": "0",
-                         "OLLAMA_MODELS": str(server.home / "models")})
-    c = OpenAI(base_url=f"{busy.url}/v1", api_key="x", max_retries=0, timeout=120)
-    results: dict[str, Any] = {}
-    running, release = threading.Event(), threading.Event()
-
-    def first() -> None:
-        # Holds the only slot until released, then disconnects (which cancels it).
-        with c.completions.create(model=SMOLLM, prompt="Once upon a time", max_tokens=2000, temperature=0,
-                                  stream=True) as stream:
-            for chunk in stream:
-                running.set()
-                if release.is_set():
-                    break
-        results["first"] = chunk.choices[0].finish_reason if chunk.choices else "usage"
-
-    def second() -> None:
-        r = c.completions.create(model=SMOLLM, prompt="Once upon a time", max_tokens=4, temperature=0)
-        results["second"] = r.choices[0].finish_reason
-
-    threads = [threading.Thread(target=first)]
-    threads[0].start()
-    assert running.wait(120), "the first request never started streaming"
-    threads.append(threading.Thread(target=second))
-    threads[1].start()
-    time.sleep(0.5)  # let the second request queue behind the first
-    try:
-        with pytest.raises(openai.InternalServerError) as err:
-            c.chat.completions.create(model=SMOLLM, messages=HELLO, max_tokens=2)
-    finally:
-        release.set()
-    assert err.value.status_code == 503 and err.value.type == "server_error"
-    assert "maximum pending requests exceeded" in err.value.message
-    for t in threads:
-        t.join(120)
-    assert results == {"first": None, "second": "length"}  # the first was still running when released
-
-
-class _StandInService:
-    """Raises the error the model name asks for; ``midstream`` fails after one piece."""
-
-    def __init__(self) -> None:
-        from corral.errors import EngineError, Forbidden, TooManyRequests, Unauthorized
-
-        self.errors: dict[str, Exception] = {
-            "unauthorized": Unauthorized("invalid api key"), "forbidden": Forbidden("model not allowed"),
-            "limited": TooManyRequests("slow down"), "crash": EngineError("engine error: boom"),
-        }
-
-    async def chat(self, call: Any) -> AsyncIterator[Any]:
-        from corral.errors import EngineError
-        from corral.service import Piece
-
-        if call.model == "midstream":
-            yield Piece("Hello")
-            raise EngineError("engine error: crashed mid-stream")
-        raise self.errors[call.model]
-
-
-def test_error_classes_map_to_sdk_exceptions(tmp_path: Path) -> None:
+async def test_error_classes_map_to_sdk_exceptions(make_app: MakeApp) -> None:
     """Checks the error *mapping* only: nothing produces 401/403/429 yet (API keys
-    and rate limits arrive with the gateway), so the real app is mounted
-    in-process with a stand-in service that raises those errors, and the SDK
-    talks to it through Starlette's TestClient (an ``httpx.Client``)."""
-    from starlette.testclient import TestClient
-
-    from corral.server.app import create_app
-    from corral.settings import Settings
-
-    app = create_app(Settings(home=tmp_path, models_dir=tmp_path / "models"), engine=object())  # type: ignore[arg-type]
-    app.state.service = _StandInService()
-    c = OpenAI(base_url="http://testserver/v1", api_key="x", max_retries=0, http_client=TestClient(app))
-    expected = {"unauthorized": (openai.AuthenticationError, 401, "authentication_error"),
-                "forbidden": (openai.PermissionDeniedError, 403, "permission_error"),
-                "limited": (openai.RateLimitError, 429, "rate_limit_error"),
-                "crash": (openai.InternalServerError, 500, "server_error")}
-    for model, (exc_type, status, err_type) in expected.items():
+    and rate limits arrive with the gateway), so the real app runs in-process
+    with a fake engine that raises those errors when it loads the model, and
+    the SDK talks to it through httpx's ASGI transport."""
+    app = await make_app()
+    c = openai.AsyncOpenAI(base_url="http://corral.test/v1", api_key="x", max_retries=0, http_client=app.client)
+    expected = {Unauthorized("invalid api key"): (openai.AuthenticationError, 401, "authentication_error"),
+                Forbidden("model not allowed"): (openai.PermissionDeniedError, 403, "permission_error"),
+                TooManyRequests("slow down"): (openai.RateLimitError, 429, "rate_limit_error"),
+                EngineError("engine error: boom"): (openai.InternalServerError, 500, "server_error")}
+    for error, (exc_type, status, err_type) in expected.items():
+        app.engine.fail_load = error
         for stream in (False, True):
             with pytest.raises(exc_type) as err:
-                c.chat.completions.create(model=model, messages=HELLO, stream=stream)
+                await c.chat.completions.create(model="tiny", messages=HELLO, stream=stream)
             assert err.value.status_code == status and err.value.type == err_type
+            assert err.value.body["message"] == error.message  # type: ignore[index]
     # After the first chunk the status is already 200: the error is the last event.
-    events = c.chat.completions.create(model="midstream", messages=HELLO, stream=True)
+    app.engine.fail_load = None
+    app.engine.reply, app.engine.fail_after = "Hello world", 1
+    app.engine.fail_error = EngineError("engine error: crashed mid-stream")
+    events = await c.chat.completions.create(model="tiny", messages=HELLO, stream=True)
     with pytest.raises(openai.APIError) as mid:
-        for chunk in events:
+        async for chunk in events:
             assert chunk.choices[0].delta.content == "Hello"
     assert mid.value.message == "engine error: crashed mid-stream"
     assert mid.value.body == {"message": "engine error: crashed mid-stream", "type": "server_error", "param": None,
