@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -166,7 +166,7 @@ class AsgiStream:
         self.ended = False
         self._pending = b""
 
-    async def __aenter__(self) -> AsgiStream:
+    async def __aenter__(self) -> Self:
         body_sent = False
 
         async def receive() -> Message:

@@ -3,10 +3,12 @@
 Every field of the OpenAI-compatibility issue runs against SmolLM2-135M in the
 in-process llama.cpp engine: chat and legacy completions (streamed and not),
 embeddings, models, tool calls, reasoning, logprobs and the error classes.
-The one exception is the last test, which runs the app in-process with a
-fake engine that raises on demand, to check how 401/403/429/500 and
-mid-stream errors reach the SDK, because nothing in the server produces most
-of those yet. (The 503 of a full queue is in test_scheduler.py, in-process.)
+The exceptions are the last tests, which run the app in-process with a fake
+engine (``make_app``): requests refused before they reach a model (error
+shapes, ``n`` other than 1), and how 401/403/429/500 and mid-stream errors
+reach the SDK, because nothing in the server produces most of those yet,
+so the fake engine raises them on demand. (The 503 of a full queue is in
+test_scheduler.py, in-process too.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 from openai import OpenAI
 
 from corral.errors import EngineError, Forbidden, TooManyRequests, Unauthorized
-from tests.conftest import SMOLLM, MakeApp
+from tests.conftest import SMOLLM, TINY, InProc, MakeApp
 
 FAST = {"temperature": 0, "max_tokens": 8}
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -226,13 +228,6 @@ def test_chat_images_go_to_the_vision_check(client: OpenAI) -> None:
     assert "image URLs are not currently supported" in err.value.message
 
 
-def test_chat_n_other_than_one_is_400(client: OpenAI) -> None:
-    assert len(client.chat.completions.create(model=SMOLLM, messages=HELLO, n=1, **FAST).choices) == 1
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=SMOLLM, messages=HELLO, n=2, **FAST)
-    assert err.value.status_code == 400 and err.value.param == "n" and err.value.type == "invalid_request_error"
-
-
 def test_chat_tool_choice_none_drops_tools(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=SMOLLM, messages=HELLO, tools=[WEATHER_TOOL], **FAST)
@@ -425,35 +420,50 @@ def test_embeddings_base64_wire_and_errors(client: OpenAI, base_url: str) -> Non
 
 # ---- errors ------------------------------------------------------------------------------
 
-def test_not_found_and_bad_request_shapes(client: OpenAI, base_url: str) -> None:
+def _sdk(app: InProc) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url="http://corral.test/v1", api_key="x", max_retries=0, http_client=app.client)
+
+
+async def test_chat_n_other_than_one_is_400(inproc: InProc) -> None:
+    c = _sdk(inproc)
+    assert len((await c.chat.completions.create(model=TINY, messages=HELLO, n=1, **FAST)).choices) == 1
+    with pytest.raises(openai.BadRequestError) as err:
+        await c.chat.completions.create(model=TINY, messages=HELLO, n=2, **FAST)
+    assert err.value.status_code == 400 and err.value.param == "n" and err.value.type == "invalid_request_error"
+    assert len(inproc.engine.requests) == 1  # only n=1 reached the engine
+
+
+async def test_not_found_and_bad_request_shapes(inproc: InProc) -> None:
+    c = _sdk(inproc)
     with pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(model="nope", messages=HELLO)
+        await c.chat.completions.create(model="nope", messages=HELLO)
     assert err.value.body == {"message": 'model "nope" not found', "type": "not_found_error", "param": "model",
                               "code": "model_not_found"}
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="nope", messages=HELLO, stream=True)
+        await c.chat.completions.create(model="nope", messages=HELLO, stream=True)
     with pytest.raises(openai.NotFoundError):
-        client.completions.create(model="nope", prompt="x")
+        await c.completions.create(model="nope", prompt="x")
     bad: list[tuple[Any, str | None]] = [
-        ({"model": SMOLLM, "messages": HELLO, "temperature": "hot"}, "temperature"),
-        ({"model": SMOLLM, "messages": HELLO, "temperature": 3}, "temperature"),
-        ({"model": SMOLLM}, "messages"),
-        ({"model": SMOLLM, "messages": []}, "messages"),
+        ({"model": TINY, "messages": HELLO, "temperature": "hot"}, "temperature"),
+        ({"model": TINY, "messages": HELLO, "temperature": 3}, "temperature"),
+        ({"model": TINY}, "messages"),
+        ({"model": TINY, "messages": []}, "messages"),
         ({"messages": HELLO}, "model"),
-        ({"model": SMOLLM, "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
-        ({"model": SMOLLM, "messages": HELLO, "stop": [1, 2]}, "stop.str"),
+        ({"model": TINY, "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"model": TINY, "messages": HELLO, "stop": [1, 2]}, "stop.str"),
         ([1, 2], None),
     ]
     for payload, param in bad:
-        r = httpx.post(base_url + "/v1/chat/completions", json=payload, timeout=30)
+        r = await inproc.client.post("/v1/chat/completions", json=payload)
         assert r.status_code == 400, (payload, r.text)
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
         assert param is None or (error["param"] or "").startswith(param.split(".")[0]), (payload, error)
-    r = httpx.post(base_url + "/v1/chat/completions", content=b"{not json", timeout=30)
+    r = await inproc.client.post("/v1/chat/completions", content=b"{not json")
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.get(base_url + "/v1/nothing-here", timeout=30)  # OpenAI: 404 invalid_request_error
+    r = await inproc.client.get("/v1/nothing-here")  # OpenAI: 404 invalid_request_error
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    assert inproc.engine.loads == []
 
 
 async def test_error_classes_map_to_sdk_exceptions(make_app: MakeApp) -> None:

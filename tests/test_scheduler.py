@@ -14,8 +14,8 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from corral.errors import EngineError
-from tests.conftest import SMOLLM, TINY, InProc, MakeApp, ServerProc
+from tests.conftest import SMOLLM, TINY, MakeApp, ServerProc
 from tests.fake_engine import FakeEngine, wait_until
 
 LONG = {"temperature": 0, "num_predict": 100000}
