@@ -1,23 +1,45 @@
-"""Shared fixtures: real ``corral serve`` processes on loopback.
+"""Shared fixtures: real ``corral serve`` processes on loopback, and the app in-process.
 
 The session server is started once with a fresh ``CORRAL_HOME`` (seeded with
 the starter models) and driven by the official clients. ``start_server``
-starts extra servers with their own environment for scheduler tests.
+starts extra servers with their own environment, for what needs llama.cpp
+under settings of its own.
+
+``make_app`` (and its default, ``inproc``) builds the real Starlette app in
+the test's event loop with a :class:`tests.fake_engine.FakeEngine` behind
+it, runs its lifespan, and drives it through httpx's ASGI transport: no
+process, no model, milliseconds per test. Use it for everything above the
+engine (scheduler, service, HTTP layer, error bodies); keep the real servers
+for what the engine does (generation, streaming, embeddings, templates on
+real models, the official clients against a real socket).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 
 import httpx
 import pytest
+import pytest_asyncio
+from starlette.types import ASGIApp, Message
+
+from corral.server.app import create_app
+from corral.settings import Settings
+from corral.store.create import CreateSpec, create_model
+from corral.store.store import Store
+from tests.fake_engine import FakeEngine
+from tests.tiny_gguf import tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM = "smollm2:135m"
@@ -77,6 +99,20 @@ def launch(home: Path, env_extra: dict[str, str] | None = None, port: int | None
     raise RuntimeError(f"server did not start:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+REAL_SERVER_FIXTURES = {"server", "base_url", "start_server", "q8_server", "registry_a", "quick_report"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_server: starts corral serve or bench processes (set by conftest for the real-server fixtures)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a real server, so ``-m "not real_server"`` is the in-process fast loop."""
+    for item in items:
+        if REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_server)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     # Four slots, so the suite exercises batching of concurrent requests (the default is one, as Ollama's).
@@ -102,3 +138,173 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProc]]:
     yield start
     for srv in started:
         srv.stop()
+
+
+# ---- in-process app with a fake engine ------------------------------------------------
+
+TINY = "tiny"  # the model every in-process store holds (tests.tiny_gguf.tiny_llama, F32, no template)
+
+
+class AsgiStream:
+    """One request driven straight through the ASGI app, its body read as it is sent.
+
+    httpx's ASGITransport returns a response only once the app has finished,
+    so it can neither read a stream that never ends nor hang up half-way.
+    This can: ``lines()`` yields each line when the app sends it, and
+    ``disconnect()`` delivers ``http.disconnect`` as a server does when the
+    client goes away.
+    """
+
+    def __init__(self, app: ASGIApp, method: str, path: str, body: Any) -> None:
+        self.app = app
+        self.method = method
+        self.path = path
+        self.body = json.dumps(body).encode()
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.gone = asyncio.Event()
+        self.status = 0
+        self.ended = False
+        self._pending = b""
+
+    async def __aenter__(self) -> Self:
+        body_sent = False
+
+        async def receive() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": self.body, "more_body": False}
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": self.method,
+                 "scheme": "http", "path": self.path, "raw_path": self.path.encode(), "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"application/json"), (b"host", b"corral.test")],
+                 "server": ("corral.test", 80), "client": ("127.0.0.1", 50000)}
+        self.task = asyncio.ensure_future(self.app(scope, receive, self.messages.put))
+        start = await self._next()
+        assert start["type"] == "http.response.start", start
+        self.status = start["status"]
+        return self
+
+    async def _next(self, timeout: float = 10.0) -> Message:
+        get = asyncio.ensure_future(self.messages.get())
+        done, _ = await asyncio.wait({get, self.task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if get in done:
+            return get.result()
+        get.cancel()
+        if self.task.done():
+            self.task.result()  # the app raised: let it surface
+            raise AssertionError("the app returned without sending its response")
+        raise AssertionError(f"nothing sent by the app within {timeout}s")
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Each line of the body as soon as the app sends it."""
+        while not self.ended:
+            message = await self._next()
+            assert message["type"] == "http.response.body", message
+            self._pending += message.get("body", b"")
+            self.ended = not message.get("more_body", False)
+            *complete, self._pending = self._pending.split(b"\n")
+            for line in complete:
+                if line:
+                    yield line.decode()
+        if self._pending:
+            yield self._pending.decode()
+            self._pending = b""
+
+    async def json_lines(self) -> AsyncIterator[Any]:
+        async for line in self.lines():
+            yield json.loads(line)
+
+    async def disconnect(self, timeout: float = 5.0) -> None:
+        """Hang up, as a client closing its connection, and wait for the app to finish the request."""
+        self.gone.set()
+        await asyncio.wait_for(asyncio.shield(self.task), timeout)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.gone.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+@dataclass
+class InProc:
+    """The real app in this event loop, a fake engine behind it, an httpx client in front."""
+
+    app: Any
+    client: httpx.AsyncClient
+    engine: FakeEngine
+    settings: Settings
+    store: Store
+    digest: str  # of the tiny GGUF blob every model here is made from
+
+    def add_model(self, name: str, **spec: Any) -> str:
+        """Create another model in the store (``CreateSpec`` fields), from the tiny GGUF unless ``from_`` is given."""
+        if "from_" not in spec:
+            spec.setdefault("files", {"tiny.gguf": self.digest})
+        for _ in create_model(self.store, CreateSpec(name=name, **spec)):
+            pass
+        return name
+
+    async def ps(self) -> list[dict[str, Any]]:
+        r = await self.client.get("/api/ps")
+        assert r.status_code == 200, r.text
+        return list(r.json()["models"])
+
+    async def generate(self, model: str = TINY, prompt: str = "hi", **body: Any) -> httpx.Response:
+        return await self.client.post("/api/generate", json={"model": model, "prompt": prompt, "stream": False,
+                                                             **body})
+
+    def stream(self, path: str, body: Any, method: str = "POST") -> AsgiStream:
+        return AsgiStream(self.app, method, path, body)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A trained context of 8192: the fake engine never allocates it, and num_ctx is clamped to it (as Ollama).
+    return tiny_llama(tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf", ctx=8192)
+
+
+MakeApp = Callable[..., Awaitable[InProc]]
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def make_app(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[MakeApp]:
+    """Factory: ``await make_app(env, engine=..., models=(...), **settings_overrides)`` -> :class:`InProc`.
+
+    ``env`` is read by ``Settings.from_env`` as the server's environment
+    (``OLLAMA_*`` / ``CORRAL_*``; nothing from the real environment leaks
+    in); the store starts with the tiny model under each name in ``models``.
+    Everything started is shut down (lifespan included) after the test.
+    """
+    async with AsyncExitStack() as stack:
+        count = 0
+
+        async def make(env: dict[str, str] | None = None, *, engine: FakeEngine | None = None,
+                       models: tuple[str, ...] = (TINY,), **overrides: Any) -> InProc:
+            nonlocal count
+            count += 1
+            home = tmp_path / f"inproc-{count}"
+            settings = Settings.from_env({"CORRAL_HOME": str(home), "CORRAL_STARTER_MODELS": "0", **(env or {})})
+            if overrides:
+                settings = settings.with_overrides(**overrides)
+            store = Store(settings.models_dir)
+            store.ensure()
+            digest, _ = store.import_file(tiny_gguf)
+            engine = engine or FakeEngine()
+            app = create_app(settings, engine=engine)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            client = await stack.enter_async_context(httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://corral.test", timeout=30))
+            inproc = InProc(app, client, engine, settings, store, digest)
+            for name in models:
+                inproc.add_model(name)
+            return inproc
+
+        yield make
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def inproc(make_app: MakeApp) -> InProc:
+    """The default in-process app: default settings, the tiny model, a fake engine echoing the prompt."""
+    return await make_app()

@@ -289,6 +289,7 @@ def test_rising_target_tolerates_noise_but_not_a_real_fall() -> None:
     assert rising({"1": 78.0, "2": 7.7, "4": 8.6}, {"1": 69.0, "2": 7.5, "4": 8.0})["met"] is False
 
 
+@pytest.mark.real_server
 def test_paired_rounds_run_both_peers_and_report_paired_ratios(tmp_path: Path) -> None:
     out = tmp_path / "paired.json"
     proc = subprocess.run(
@@ -316,6 +317,7 @@ def test_bootstrap_interval_brackets_the_median() -> None:
     assert median_with_interval([1.0] * 5) == (1.0, 1.0, 1.0)
 
 
+@pytest.mark.real_server
 def test_overhead_harness_measures_corral_against_the_stub(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
     proc = subprocess.run(

@@ -1,7 +1,10 @@
 """The Ollama inference API on a real server, driven by the official client.
 
 Every endpoint and field from the core issue against SmolLM2-135M running in
-the in-process llama.cpp engine.
+the in-process llama.cpp engine. Requests refused before they reach a model
+(validation, missing models, missing capabilities) are checked at the end
+in-process (``make_app``), where the fake engine can also show that nothing
+was loaded or run for them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import SMOLLM
+from tests.conftest import SMOLLM, TINY, InProc
 
 OPTS = {"temperature": 0, "num_predict": 12}
 
@@ -126,14 +129,6 @@ def test_generate_logprobs(base_url: str) -> None:
     assert len(first["top_logprobs"]) == 3
 
 
-def test_generate_unsupported_features_are_400(client: ollama.Client) -> None:
-    for kwargs, word in (({"suffix": "return x"}, "insert"), ({"images": ["aGVsbG8="]}, "vision"),
-                         ({"think": True}, "thinking")):
-        with pytest.raises(ollama.ResponseError) as err:
-            client.generate(model=SMOLLM, prompt="def f(x):", **kwargs)
-        assert err.value.status_code == 400 and word in err.value.error
-
-
 def test_chat_non_streaming_and_history(client: ollama.Client) -> None:
     r = client.chat(model=SMOLLM, messages=[
         {"role": "system", "content": "You are terse."},
@@ -158,16 +153,6 @@ def test_chat_structured_output(client: ollama.Client) -> None:
     r = client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Pick a color."}], format=schema,
                     options={"temperature": 0, "num_predict": 30})
     assert json.loads(r.message.content)["color"] in ("red", "green", "blue")
-
-
-def test_chat_tools_rejected_without_tool_template(client: ollama.Client) -> None:
-    plain = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    for _ in client.create(model="smol-no-tools", from_=SMOLLM, template=plain):
-        pass
-    tool = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}
-    with pytest.raises(ollama.ResponseError) as err:
-        client.chat(model="smol-no-tools", messages=[{"role": "user", "content": "hi"}], tools=[tool])
-    assert err.value.status_code == 400 and "does not support tools" in err.value.error
 
 
 TOOLS_TEMPLATE = (
@@ -238,48 +223,6 @@ def test_context_overflow_truncates_prompt(client: ollama.Client) -> None:
     assert {m.model: m for m in client.ps().models}[SMOLLM].context_length == 4096
 
 
-def test_load_unload_and_ps(client: ollama.Client) -> None:
-    r = client.generate(model=SMOLLM, prompt="", keep_alive="10m")
-    assert r.done and r.done_reason == "load"
-    ps = {m.model: m for m in client.ps().models}
-    entry = ps[SMOLLM]
-    assert entry.size > 0 and entry.size_vram == 0 and entry.expires_at and entry.context_length == 4096
-    assert entry.details.family == "llama"
-    r = client.chat(model=SMOLLM, messages=[], keep_alive=0)
-    assert r.done_reason == "unload"
-    assert SMOLLM not in {m.model for m in client.ps().models}
-
-
-@pytest.mark.parametrize("payload, fragment", [
-    ({"model": SMOLLM, "prompt": 123}, "prompt"),
-    ({"model": SMOLLM, "prompt": "x", "options": {"temperature": "hot"}}, "temperature"),
-    ({"prompt": "x"}, "model"),
-    ({"model": SMOLLM, "prompt": "x", "keep_alive": "soon"}, "duration"),
-    ({"model": SMOLLM, "prompt": "x", "format": "xml"}, "format"),
-])
-def test_bad_input_is_400(base_url: str, payload: dict, fragment: str) -> None:
-    r = httpx.post(base_url + "/api/generate", json=payload, timeout=30)
-    assert r.status_code == 400, r.text
-    assert fragment in r.json()["error"]
-
-
-def test_malformed_json_is_400(base_url: str) -> None:
-    for path in ("/api/generate", "/api/chat", "/api/embed", "/api/show"):
-        r = httpx.post(base_url + path, content=b"{not json", timeout=30)
-        assert r.status_code == 400 and "error" in r.json()
-
-
-def test_missing_model_is_404(client: ollama.Client, base_url: str) -> None:
-    with pytest.raises(ollama.ResponseError) as err:
-        client.generate(model="nope:latest", prompt="hi")
-    assert err.value.status_code == 404 and err.value.error == 'model "nope:latest" not found'
-    with pytest.raises(ollama.ResponseError) as err:
-        client.chat(model="nope", messages=[{"role": "user", "content": "x"}])
-    assert err.value.status_code == 404
-    r = httpx.post(base_url + "/api/chat", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
-    assert r.status_code == 404 and r.json() == {"error": 'model "nope" not found'}
-
-
 ALL_OPTIONS = {"num_ctx": 1024, "num_predict": 8, "temperature": 0.5, "top_k": 20, "top_p": 0.8, "min_p": 0.05,
                "typical_p": 0.9, "repeat_penalty": 1.2, "repeat_last_n": 32, "presence_penalty": 0.3,
                "frequency_penalty": 0.2, "seed": 7, "stop": ["\n\n"], "num_keep": 8}
@@ -339,3 +282,65 @@ def test_embeddings_while_generating_match_embeddings_alone(client: ollama.Clien
     assert path is not None
     m = next(m for m in client.ps().models if m.model == SMOLLM)
     assert m.size == path.stat().st_size + kv_bytes_per_token(path) * m.context_length * 5
+
+
+# ---- refused before the engine: in-process ------------------------------------------------------
+
+def _client(app: InProc) -> ollama.AsyncClient:
+    return ollama.AsyncClient(host="http://corral.test", transport=httpx.ASGITransport(app=app.app))
+
+
+async def test_generate_unsupported_features_are_400(inproc: InProc) -> None:
+    client = _client(inproc)
+    for kwargs, word in (({"suffix": "return x"}, "insert"), ({"images": ["aGVsbG8="]}, "vision"),
+                         ({"think": True}, "thinking")):
+        with pytest.raises(ollama.ResponseError) as err:
+            await client.generate(model=TINY, prompt="def f(x):", **kwargs)
+        assert err.value.status_code == 400 and word in err.value.error
+    assert inproc.engine.loads == []
+
+
+async def test_chat_tools_rejected_without_tool_template(inproc: InProc) -> None:
+    tool = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}
+    with pytest.raises(ollama.ResponseError) as err:
+        await _client(inproc).chat(model=TINY, messages=[{"role": "user", "content": "hi"}], tools=[tool])
+    assert err.value.status_code == 400 and "does not support tools" in err.value.error
+    assert inproc.engine.loads == []
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    ({"model": TINY, "prompt": 123}, "prompt"),
+    ({"model": TINY, "prompt": "x", "options": {"temperature": "hot"}}, "temperature"),
+    ({"prompt": "x"}, "model"),
+    ({"model": TINY, "prompt": "x", "keep_alive": "soon"}, "duration"),
+    ({"model": TINY, "prompt": "x", "format": "xml"}, "format"),
+])
+async def test_bad_input_is_400(inproc: InProc, payload: dict, fragment: str) -> None:
+    r = await inproc.client.post("/api/generate", json=payload)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"]
+    assert inproc.engine.loads == []
+
+
+async def test_malformed_json_is_400(inproc: InProc) -> None:
+    for path in ("/api/generate", "/api/chat", "/api/embed", "/api/show"):
+        r = await inproc.client.post(path, content=b"{not json")
+        assert r.status_code == 400 and "error" in r.json()
+
+
+async def test_missing_model_is_404(inproc: InProc) -> None:
+    client = _client(inproc)
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.generate(model="nope:latest", prompt="hi")
+    assert err.value.status_code == 404 and err.value.error == 'model "nope:latest" not found'
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.chat(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 404
+    r = await inproc.client.post("/api/chat", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 404 and r.json() == {"error": 'model "nope" not found'}
+    for path, body in (("/api/embed", {"model": "nope", "input": "x"}), ("/api/embeddings", {"model": "nope",
+                                                                                              "prompt": "x"}),
+                       ("/api/show", {"model": "nope"})):
+        r = await inproc.client.post(path, json=body)
+        assert r.status_code == 404 and r.json() == {"error": 'model "nope" not found'}, (path, r.text)
+    assert inproc.engine.loads == []

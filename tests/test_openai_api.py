@@ -3,19 +3,18 @@
 Every field of the OpenAI-compatibility issue runs against SmolLM2-135M in the
 in-process llama.cpp engine: chat and legacy completions (streamed and not),
 embeddings, models, tool calls, reasoning, logprobs and the error classes.
-The one exception is the last test, which mounts the app in-process with a
-stand-in service to check how 401/403/429/500 and mid-stream errors reach the
-SDK, because nothing in the server produces those yet.
+The exceptions are the last tests, which run the app in-process with a fake
+engine (``make_app``): requests refused before they reach a model (error
+shapes, ``n`` other than 1), and how 401/403/429/500 and mid-stream errors
+reach the SDK, because nothing in the server produces most of those yet,
+so the fake engine raises them on demand. (The 503 of a full queue is in
+test_scheduler.py, in-process too.)
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +23,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import SMOLLM, ServerProc
+from corral.errors import EngineError, Forbidden, TooManyRequests, Unauthorized
+from tests.conftest import SMOLLM, TINY, InProc, MakeApp
 
 FAST = {"temperature": 0, "max_tokens": 8}
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -228,13 +228,6 @@ def test_chat_images_go_to_the_vision_check(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=SMOLLM, messages=[remote], **FAST)
     assert "image URLs are not currently supported" in err.value.message
-
-
-def test_chat_n_other_than_one_is_400(client: OpenAI) -> None:
-    assert len(client.chat.completions.create(model=SMOLLM, messages=HELLO, n=1, **FAST).choices) == 1
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=SMOLLM, messages=HELLO, n=2, **FAST)
-    assert err.value.status_code == 400 and err.value.param == "n" and err.value.type == "invalid_request_error"
 
 
 def test_chat_tool_choice_none_drops_tools(client: OpenAI, base_url: str) -> None:
@@ -458,124 +451,77 @@ def test_embeddings_base64_wire_and_errors(client: OpenAI, base_url: str) -> Non
 
 # ---- errors ------------------------------------------------------------------------------
 
-def test_not_found_and_bad_request_shapes(client: OpenAI, base_url: str) -> None:
+def _sdk(app: InProc) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url="http://corral.test/v1", api_key="x", max_retries=0, http_client=app.client)
+
+
+async def test_chat_n_other_than_one_is_400(inproc: InProc) -> None:
+    c = _sdk(inproc)
+    assert len((await c.chat.completions.create(model=TINY, messages=HELLO, n=1, **FAST)).choices) == 1
+    with pytest.raises(openai.BadRequestError) as err:
+        await c.chat.completions.create(model=TINY, messages=HELLO, n=2, **FAST)
+    assert err.value.status_code == 400 and err.value.param == "n" and err.value.type == "invalid_request_error"
+    assert len(inproc.engine.requests) == 1  # only n=1 reached the engine
+
+
+async def test_not_found_and_bad_request_shapes(inproc: InProc) -> None:
+    c = _sdk(inproc)
     with pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(model="nope", messages=HELLO)
+        await c.chat.completions.create(model="nope", messages=HELLO)
     assert err.value.body == {"message": 'model "nope" not found', "type": "not_found_error", "param": "model",
                               "code": "model_not_found"}
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="nope", messages=HELLO, stream=True)
+        await c.chat.completions.create(model="nope", messages=HELLO, stream=True)
     with pytest.raises(openai.NotFoundError):
-        client.completions.create(model="nope", prompt="x")
+        await c.completions.create(model="nope", prompt="x")
     bad: list[tuple[Any, str | None]] = [
-        ({"model": SMOLLM, "messages": HELLO, "temperature": "hot"}, "temperature"),
-        ({"model": SMOLLM, "messages": HELLO, "temperature": 3}, "temperature"),
-        ({"model": SMOLLM}, "messages"),
-        ({"model": SMOLLM, "messages": []}, "messages"),
+        ({"model": TINY, "messages": HELLO, "temperature": "hot"}, "temperature"),
+        ({"model": TINY, "messages": HELLO, "temperature": 3}, "temperature"),
+        ({"model": TINY}, "messages"),
+        ({"model": TINY, "messages": []}, "messages"),
         ({"messages": HELLO}, "model"),
-        ({"model": SMOLLM, "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
-        ({"model": SMOLLM, "messages": HELLO, "stop": [1, 2]}, "stop.str"),
+        ({"model": TINY, "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"model": TINY, "messages": HELLO, "stop": [1, 2]}, "stop.str"),
         ([1, 2], None),
     ]
     for payload, param in bad:
-        r = httpx.post(base_url + "/v1/chat/completions", json=payload, timeout=30)
+        r = await inproc.client.post("/v1/chat/completions", json=payload)
         assert r.status_code == 400, (payload, r.text)
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
         assert param is None or (error["param"] or "").startswith(param.split(".")[0]), (payload, error)
-    r = httpx.post(base_url + "/v1/chat/completions", content=b"{not json", timeout=30)
+    r = await inproc.client.post("/v1/chat/completions", content=b"{not json")
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.get(base_url + "/v1/nothing-here", timeout=30)  # OpenAI: 404 invalid_request_error
+    r = await inproc.client.get("/v1/nothing-here")  # OpenAI: 404 invalid_request_error
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    assert inproc.engine.loads == []
 
 
-def test_full_queue_is_503(start_server: Callable[..., ServerProc], server: ServerProc) -> None:
-    """OLLAMA_NUM_PARALLEL=1, OLLAMA_MAX_QUEUE=1: one request runs, one waits, the next is refused."""
-    busy = start_server({"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_MAX_QUEUE": "1", "CORRAL_STARTER_MODELS": "0",
-                         "OLLAMA_MODELS": str(server.home / "models")})
-    c = OpenAI(base_url=f"{busy.url}/v1", api_key="x", max_retries=0, timeout=120)
-    results: dict[str, Any] = {}
-    running, release = threading.Event(), threading.Event()
-
-    def first() -> None:
-        # Holds the only slot until released, then disconnects (which cancels it).
-        with c.completions.create(model=SMOLLM, prompt="Once upon a time", max_tokens=2000, temperature=0,
-                                  stream=True) as stream:
-            for chunk in stream:
-                running.set()
-                if release.is_set():
-                    break
-        results["first"] = chunk.choices[0].finish_reason if chunk.choices else "usage"
-
-    def second() -> None:
-        r = c.completions.create(model=SMOLLM, prompt="Once upon a time", max_tokens=4, temperature=0)
-        results["second"] = r.choices[0].finish_reason
-
-    threads = [threading.Thread(target=first)]
-    threads[0].start()
-    assert running.wait(120), "the first request never started streaming"
-    threads.append(threading.Thread(target=second))
-    threads[1].start()
-    time.sleep(0.5)  # let the second request queue behind the first
-    try:
-        with pytest.raises(openai.InternalServerError) as err:
-            c.chat.completions.create(model=SMOLLM, messages=HELLO, max_tokens=2)
-    finally:
-        release.set()
-    assert err.value.status_code == 503 and err.value.type == "server_error"
-    assert "maximum pending requests exceeded" in err.value.message
-    for t in threads:
-        t.join(120)
-    assert results == {"first": None, "second": "length"}  # the first was still running when released
-
-
-class _StandInService:  # the chat part of a Backend
-    """Raises the error the model name asks for; ``midstream`` fails after one piece."""
-
-    def __init__(self) -> None:
-        from corral.errors import EngineError, Forbidden, TooManyRequests, Unauthorized
-
-        self.errors: dict[str, Exception] = {
-            "unauthorized": Unauthorized("invalid api key"), "forbidden": Forbidden("model not allowed"),
-            "limited": TooManyRequests("slow down"), "crash": EngineError("engine error: boom"),
-        }
-
-    async def chat(self, call: Any) -> AsyncIterator[Any]:
-        from corral.backend.base import Piece
-        from corral.errors import EngineError
-
-        if call.model == "midstream":
-            yield Piece("Hello")
-            raise EngineError("engine error: crashed mid-stream")
-        raise self.errors[call.model]
-
-
-def test_error_classes_map_to_sdk_exceptions(tmp_path: Path) -> None:
+async def test_error_classes_map_to_sdk_exceptions(make_app: MakeApp) -> None:
     """Checks the error *mapping* only: nothing produces 401/403/429 yet (API keys
-    and rate limits arrive with the gateway), so the real app is mounted
-    in-process with a stand-in service that raises those errors, and the SDK
-    talks to it through Starlette's TestClient (an ``httpx.Client``)."""
-    from starlette.testclient import TestClient
-
-    from corral.server.app import create_app
-    from corral.settings import Settings
-
-    app = create_app(Settings(home=tmp_path, models_dir=tmp_path / "models"), engine=object())  # type: ignore[arg-type]
-    app.state.backend = _StandInService()
-    c = OpenAI(base_url="http://testserver/v1", api_key="x", max_retries=0, http_client=TestClient(app))
-    expected = {"unauthorized": (openai.AuthenticationError, 401, "authentication_error"),
-                "forbidden": (openai.PermissionDeniedError, 403, "permission_error"),
-                "limited": (openai.RateLimitError, 429, "rate_limit_error"),
-                "crash": (openai.InternalServerError, 500, "server_error")}
-    for model, (exc_type, status, err_type) in expected.items():
+    and rate limits arrive with the gateway), so the real app runs in-process
+    with a fake engine that raises those errors when it loads the model, and
+    the SDK talks to it through httpx's ASGI transport."""
+    app = await make_app()
+    c = openai.AsyncOpenAI(base_url="http://corral.test/v1", api_key="x", max_retries=0, http_client=app.client)
+    expected = {Unauthorized("invalid api key"): (openai.AuthenticationError, 401, "authentication_error"),
+                Forbidden("model not allowed"): (openai.PermissionDeniedError, 403, "permission_error"),
+                TooManyRequests("slow down"): (openai.RateLimitError, 429, "rate_limit_error"),
+                EngineError("engine error: boom"): (openai.InternalServerError, 500, "server_error")}
+    for error, (exc_type, status, err_type) in expected.items():
+        app.engine.fail_load = error
         for stream in (False, True):
             with pytest.raises(exc_type) as err:
-                c.chat.completions.create(model=model, messages=HELLO, stream=stream)
+                await c.chat.completions.create(model="tiny", messages=HELLO, stream=stream)
             assert err.value.status_code == status and err.value.type == err_type
+            assert err.value.body["message"] == error.message  # type: ignore[index]
     # After the first chunk the status is already 200: the error is the last event.
-    events = c.chat.completions.create(model="midstream", messages=HELLO, stream=True)
+    app.engine.fail_load = None
+    app.engine.reply, app.engine.fail_after = "Hello world", 1
+    app.engine.fail_error = EngineError("engine error: crashed mid-stream")
+    events = await c.chat.completions.create(model="tiny", messages=HELLO, stream=True)
     with pytest.raises(openai.APIError) as mid:
-        for chunk in events:
+        async for chunk in events:
             assert chunk.choices[0].delta.content == "Hello"
     assert mid.value.message == "engine error: crashed mid-stream"
     assert mid.value.body == {"message": "engine error: crashed mid-stream", "type": "server_error", "param": None,

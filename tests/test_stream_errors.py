@@ -2,137 +2,77 @@
 
 A fake engine is the only way to make llama.cpp fail half-way through a
 generation on demand; everything above it (service, scheduler, HTTP layer,
-error handler) is the real code, run in-process with Starlette's TestClient.
+error handler) is the real code, run in-process (``make_app`` in conftest).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
 
-import pytest
-from starlette.testclient import TestClient
-
-from corral.engine.base import CompletionRequest, Event, LoadSpec, TokenEvent
 from corral.errors import EngineError
-from corral.server.app import create_app
-from corral.settings import Settings
-from corral.store.create import CreateSpec, create_model
-from corral.store.store import Store
-from tests.tiny_gguf import tiny_llama
+from tests.conftest import InProc, MakeApp
+from tests.fake_engine import FakeEngine
+
+CRASH = "llama runner crashed: out of memory"
 
 
-class FailingModel:
-    def __init__(self, spec: LoadSpec) -> None:
-        self.spec = spec
-        self.n_ctx_per_slot = spec.num_ctx
-        self.size_bytes = 1
-
-    async def complete(self, request: CompletionRequest) -> AsyncIterator[Event]:
-        yield TokenEvent("Hello")
-        yield TokenEvent(" world")
-        raise EngineError("llama runner crashed: out of memory")
-
-    async def embed(self, inputs: list[Any], *, normalize: bool = True) -> tuple[list[list[float]], int]:
-        raise EngineError("no embeddings here")
-
-    async def tokenize(self, text: str, *, special: bool = True, add_special: bool = False) -> list[int]:
-        return list(text.encode())
-
-    async def detokenize(self, tokens: list[int]) -> str:
-        return bytes(tokens).decode(errors="replace")
-
-    async def slots(self) -> list[dict[str, Any]]:
-        return []
-
-    async def close(self) -> None:
-        return None
+async def _crashing(make_app: MakeApp) -> InProc:
+    """Two tokens ("Hello", " world"), then the engine fails."""
+    engine = FakeEngine(reply="Hello world")
+    engine.fail_after, engine.fail_error = 2, EngineError(CRASH)
+    return await make_app(engine=engine)
 
 
-class FailingEngine:
-    name = "failing"
-
-    async def load(self, spec: LoadSpec) -> FailingModel:
-        return FailingModel(spec)
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_STARTER_MODELS": "0"})
-    store = Store(settings.models_dir)
-    digest, _ = store.import_file(tiny_llama(tmp_path / "tiny.gguf"))
-    for _ in create_model(store, CreateSpec(name="tiny", files={"tiny.gguf": digest})):
-        pass
-    with TestClient(create_app(settings, engine=FailingEngine())) as c:
-        yield c
-
-
-def test_error_after_stream_started_is_last_ndjson_line(client: TestClient) -> None:
+async def test_error_after_stream_started_is_last_ndjson_line(make_app: MakeApp) -> None:
+    app = await _crashing(make_app)
     for path, body in (("/api/generate", {"model": "tiny", "prompt": "hi"}),
                        ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})):
-        r = client.post(path, json=body)
+        r = await app.client.post(path, json=body)
         assert r.status_code == 200
         lines = [json.loads(line) for line in r.text.splitlines()]
         assert len(lines) == 3 and not lines[0]["done"]
-        assert lines[-1] == {"error": "llama runner crashed: out of memory"}
+        assert lines[-1] == {"error": CRASH}
+    # The failed requests gave their slot back: the model still serves.
+    app.engine.fail_after = None
+    r = await app.generate(prompt="hi")
+    assert r.status_code == 200 and r.json()["response"] == "Hello world"
 
 
-def test_error_after_stream_started_is_last_sse_event(client: TestClient) -> None:
-    r = client.post("/v1/chat/completions", json={"model": "tiny", "stream": True,
-                                                  "messages": [{"role": "user", "content": "hi"}]})
+async def test_error_after_stream_started_is_last_sse_event(make_app: MakeApp) -> None:
+    app = await _crashing(make_app)
+    r = await app.client.post("/v1/chat/completions", json={"model": "tiny", "stream": True,
+                                                            "messages": [{"role": "user", "content": "hi"}]})
     events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
-    assert json.loads(events[-1])["error"]["message"] == "llama runner crashed: out of memory"
+    assert json.loads(events[-1])["error"]["message"] == CRASH
+    assert [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:2]] == ["Hello", " world"]
 
 
-def test_engine_crash_without_stream_is_500(client: TestClient) -> None:
-    r = client.post("/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False})
-    assert r.status_code == 500 and r.json() == {"error": "llama runner crashed: out of memory"}
-    r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]})
+async def test_engine_crash_without_stream_is_500(make_app: MakeApp) -> None:
+    app = await _crashing(make_app)
+    r = await app.generate(prompt="hi")
+    assert r.status_code == 500 and r.json() == {"error": CRASH}
+    r = await app.client.post("/v1/chat/completions", json={"model": "tiny",
+                                                            "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    r = await app.client.post("/v1/completions", json={"model": "tiny", "prompt": "x"})
+    assert r.status_code == 500 and r.json()["error"]["message"] == CRASH
 
 
-def _sse_blocks(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """(event name or "", decoded data) for each SSE event."""
-    out = []
-    for block in filter(None, text.split("\n\n")):
-        lines = block.split("\n")
-        name = lines[0][len("event: "):] if lines[0].startswith("event: ") else ""
-        out.append((name, json.loads(lines[-1][len("data: "):])))
-    return out
+async def test_engine_failure_before_the_first_token_keeps_its_status(make_app: MakeApp) -> None:
+    """Primed before the response starts: a stream that fails at once is a plain error response."""
+    app = await make_app()
+    app.engine.fail_after, app.engine.fail_error = 0, EngineError(CRASH)
+    r = await app.client.post("/api/generate", json={"model": "tiny", "prompt": "hi"})
+    assert r.status_code == 500 and r.json() == {"error": CRASH}
+    r = await app.client.post("/v1/chat/completions", json={"model": "tiny", "stream": True,
+                                                            "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 500 and r.json()["error"]["message"] == CRASH
 
 
-def test_error_after_responses_stream_started(client: TestClient) -> None:
-    """/v1/responses: the text so far, a response.failed event, then the OpenAI error the SDK raises."""
-    r = client.post("/v1/responses", json={"model": "tiny", "input": "hi", "stream": True})
-    assert r.status_code == 200
-    events = _sse_blocks(r.text)
-    kinds = [data.get("type") for _, data in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
-    assert [data["delta"] for name, data in events if name == "response.output_text.delta"] == ["Hello", " world"]
-    name, failed = events[-2]
-    assert name == failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
-    assert failed["response"]["error"] == {"code": "server_error", "message": "llama runner crashed: out of memory"}
-    assert events[-1] == ("", {"error": {"message": "llama runner crashed: out of memory", "type": "server_error",
-                                         "param": None, "code": None}})
-    # A failed response is not stored.
-    rid = events[0][1]["response"]["id"]
-    assert client.get(f"/v1/responses/{rid}").status_code == 404
-
-
-def test_error_after_messages_stream_started(client: TestClient) -> None:
-    """/v1/messages: Anthropic's `event: error` ends the stream."""
-    r = client.post("/v1/messages", json={"model": "tiny", "max_tokens": 8, "stream": True,
-                                          "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 200
-    events = _sse_blocks(r.text)
-    assert [name for name, _ in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
-                                            "content_block_delta", "error"]
-    assert events[-1][1] == {"type": "error", "error": {"type": "api_error",
-                                                        "message": "llama runner crashed: out of memory"}}
-    r = client.post("/v1/messages", json={"model": "tiny", "max_tokens": 8,
-                                          "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 500 and r.json() == {"type": "error", "error": {
-        "type": "api_error", "message": "llama runner crashed: out of memory"}}
+async def test_unexpected_exception_mid_stream_ends_the_stream_with_an_error_line(make_app: MakeApp) -> None:
+    app = await make_app(engine=FakeEngine(reply="Hello world"))
+    app.engine.fail_after, app.engine.fail_error = 1, RuntimeError("kaboom")
+    r = await app.client.post("/api/generate", json={"model": "tiny", "prompt": "hi"})
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert r.status_code == 200 and lines[0]["response"] == "Hello"
+    assert lines[-1] == {"error": "internal error: kaboom"} and len(lines) == 2
