@@ -73,21 +73,22 @@ def run_server(app: Any, settings: Settings) -> None:
 
 
 def _bind_refused(settings: Settings) -> bool:
-    """Log why and say True when serving this address with no API key would be unsafe."""
-    from corral.gateway.db import Database, default_db_path
+    """Log why and say True when serving this address with no API key would be unsafe, or the database fails."""
+    from corral.gateway.db import DatabaseError, database_url, open_database
     from corral.gateway.keys import KeyStore
     from corral.gateway.service import StartupRefused, check_bind
 
-    db = Database(default_db_path(settings))
-    db.migrate()
     try:
-        check_bind(settings, KeyStore(db).active_count())
-    except StartupRefused as exc:
+        db = open_database(database_url(settings))
+        try:
+            db.migrate()
+            check_bind(settings, KeyStore(db).active_count())
+        finally:
+            db.close()
+    except (StartupRefused, DatabaseError) as exc:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("corral").error("%s", exc)
         return True
-    finally:
-        db.close()
     return False
 
 

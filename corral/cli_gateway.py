@@ -1,9 +1,10 @@
 """Gateway commands: ``corral keys``, ``corral logs`` and ``corral stats``.
 
 Unlike the other client commands these need no running server: they open
-the gateway database under ``CORRAL_HOME`` directly (applying any pending
-migrations), which is how an operator creates the first key. A running server
-sees their changes at once, since it reads keys from the same file.
+the gateway database directly (applying any pending migrations): ``CORRAL_DB``
+(a PostgreSQL URL or a SQLite path), else ``<CORRAL_HOME>/corral.db``. That
+is how an operator creates the first key. A running server sees their changes
+at once, since it reads keys from the same database.
 :func:`add_gateway_parsers` registers them on ``corral``'s argument parser.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from corral.errors import CorralError
-from corral.gateway.db import Database, default_db_path
+from corral.gateway.db import Database, DatabaseError, database_url, open_database
 from corral.gateway.keys import KeyStore
 from corral.gateway.periods import parse_period
 from corral.gateway.requestlog import RequestLog
@@ -48,14 +48,14 @@ def _guarded(fn: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (CorralError, sqlite3.Error) as exc:
+        except (CorralError, DatabaseError) as exc:
             sys.stderr.write(f"Error: {exc}\n")
             return 1
     return run
 
 
 def _open_db() -> Database:
-    db = Database(default_db_path(Settings.from_env()))
+    db = open_database(database_url(Settings.from_env()))
     db.migrate()
     return db
 
@@ -205,7 +205,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def add_gateway_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``keys``, ``logs`` and ``stats`` to ``corral``'s subcommands."""
-    k = sub.add_parser("keys", help="create, list and revoke API keys (works on CORRAL_HOME directly)")
+    k = sub.add_parser("keys", help="create, list and revoke API keys (works on the database directly)")
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create a key; it is printed once, alone on the last line")
     kc.add_argument("name")

@@ -3,7 +3,7 @@
 Every knob follows Ollama's variable name (``OLLAMA_HOST``, ``OLLAMA_MODELS``,
 ``OLLAMA_KEEP_ALIVE`` ...). Each has a ``CORRAL_*`` twin of the same suffix
 which wins when both are set. Knobs Ollama lacks (the gateway's
-``CORRAL_NO_AUTH``, ``CORRAL_LOG_RETENTION``) are ``CORRAL_*`` only. The object is immutable; it is built by
+``CORRAL_NO_AUTH``, ``CORRAL_LOG_RETENTION``, ``CORRAL_DB``) are ``CORRAL_*`` only. The object is immutable; it is built by
 :func:`Settings.from_env` and passed to whatever needs it.
 """
 
@@ -96,6 +96,7 @@ class Settings:
     prompt_cache_mib: int = 0  # CORRAL_PROMPT_CACHE_MIB: llama.cpp's host-RAM cache of idle slots' prompts
     no_auth: bool = False  # CORRAL_NO_AUTH / --no-auth: serve without API keys, even on a public address
     log_retention: float = DEFAULT_LOG_RETENTION  # CORRAL_LOG_RETENTION / --log-retention (seconds; 0 keeps all)
+    db: str | None = None  # CORRAL_DB / --db: a PostgreSQL URL or a SQLite path; None is <home>/corral.db
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +141,7 @@ class Settings:
             prompt_cache_mib=max(0, _int(env, "PROMPT_CACHE_MIB", 0)),
             no_auth=no_auth,
             log_retention=retention,
+            db=(env.get("CORRAL_DB") or "").strip() or None,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

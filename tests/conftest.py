@@ -1,12 +1,18 @@
-"""Shared fixtures: real ``corral serve`` processes on loopback.
+"""Shared fixtures: real ``corral serve`` processes on loopback, and the gateway database on both backends.
 
 The session server is started once with a fresh ``CORRAL_HOME`` (seeded with
 the starter models) and driven by the official clients. ``start_server``
 starts extra servers with their own environment for scheduler tests.
+
+``pg_cluster`` is one real PostgreSQL server per session (see
+:mod:`tests.pgcluster`; skipped where PostgreSQL is not installed), and
+``pg_url`` a fresh database in it for each test. ``db_url`` / ``db`` run a
+storage test once per backend: a SQLite file, then a PostgreSQL database.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -18,6 +24,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from corral.gateway.db import Database, open_database
+from tests.pgcluster import PgCluster, pg_bin, remove_cluster, start_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM = "smollm2:135m"
@@ -102,3 +111,43 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProc]]:
     yield start
     for srv in started:
         srv.stop()
+
+
+# ---- the gateway database on both backends ------------------------------------------
+
+BACKENDS = ("sqlite", "postgresql")
+_pg_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    try:
+        pg_bin()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    cluster = start_cluster()
+    yield cluster
+    remove_cluster(cluster)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A fresh, empty database in the session's PostgreSQL."""
+    return pg_cluster.create_database(f"t{os.getpid()}_{next(_pg_names)}")
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty gateway database on each backend in turn: a SQLite path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "corral.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """The gateway database at ``db_url``, migrated; this thread's connection closed afterwards."""
+    database = open_database(db_url)
+    database.migrate()
+    yield database
+    database.close()

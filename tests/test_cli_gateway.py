@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.gateway.db import Database
+from corral.gateway.db import open_database
 from corral.gateway.keys import KeyStore
 from corral.gateway.requestlog import RequestLog, RequestRecord
 
@@ -34,7 +34,7 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert "ci-bot" in lines[0] and secret not in "\n".join(lines[:-1])
     assert (tmp_path / "corral.db").is_file()
     # a process that opened the database before the CLI ran (a server) accepts the key
-    store = KeyStore(Database(tmp_path / "corral.db"))
+    store = KeyStore(open_database(tmp_path / "corral.db"))
     found = store.verify(secret)
     assert found is not None and found.name == "ci-bot" and found.rpm == 60
 
@@ -70,7 +70,7 @@ def test_keys_create_rejects_a_bad_name(tmp_path: Path) -> None:
 @pytest.fixture
 def logged(tmp_path: Path) -> Path:
     now = time.time()
-    log = RequestLog(Database(tmp_path / "corral.db"))
+    log = RequestLog(open_database(tmp_path / "corral.db"))
     log.db.migrate()
     log.start()
     for i in range(10):
@@ -113,7 +113,7 @@ def test_logs_follow_prints_new_rows(logged: Path) -> None:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
         assert first["id"] == "boom"  # the newest existing row, then it follows
-        log = RequestLog(Database(logged / "corral.db"))
+        log = RequestLog(open_database(logged / "corral.db"))
         log.submit(RequestRecord(id="live1", ts=time.time(), method="POST", path="/api/chat", status=200))
         log.submit(RequestRecord(id="live2", ts=time.time(), method="POST", path="/api/chat", status=404))
         log.close()
@@ -139,3 +139,4 @@ def test_stats(logged: Path) -> None:
     week = json.loads(corral(logged, "stats", "--since", "7d", "--json").stdout)
     assert week["statuses"] == {"200": 11, "500": 1}
     assert week["models"][0]["p95_ms"] == 1000.0
+

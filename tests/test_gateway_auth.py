@@ -24,7 +24,7 @@ import openai
 import pytest
 from starlette.routing import Route
 
-from corral.gateway.db import Database
+from corral.gateway.db import open_database
 from corral.gateway.keys import KeyStore
 from corral.server.app import create_app
 from corral.server.errors import route_scope
@@ -72,7 +72,7 @@ def app_routes(tmp_path: Path) -> list[tuple[Route, str]]:
 
 
 def new_key(home: Path, name: str, **kw: object) -> str:
-    db = Database(home / "corral.db")
+    db = open_database(home / "corral.db")
     db.migrate()
     return KeyStore(db).create(name, **kw)[1]  # type: ignore[arg-type]
 
@@ -176,7 +176,7 @@ def test_key_lifecycle_through_the_cli_on_a_running_server(server: ServerProc,
     bad = httpx.get(url + "/api/tags", headers=bearer(key[:-2] + "xx"))
     assert bad.status_code == 401 and bad.json() == {"error": "invalid API key"}
     assert httpx.post(url + "/api/copy", json={}, headers=bearer(key)).status_code == 403
-    store = KeyStore(Database(home / "corral.db"))
+    store = KeyStore(open_database(home / "corral.db"))
     deadline = time.monotonic() + 10
     while (found := store.get("ci-bot")) is not None and found.last_used_at is None and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -26,7 +26,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from corral.gateway.db import Database
+from corral.gateway.db import open_database
 from corral.gateway.keys import KeyStore
 from corral.gateway.requestlog import RequestLog
 from corral.gateway.timing import PHASES, STREAM_TIMING_FIELD
@@ -47,7 +47,7 @@ class Gw:
         return self.srv.url
 
     def log(self) -> RequestLog:
-        return RequestLog(Database(self.srv.home / "corral.db"))
+        return RequestLog(open_database(self.srv.home / "corral.db"))
 
     def row(self, request_id: str, timeout: float = 10) -> dict[str, Any]:
         """The log row of one request, once the writer has flushed it."""
@@ -68,7 +68,7 @@ def bearer(key: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gw(server: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
     home = tmp_path_factory.mktemp("gw-home")
-    db = Database(home / "corral.db")
+    db = open_database(home / "corral.db")
     db.migrate()
     keys = KeyStore(db)
     admin, user = keys.create("root", admin=True)[1], keys.create("alice")[1]
@@ -410,7 +410,7 @@ def test_sigterm_under_load_loses_no_log_rows(server: ServerProc, start_server: 
     assert srv.proc.wait(timeout=120) in (0, -signal.SIGTERM)
     assert "unloaded smollm2:135m" in srv.log_text()
     assert answered, "nothing was answered before the server stopped"
-    rows = RequestLog(Database(srv.home / "corral.db")).query(limit=1000)
+    rows = RequestLog(open_database(srv.home / "corral.db")).query(limit=1000)
     logged = {r["id"] for r in rows if r["path"] == "/api/generate" and r["model"] == SMOLLM and r["status"] == 200}
     assert set(answered) <= logged
     assert len([r for r in rows if r["path"] == "/api/generate"]) == len(answered) + 1  # plus the load request
