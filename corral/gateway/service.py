@@ -2,7 +2,8 @@
 
 :meth:`Gateway.open` builds them once from :class:`~corral.settings.Settings`
 (the database of ``CORRAL_DB``, by default the SQLite file
-``<CORRAL_HOME>/corral.db``, migrated); the app starts the
+``<CORRAL_HOME>/corral.db``, migrated; rate-limit windows live in it too, so
+replicas sharing a PostgreSQL share them); the app starts the
 log writer with :meth:`Gateway.start` and flushes it with
 :meth:`Gateway.close` at shutdown. The HTTP side (``corral.server``) holds
 one ``Gateway`` and reads these objects from it; nothing here imports
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 from corral.gateway.db import Database, database_url, open_database
 from corral.gateway.keys import KeyStore
-from corral.gateway.limits import RateLimiter
+from corral.gateway.limits import DbRateLimiter, Limiter
 from corral.gateway.metrics import Metrics
 from corral.gateway.requestlog import RequestLog
 from corral.settings import Settings
@@ -69,7 +70,7 @@ class Gateway:
     settings: Settings
     db: Database
     keys: KeyStore
-    limiter: RateLimiter
+    limiter: Limiter
     log: RequestLog
     metrics: Metrics
 
@@ -78,7 +79,7 @@ class Gateway:
         db = open_database(database_url(settings))
         db.migrate()
         retention = settings.log_retention if settings.log_retention > 0 else None
-        return cls(settings, db, KeyStore(db), RateLimiter(), RequestLog(db, retention_seconds=retention),
+        return cls(settings, db, KeyStore(db), DbRateLimiter(db), RequestLog(db, retention_seconds=retention),
                    Metrics())
 
     @property
