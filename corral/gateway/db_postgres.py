@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from corral.gateway.db import Connection, Cursor, Database, Dialect, ErrorMap, redact_url, translate
+from corral.gateway.db import Connection, Cursor, Database, DatabaseError, Dialect, ErrorMap, redact_url, translate
 
 CONNECT_TIMEOUT_SECONDS = 10
 # The first key of Corral's two-key advisory locks ("CRRL"); the second is hashtext(name).
@@ -99,5 +99,5 @@ class PostgresDatabase(Database):
             raw = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
                                   application_name="corral")
         except psycopg.Error as exc:
-            raise translate(exc, _ERRORS) from exc
+            raise DatabaseError(f"cannot connect to {self.display}: {exc}") from exc
         return PgConnection(raw)

@@ -1,7 +1,7 @@
 """The gateway of one server: its database, keys, rate limits, request log and metrics, and the auth rules.
 
 :meth:`Gateway.open` builds them once from :class:`~corral.settings.Settings`
-(the database of ``CORRAL_DB``, by default the SQLite file
+(the database of ``--db`` / ``CORRAL_DB``, by default the SQLite file
 ``<CORRAL_HOME>/corral.db``, migrated; rate-limit windows live in it too, so
 replicas sharing a PostgreSQL share them); the app starts the
 log writer with :meth:`Gateway.start` and flushes it with
