@@ -148,7 +148,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
         backend = LocalBackend(settings, store, scheduler)
         app.state.backend = backend
         app.state.gateway = gw
-        responses = ResponseStore.open(database_url(settings))  # stored /v1/responses, in the gateway DB
+        # stored /v1/responses, in the gateway database (sharing the gateway's connections when it is on)
+        responses = ResponseStore(gw.db) if gw is not None else ResponseStore.open(database_url(settings))
         app.state.responses = responses
         if gw is not None:
             gw.metrics.set_sources(queue_depth=scheduler.queue_depth, slots=scheduler.slot_usage,
