@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from corral.cli_gateway import add_gateway_parsers
+from corral.cli_gateway import add_db_argument, add_gateway_parsers
 from corral.client import Client, ClientError
 from corral.settings import Settings
 from corral.store.store import sha256_file
@@ -143,21 +143,22 @@ def run_server(app: Any, settings: Settings) -> int:
 
 
 def _bind_refused(settings: Settings) -> bool:
-    """Log why and say True when serving this address with no API key would be unsafe."""
-    from corral.gateway.db import Database, default_db_path
+    """Log why and say True when serving this address with no API key would be unsafe, or the database fails."""
+    from corral.gateway.db import DatabaseError, database_url, open_database
     from corral.gateway.keys import KeyStore
     from corral.gateway.service import StartupRefused, check_bind
 
-    db = Database(default_db_path(settings))
-    db.migrate()
     try:
-        check_bind(settings, KeyStore(db).active_count())
-    except StartupRefused as exc:
+        db = open_database(database_url(settings))
+        try:
+            db.migrate()
+            check_bind(settings, KeyStore(db).active_count())
+        finally:
+            db.close()
+    except (StartupRefused, DatabaseError) as exc:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("corral").error("%s", exc)
         return True
-    finally:
-        db.close()
     return False
 
 
@@ -176,6 +177,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         changes["origins"] = tuple(o.strip() for o in args.origins.split(",") if o.strip())
     if args.log_retention is not None:
         changes["log_retention"] = args.log_retention
+    if args.db is not None:
+        changes["db"] = args.db
     settings = settings.with_overrides(**changes)
     if _bind_refused(settings):
         return 1
@@ -192,6 +195,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {"host": args.host, "port": args.port}
     if args.no_auth:
         changes["no_auth"] = True
+    if args.db is not None:
+        changes["db"] = args.db
     settings = Settings.from_env().with_overrides(**changes)
     if _bind_refused(settings):
         return 1
@@ -492,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-retention", type=_period, default=None, metavar="PERIOD",
                    help="keep request-log rows this long, e.g. 30d (default), 12h; 0 keeps all "
                         "(CORRAL_LOG_RETENTION)")
+    add_db_argument(s)
     s.set_defaults(func=cmd_serve)
     px = sub.add_parser("proxy", help="run the gateway in front of another Ollama or Corral (no local engine)")
     px.add_argument("--upstream", action="append", default=None,
@@ -504,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     px.add_argument("--host", default="127.0.0.1")
     px.add_argument("--port", type=int, default=11435, help="default 11435, the seeds' ollama_logger port")
     px.add_argument("--no-auth", action="store_true", help="forward without API keys, even on a public address")
+    add_db_argument(px)
     px.set_defaults(func=cmd_proxy)
     r = sub.add_parser("run", help="chat with a model")
     r.add_argument("model")

@@ -1,10 +1,12 @@
 """Gateway commands: ``corral keys``, ``corral logs`` and ``corral stats``.
 
 Unlike the other client commands these need no running server: they open
-the gateway database under ``CORRAL_HOME`` directly (applying any pending
-migrations), which is how an operator creates the first key. A running server
-sees their changes at once, since it reads keys from the same file.
-:func:`add_gateway_parsers` registers them on ``corral``'s argument parser.
+the gateway database directly (applying any pending migrations): ``--db URL``
+or ``CORRAL_DB`` (a PostgreSQL URL or a SQLite path), else
+``<CORRAL_HOME>/corral.db``. That is how an operator creates the first key.
+A running server sees their changes at once, since it reads keys from the same
+database. :func:`add_gateway_parsers` registers them on ``corral``'s argument
+parser; :func:`add_db_argument` gives ``serve`` and ``proxy`` the same ``--db``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from corral.errors import CorralError
-from corral.gateway.db import Database, default_db_path
+from corral.gateway.db import Database, DatabaseError, database_url, open_database
 from corral.gateway.keys import KeyStore
 from corral.gateway.periods import parse_period
 from corral.gateway.requestlog import RequestLog
@@ -48,16 +49,25 @@ def _guarded(fn: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (CorralError, sqlite3.Error) as exc:
+        except (CorralError, DatabaseError) as exc:
             sys.stderr.write(f"Error: {exc}\n")
             return 1
     return run
 
 
-def _open_db() -> Database:
-    db = Database(default_db_path(Settings.from_env()))
+def _open_db(args: argparse.Namespace) -> Database:
+    settings = Settings.from_env()
+    if args.db is not None:
+        settings = settings.with_overrides(db=args.db)
+    db = open_database(database_url(settings))
     db.migrate()
     return db
+
+
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, metavar="URL",
+                        help="the gateway database: postgresql://user:pass@host/db (shared by several gateways) "
+                             "or a SQLite file path (CORRAL_DB; default $CORRAL_HOME/corral.db)")
 
 
 def _period(text: str) -> float:
@@ -97,7 +107,7 @@ def _clip(value: Any, width: int) -> str:
 @_guarded
 def cmd_keys_create(args: argparse.Namespace) -> int:
     models = args.models.split(",") if args.models is not None else None
-    key, secret = KeyStore(_open_db()).create(args.name, admin=args.admin, models=models, rpm=args.rpm, tpm=args.tpm)
+    key, secret = KeyStore(_open_db(args)).create(args.name, admin=args.admin, models=models, rpm=args.rpm, tpm=args.tpm)
     _out(f'Created {key.scope} key "{key.name}" (prefix {key.prefix})')
     _out(f"  models: {', '.join(key.models) if key.models else 'all'}"
          f"   rpm: {key.rpm or 'unlimited'}   tpm: {key.tpm or 'unlimited'}")
@@ -108,7 +118,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    keys = KeyStore(_open_db()).list()
+    keys = KeyStore(_open_db(args)).list()
     if not keys:
         _out("No API keys: the server is open to loopback clients. Create one with `corral keys create NAME`.")
         return 0
@@ -122,7 +132,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    if not KeyStore(_open_db()).revoke(args.name):
+    if not KeyStore(_open_db(args)).revoke(args.name):
         sys.stderr.write(f'Error: no active key named "{args.name}"\n')
         return 1
     _out(f'Revoked key "{args.name}"')
@@ -150,7 +160,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 @_guarded
 def cmd_logs(args: argparse.Namespace) -> int:
-    log = RequestLog(_open_db())
+    log = RequestLog(_open_db(args))
     filters: dict[str, Any] = {"model": args.model, "status": args.status, "key_name": args.key}
     since = time.time() - args.since if args.since is not None else None
     start = log.last_rowid()
@@ -178,7 +188,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats = RequestLog(_open_db()).stats(since=time.time() - args.since, key_name=args.key)
+    stats = RequestLog(_open_db(args)).stats(since=time.time() - args.since, key_name=args.key)
     if args.json:
         _out(json.dumps(stats))
         return 0
@@ -205,7 +215,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def add_gateway_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``keys``, ``logs`` and ``stats`` to ``corral``'s subcommands."""
-    k = sub.add_parser("keys", help="create, list and revoke API keys (works on CORRAL_HOME directly)")
+    k = sub.add_parser("keys", help="create, list and revoke API keys (works on the database directly)")
     ksub = k.add_subparsers(dest="keys_command", required=True)
     kc = ksub.add_parser("create", help="create a key; it is printed once, alone on the last line")
     kc.add_argument("name")
@@ -213,10 +223,14 @@ def add_gateway_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     kc.add_argument("--models", default=None, help="comma-separated allowlist of models (default: all)")
     kc.add_argument("--rpm", type=_positive_int, default=None, help="requests per minute")
     kc.add_argument("--tpm", type=_positive_int, default=None, help="prompt plus output tokens per minute")
+    add_db_argument(kc)
     kc.set_defaults(func=cmd_keys_create)
-    ksub.add_parser("list", aliases=["ls"], help="list active keys").set_defaults(func=cmd_keys_list)
+    kl = ksub.add_parser("list", aliases=["ls"], help="list active keys")
+    add_db_argument(kl)
+    kl.set_defaults(func=cmd_keys_list)
     kr = ksub.add_parser("revoke", help="revoke a key")
     kr.add_argument("name")
+    add_db_argument(kr)
     kr.set_defaults(func=cmd_keys_revoke)
 
     lg = sub.add_parser("logs", help="show the request log")
@@ -228,10 +242,12 @@ def add_gateway_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     lg.add_argument("-n", type=_positive_int, default=50, help="rows to show (default 50)")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new rows until Ctrl-C")
     lg.add_argument("--follow-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    add_db_argument(lg)
     lg.set_defaults(func=cmd_logs)
 
     st = sub.add_parser("stats", help="per-model request statistics from the log")
     st.add_argument("--since", type=_period, default="24h", help="window, e.g. 24h (default), 1h, 30d")
     st.add_argument("--key", default=None, help="only this key's requests")
     st.add_argument("--json", action="store_true")
+    add_db_argument(st)
     st.set_defaults(func=cmd_stats)

@@ -3,7 +3,7 @@
 Every knob follows Ollama's variable name (``OLLAMA_HOST``, ``OLLAMA_MODELS``,
 ``OLLAMA_KEEP_ALIVE`` ...). Each has a ``CORRAL_*`` twin of the same suffix
 which wins when both are set. Knobs Ollama lacks (the gateway's
-``CORRAL_NO_AUTH``, ``CORRAL_LOG_RETENTION``) are ``CORRAL_*`` only. The object is immutable; it is built by
+``CORRAL_NO_AUTH``, ``CORRAL_LOG_RETENTION``, ``CORRAL_DB``) are ``CORRAL_*`` only. The object is immutable; it is built by
 :func:`Settings.from_env` and passed to whatever needs it.
 """
 
@@ -126,6 +126,7 @@ class Settings:
     shutdown_grace: float = 5.0
     # CORRAL_PARTIAL_PULL_TTL: an interrupted pull's partial blob is kept this long for a later pull to resume.
     partial_pull_ttl: float = 24 * 3600.0
+    db: str | None = None  # CORRAL_DB / --db: a PostgreSQL URL or a SQLite path; None is <home>/corral.db
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -176,6 +177,7 @@ class Settings:
             max_body=max(1024, parse_size(max_body_raw)) if max_body_raw else 32 << 20,
             shutdown_grace=max(0.0, _seconds(grace_raw, "SHUTDOWN_GRACE")) if grace_raw else 5.0,
             partial_pull_ttl=max(0.0, _seconds(ttl_raw, "PARTIAL_PULL_TTL")) if ttl_raw else 24 * 3600.0,
+            db=(env.get("CORRAL_DB") or "").strip() or None,
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -1,4 +1,5 @@
-"""Shared fixtures: real ``corral serve`` processes on loopback, and the app in-process.
+"""Shared fixtures: real ``corral serve`` processes on loopback, the app in-process, and the gateway database
+on both backends.
 
 The session server is started once with a fresh ``CORRAL_HOME`` (seeded with
 the starter models) and driven by the official clients. ``start_server``
@@ -12,11 +13,17 @@ process, no model, milliseconds per test. Use it for everything above the
 engine (scheduler, service, HTTP layer, error bodies); keep the real servers
 for what the engine does (generation, streaming, embeddings, templates on
 real models, the official clients against a real socket).
+
+``pg_cluster`` is one real PostgreSQL server per session (see
+:mod:`tests.pgcluster`; ``scripts/test.sh`` installs PostgreSQL where it is missing), and
+``pg_url`` a fresh database in it for each test. ``db_url`` / ``db`` run a
+storage test once per backend: a SQLite file, then a PostgreSQL database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -34,11 +41,13 @@ import pytest
 import pytest_asyncio
 from starlette.types import ASGIApp, Message
 
+from corral.gateway.db import Database, open_database
 from corral.server.app import create_app
 from corral.settings import Settings
 from corral.store.create import CreateSpec, create_model
 from corral.store.store import Store
 from tests.fake_engine import FakeEngine
+from tests.pgcluster import PgCluster, pg_bin, remove_cluster, start_cluster
 from tests.tiny_gguf import tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -308,3 +317,38 @@ async def make_app(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[MakeApp]:
 async def inproc(make_app: MakeApp) -> InProc:
     """The default in-process app: default settings, the tiny model, a fake engine echoing the prompt."""
     return await make_app()
+# ---- the gateway database on both backends ------------------------------------------
+
+BACKENDS = ("sqlite", "postgresql")
+_pg_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    pg_bin()  # fails, saying how to install it, where PostgreSQL is missing (scripts/test.sh installs it)
+    cluster = start_cluster()
+    yield cluster
+    remove_cluster(cluster)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A fresh, empty database in the session's PostgreSQL."""
+    return pg_cluster.create_database(f"t{os.getpid()}_{next(_pg_names)}")
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty gateway database on each backend in turn: a SQLite path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "corral.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """The gateway database at ``db_url``, migrated; this thread's connection closed afterwards."""
+    database = open_database(db_url)
+    database.migrate()
+    yield database
+    database.close()

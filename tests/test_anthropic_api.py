@@ -351,13 +351,13 @@ def test_error_classes_map_to_sdk_exceptions(stand_in: Anthropic) -> None:
 def test_api_keys_in_x_api_key_and_the_request_log(start_server: Any, tmp_path: Path) -> None:
     """With keys on, the Anthropic SDK's own header authenticates; a wrong key is its AuthenticationError;
     both dialects' calls land in the request log with route, model, status and phases."""
-    from corral.gateway.db import Database
+    from corral.gateway.db import open_database
     from corral.gateway.keys import KeyStore
     from corral.gateway.requestlog import RequestLog
 
     home = tmp_path / "keyed"
     home.mkdir()
-    db = Database(home / "corral.db")
+    db = open_database(home / "corral.db")
     db.migrate()
     _, key = KeyStore(db).create("agent")
     srv = start_server(home=home)
@@ -370,7 +370,7 @@ def test_api_keys_in_x_api_key_and_the_request_log(start_server: Any, tmp_path: 
     oai = OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0)
     assert oai.responses.create(model=SMOLLM, input="Hi", max_output_tokens=4).status in ("completed", "incomplete")
     srv.stop()  # flushes the log
-    rows = RequestLog(Database(home / "corral.db")).query(limit=10)
+    rows = RequestLog(open_database(home / "corral.db")).query(limit=10)
     by_route = {(r["route"], r["status"]): r for r in rows}
     ok = by_route[("/v1/messages", 200)]
     assert ok["key_name"] == "agent" and ok["model"] == SMOLLM and ok["dialect"] == "anthropic"

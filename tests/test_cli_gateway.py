@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from corral.gateway.db import Database
+from corral.gateway.db import open_database
 from corral.gateway.keys import KeyStore
 from corral.gateway.requestlog import RequestLog, RequestRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def corral(home: Path, *args: str, timeout: int = 60) -> subprocess.CompletedProcess[str]:
+def corral(home: Path, *args: str, timeout: int = 60, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env["CORRAL_HOME"] = str(home)
+    env.update(extra_env)
     return subprocess.run([sys.executable, "-m", "corral", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, encoding="utf-8", timeout=timeout, check=False)
 
@@ -34,7 +35,7 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert "ci-bot" in lines[0] and secret not in "\n".join(lines[:-1])
     assert (tmp_path / "corral.db").is_file()
     # a process that opened the database before the CLI ran (a server) accepts the key
-    store = KeyStore(Database(tmp_path / "corral.db"))
+    store = KeyStore(open_database(tmp_path / "corral.db"))
     found = store.verify(secret)
     assert found is not None and found.name == "ci-bot" and found.rpm == 60
 
@@ -70,7 +71,7 @@ def test_keys_create_rejects_a_bad_name(tmp_path: Path) -> None:
 @pytest.fixture
 def logged(tmp_path: Path) -> Path:
     now = time.time()
-    log = RequestLog(Database(tmp_path / "corral.db"))
+    log = RequestLog(open_database(tmp_path / "corral.db"))
     log.db.migrate()
     log.start()
     for i in range(10):
@@ -113,7 +114,7 @@ def test_logs_follow_prints_new_rows(logged: Path) -> None:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
         assert first["id"] == "boom"  # the newest existing row, then it follows
-        log = RequestLog(Database(logged / "corral.db"))
+        log = RequestLog(open_database(logged / "corral.db"))
         log.submit(RequestRecord(id="live1", ts=time.time(), method="POST", path="/api/chat", status=200))
         log.submit(RequestRecord(id="live2", ts=time.time(), method="POST", path="/api/chat", status=404))
         log.close()
@@ -139,3 +140,27 @@ def test_stats(logged: Path) -> None:
     week = json.loads(corral(logged, "stats", "--since", "7d", "--json").stdout)
     assert week["statuses"] == {"200": 11, "500": 1}
     assert week["models"][0]["p95_ms"] == 1000.0
+
+
+def test_keys_logs_and_stats_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    """``--db URL`` and ``CORRAL_DB`` point every gateway command at PostgreSQL; nothing goes to CORRAL_HOME."""
+    created = corral(tmp_path, "keys", "create", "ci", "--rpm", "5", "--db", pg_url)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip().splitlines()[-1]
+    found = KeyStore(open_database(pg_url)).verify(secret)
+    assert found is not None and found.name == "ci" and found.rpm == 5
+    listed = corral(tmp_path, "keys", "list", CORRAL_DB=pg_url)
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[:2] == ["ci", "user"]
+    log = RequestLog(open_database(pg_url))
+    log.submit(RequestRecord(id="pg1", ts=time.time() - 5, key_name="ci", method="POST", path="/api/chat",
+                             model="smollm2:135m", status=200, total_ms=250.0, prompt_tokens=3, output_tokens=4))
+    log.close()
+    rows = corral(tmp_path, "logs", "--json", "--db", pg_url)
+    assert [json.loads(line)["id"] for line in rows.stdout.splitlines()] == ["pg1"], rows.stderr
+    stats = json.loads(corral(tmp_path, "stats", "--json", CORRAL_DB=pg_url).stdout)
+    assert stats["statuses"] == {"200": 1} and stats["models"][0]["p95_ms"] == 250.0
+    assert corral(tmp_path, "keys", "revoke", "ci", "--db", pg_url).returncode == 0
+    assert KeyStore(open_database(pg_url)).verify(secret) is None
+    assert not (tmp_path / "corral.db").exists()
+    down = corral(tmp_path, "keys", "list", "--db", "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    assert down.returncode == 1 and down.stderr.startswith("Error: ") and "Traceback" not in down.stderr

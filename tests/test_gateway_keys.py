@@ -1,30 +1,27 @@
-"""API keys on a real SQLite file: lifecycle, hashing, prefix lookup, cross-process visibility."""
+"""API keys on both backends (a SQLite file, a PostgreSQL database): lifecycle, hashing, prefix lookup, visibility."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from corral.errors import BadRequest
-from corral.gateway.db import Database, default_db_path
+from corral.gateway.db import Database, IntegrityError, database_url, default_db_path, open_database
 from corral.gateway.keys import KEY_PREFIX, PREFIX_LEN, KeyStore
 from corral.settings import Settings
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(tmp_path / "corral.db")
-    database.migrate()
-    return database
 
 
 def test_default_path_is_under_corral_home(tmp_path: Path) -> None:
     settings = Settings.from_env({"CORRAL_HOME": str(tmp_path)})
     assert default_db_path(settings) == tmp_path / "corral.db"
+    assert database_url(settings) == str(tmp_path / "corral.db")
+    pg = Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_DB": "postgresql://u:p@db:5432/corral"})
+    assert database_url(pg) == "postgresql://u:p@db:5432/corral"
 
 
 def test_create_verify_and_list(db: Database) -> None:
@@ -57,6 +54,10 @@ def test_only_the_hash_is_stored(db: Database, tmp_path: Path) -> None:
     _, secret = store.create("ci")
     stored = db.conn.execute("SELECT prefix, hash FROM keys WHERE name = 'ci'").fetchone()
     assert stored == (secret[:PREFIX_LEN], hashlib.sha256(secret.encode()).hexdigest())
+    columns = db.conn.execute("SELECT * FROM keys").fetchall()[0]
+    assert secret not in [str(v) for v in columns]
+    if db.dialect.name != "sqlite":
+        return
     db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("corral.db"))
     assert secret[:PREFIX_LEN].encode() in raw  # the visible prefix is there ...
@@ -77,11 +78,18 @@ def test_lookup_is_by_prefix_and_compare_is_constant_time(db: Database, monkeypa
 
     monkeypatch.setattr(hmac, "compare_digest", spy)  # keys.py calls hmac.compare_digest
     statements: list[str] = []
-    db.conn.set_trace_callback(statements.append)
+    conn = db.conn
+    real_execute = conn.execute
+
+    def traced(sql: str, params: Any = ()) -> Any:
+        statements.append(sql)
+        return real_execute(sql, params)
+
+    conn.execute = traced  # type: ignore[method-assign]
     try:
         assert store.verify(secret) is not None
     finally:
-        db.conn.set_trace_callback(None)
+        del conn.execute
     assert compared == [(hashlib.sha256(secret.encode()).hexdigest(),) * 2]
     assert any("WHERE prefix = " in s for s in statements)
     # a prefix that matches no row still costs one comparison, against a dummy hash
@@ -119,10 +127,10 @@ def test_duplicate_and_invalid_names(db: Database) -> None:
     assert store.active_count() == 1
 
 
-def test_visible_to_a_second_store_on_the_same_file(db: Database) -> None:
-    """As a running server sees keys the CLI creates: another connection, no restart."""
-    server = KeyStore(Database(db.path))
-    cli = KeyStore(Database(db.path))
+def test_visible_to_a_second_store_on_the_same_database(db: Database) -> None:
+    """As a running server sees keys the CLI (or another replica) creates: another connection, no restart."""
+    server = KeyStore(open_database(db.url))
+    cli = KeyStore(open_database(db.url))
     assert server.active_count() == 0
     _, secret = cli.create("late")
     found = server.verify(secret)
@@ -154,7 +162,34 @@ def test_model_allowlist_treats_latest_tag_as_same_model(db: Database) -> None:
     assert not key.allows_model("smollm2") and not key.allows_model("qwen2.5:7b")
 
 
-def test_the_name_is_unique_among_active_keys_in_sqlite_too(db: Database) -> None:
+def test_the_name_is_unique_among_active_keys_in_the_database_too(db: Database) -> None:
     KeyStore(db).create("ci")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(IntegrityError):
         db.conn.execute("INSERT INTO keys(name, scope, prefix, hash, created_at) VALUES ('ci', 'user', 'p', 'h', 'now')")
+    db.conn.execute("UPDATE keys SET revoked_at = 'now'")
+    db.conn.execute("INSERT INTO keys(name, scope, prefix, hash, created_at) VALUES ('ci', 'user', 'p', 'h', 'now')")
+
+
+def test_concurrent_creates_of_one_name_make_one_key(db: Database) -> None:
+    """Two writers (two replicas) race to create the same name: one key results, the other gets a 400."""
+    outcomes: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def create() -> None:
+        own = open_database(db.url)
+        barrier.wait()
+        try:
+            KeyStore(own).create("racer")
+            outcomes.append("created")
+        except BadRequest:
+            outcomes.append("refused")
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["created", "refused", "refused", "refused"]
+    assert [k.name for k in KeyStore(db).list()] == ["racer"]

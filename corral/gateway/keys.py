@@ -8,7 +8,8 @@ A key reads ``corral-`` + 8 lookup characters + 43 random URL-safe characters
 random, not chosen by people.
 
 Every lookup queries the database, so a key created or revoked by another
-process (``corral keys ...``) takes effect at once, without a restart.
+process (``corral keys ...``, or another gateway replica sharing the same
+PostgreSQL) takes effect at once, without a restart.
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ import json
 import logging
 import re
 import secrets
-import sqlite3
 import string
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from corral.errors import BadRequest
-from corral.gateway.db import Database, utc_now_iso
+from corral.gateway.db import Database, DatabaseError, IntegrityError, Row, utc_now_iso
 
 log = logging.getLogger("corral.gateway.keys")
 
@@ -98,8 +98,8 @@ def _validate(name: str, models: Iterable[str] | None, rpm: int | None, tpm: int
 _COLUMNS = "name, scope, prefix, created_at, last_used_at, models, rpm, tpm"
 
 
-def _from_row(row: tuple[Any, ...]) -> ApiKey:
-    name, scope, prefix, created_at, last_used_at, models, rpm, tpm = row
+def _from_row(row: Row) -> ApiKey:
+    name, scope, prefix, created_at, last_used_at, models, rpm, tpm = row[:8]
     return ApiKey(
         name=name,
         scope="admin" if scope == "admin" else "user",
@@ -133,7 +133,7 @@ class KeyStore:
             secret = new_secret()
             key = ApiKey(name, "admin" if admin else "user", secret[:PREFIX_LEN], utc_now_iso(), None, allow, rpm, tpm)
             try:
-                with self.db.transaction(conn):
+                with conn.transaction():
                     taken = conn.execute("SELECT 1 FROM keys WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
                     if taken is not None:
                         raise BadRequest(f'a key named "{name}" already exists: revoke it first or pick another name',
@@ -142,7 +142,7 @@ class KeyStore:
                         "INSERT INTO keys(name, scope, prefix, hash, created_at, models, rpm, tpm)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (name, key.scope, key.prefix, hash_key(secret), key.created_at, models_json, rpm, tpm))
-            except sqlite3.IntegrityError:
+            except IntegrityError:  # the prefix, or the name, taken by a concurrent create: look again
                 continue
             log.info("created %s key %r (%s)", key.scope, name, key.prefix)
             return key, secret
@@ -162,7 +162,7 @@ class KeyStore:
     def revoke(self, name: str) -> bool:
         """Revoke the active key ``name``; False when there is none."""
         conn = self.db.conn
-        with self.db.transaction(conn):
+        with conn.transaction():
             cur = conn.execute("UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                                (utc_now_iso(), name))
         if cur.rowcount:
@@ -176,10 +176,10 @@ class KeyStore:
         row = self.db.conn.execute(
             f"SELECT {_COLUMNS}, hash FROM keys WHERE prefix = ? AND revoked_at IS NULL",
             (secret[:PREFIX_LEN],)).fetchone()
-        stored = row[-1] if row is not None else _DUMMY_HASH
+        stored = row["hash"] if row is not None else _DUMMY_HASH
         if not hmac.compare_digest(hash_key(secret), stored) or row is None:
             return None
-        return _from_row(row[:-1])
+        return _from_row(row)
 
     def touch(self, name: str) -> None:
         """Record that ``name`` was used; writes at most once per ``touch_interval`` per key."""
@@ -192,9 +192,9 @@ class KeyStore:
         try:
             self.db.conn.execute("UPDATE keys SET last_used_at = ? WHERE name = ? AND revoked_at IS NULL",
                                  (utc_now_iso(), name))
-        except sqlite3.Error:
+        except DatabaseError:
             log.warning("could not record last use of key %r", name, exc_info=True)
 
     def active_count(self) -> int:
-        row = self.db.conn.execute("SELECT count(*) FROM keys WHERE revoked_at IS NULL").fetchone()
+        row = self.db.conn.execute("SELECT count(*) FROM keys WHERE revoked_at IS NULL").one()
         return int(row[0])

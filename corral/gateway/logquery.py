@@ -3,7 +3,9 @@
 The read side of :class:`corral.gateway.requestlog.RequestLog`, kept apart
 from its writer. Every function takes the caller's connection and returns
 JSON-ready values: the CLI prints them, the admin HTTP routes send them.
-Percentiles are nearest-rank (p50 of 1..100 is 50, p95 is 95).
+The SQL is the subset SQLite and PostgreSQL share (no boolean sums, no
+percentile functions). Percentiles are nearest-rank (p50 of 1..100 is 50, p95
+is 95), each one row read at its rank with ``ORDER BY ... LIMIT 1 OFFSET``.
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ from __future__ import annotations
 import json
 import math
 import re
-import sqlite3
 from typing import Any
 
 from corral.errors import BadRequest
+from corral.gateway.db import Connection, Cursor
 
 MAX_LIMIT = 10000
 _STATUS_CLASS = re.compile(r"([1-5])xx")
 _STATUS_CODE = re.compile(r"[1-5]\d\d")
-_OK = "(status BETWEEN 200 AND 399 AND error IS NULL)"
+_OK = "CASE WHEN status BETWEEN 200 AND 399 AND error IS NULL THEN 1 ELSE 0 END"
+_FAILED = "CASE WHEN error IS NOT NULL OR coalesce(status, 0) >= 400 THEN 1 ELSE 0 END"
 
 
 def status_clause(text: str) -> tuple[str, list[int]]:
@@ -64,12 +67,11 @@ def _sql_where(where: list[str]) -> str:
     return " WHERE " + " AND ".join(where) if where else ""
 
 
-def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+def _dicts(cur: Cursor) -> list[dict[str, Any]]:
+    return [row.as_dict() for row in cur.fetchall()]
 
 
-def query_requests(conn: sqlite3.Connection, *, since: float | None = None, model: str | None = None,
+def query_requests(conn: Connection, *, since: float | None = None, model: str | None = None,
                    status: str | None = None, key_name: str | None = None, limit: int = 50, offset: int = 0,
                    after_rowid: int | None = None) -> list[dict[str, Any]]:
     """Rows newest first; with ``after_rowid``, only later rows, oldest first (for following)."""
@@ -89,11 +91,11 @@ def query_requests(conn: sqlite3.Connection, *, since: float | None = None, mode
     return rows
 
 
-def last_rowid(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM requests").fetchone()[0])
+def last_rowid(conn: Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM requests").one()[0])
 
 
-def _nearest_rank(conn: sqlite3.Connection, where: str, params: list[Any], n: int, pct: float) -> float | None:
+def _nearest_rank(conn: Connection, where: str, params: list[Any], n: int, pct: float) -> float | None:
     if n == 0:
         return None
     rank = max(1, math.ceil(pct / 100 * n))
@@ -102,7 +104,7 @@ def _nearest_rank(conn: sqlite3.Connection, where: str, params: list[Any], n: in
     return float(row[0]) if row is not None else None
 
 
-def request_stats(conn: sqlite3.Connection, *, since: float | None = None,
+def request_stats(conn: Connection, *, since: float | None = None,
                   key_name: str | None = None) -> dict[str, Any]:
     """``{"requests", "models": [...], "statuses": {"200": n}, "beacons": {...}}`` for the window."""
     where, params = _filters(since, None, None, key_name)
@@ -136,21 +138,21 @@ def request_stats(conn: sqlite3.Connection, *, since: float | None = None,
     }
 
 
-def beacon_summary(conn: sqlite3.Connection, *, since: float | None = None,
+def beacon_summary(conn: Connection, *, since: float | None = None,
                    key_name: str | None = None) -> dict[str, Any]:
     """``{"total", "errors", "by_event": {event: n}}``; an error is an event with error text or status >= 400."""
     where, params = _filters(since, None, None, key_name)
     by_event: dict[str, int] = {}
     errors = 0
     for event, n, failed in conn.execute(
-            f"SELECT event, count(*), sum(error IS NOT NULL OR coalesce(status, 0) >= 400) FROM beacons"
+            f"SELECT event, count(*), sum({_FAILED}) FROM beacons"
             f"{_sql_where(where)} GROUP BY event ORDER BY count(*) DESC, event", params):
         by_event[str(event)] = int(n)
         errors += int(failed or 0)
     return {"total": sum(by_event.values()), "errors": errors, "by_event": by_event}
 
 
-def query_beacons(conn: sqlite3.Connection, *, since: float | None = None, limit: int = 50,
+def query_beacons(conn: Connection, *, since: float | None = None, limit: int = 50,
                   key_name: str | None = None) -> list[dict[str, Any]]:
     """Analytics events newest first; ``data`` is the stored event, parsed."""
     if limit < 0:

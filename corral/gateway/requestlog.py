@@ -12,9 +12,11 @@ once a minute deletes rows older than ``retention_seconds``.
 writer drain everything queued, and writes any stragglers itself: nothing
 submitted before ``close`` is lost. Playground analytics events
 (:meth:`RequestLog.record_beacon`) take the same queue into the ``beacons``
-table. The read side (:meth:`RequestLog.query`, :meth:`RequestLog.stats`,
+table. The writer reconnects when its connection breaks (a PostgreSQL
+restart); a batch it cannot write meanwhile is dropped and counted. The read
+side (:meth:`RequestLog.query`, :meth:`RequestLog.stats`,
 :meth:`RequestLog.beacons`) runs in the caller's thread on its own connection;
-the SQL is in :mod:`corral.gateway.logquery`.
+the SQL is in :mod:`corral.gateway.logquery`, the same for SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import logging
 import operator
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +32,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from corral.gateway import logquery
-from corral.gateway.db import Database
+from corral.gateway.db import Connection, Database, DatabaseError
 from corral.gateway.timing import PHASES
 
 log = logging.getLogger("corral.gateway.requestlog")
@@ -186,12 +187,13 @@ class RequestLog:
                 log.error("request log writer still busy after %.1fs with %d rows queued", timeout, self.backlog)
                 return
         if not self._queue.empty():  # never started, or the writer died
-            conn = self.db.connect()
+            conn: Connection | None = None
             try:
                 while batch := self._take(wait=False):
-                    self._write(conn, batch)
+                    conn = self._write(self._reconnect(conn), batch)
             finally:
-                conn.close()
+                if conn is not None:
+                    conn.close()
 
     @property
     def backlog(self) -> int:
@@ -206,19 +208,34 @@ class RequestLog:
         return self._written
 
     def _run(self) -> None:
-        conn = self.db.connect()
+        conn: Connection | None = None
         try:
             while True:
-                self._maybe_prune(conn)
+                conn = self._reconnect(conn)
+                if conn is not None:
+                    self._maybe_prune(conn)
                 batch = self._take(wait=not self._stop.is_set())
                 if batch:
-                    self._write(conn, batch)
+                    conn = self._write(self._reconnect(conn), batch)
                 elif self._stop.is_set() and self._queue.empty():
                     return
         except Exception:
             log.exception("request log writer failed; close() will write what is left")
         finally:
+            if conn is not None:
+                conn.close()
+
+    def _reconnect(self, conn: Connection | None) -> Connection | None:
+        """``conn`` if still usable, else a new connection, or None (logged) when the database cannot be reached."""
+        if conn is not None:
+            if conn.usable:
+                return conn
             conn.close()
+        try:
+            return self.db.connect()
+        except DatabaseError as exc:
+            log.warning("request log cannot reach %s: %s", self.db.display, exc)
+            return None
 
     def _take(self, *, wait: bool) -> list[RequestRecord | _Beacon]:
         """Up to ``batch_size`` items; when ``wait``, up to 1 s for the first and ``flush_interval`` for more."""
@@ -245,33 +262,44 @@ class RequestLog:
                 batch.append(item)
         return batch
 
-    def _write(self, conn: sqlite3.Connection, batch: list[RequestRecord | _Beacon]) -> None:
+    def _write(self, conn: Connection | None, batch: list[RequestRecord | _Beacon]) -> Connection | None:
+        """Insert ``batch`` in one transaction; return the connection to use next (a new one if this one broke)."""
         requests = [_row_of(item) for item in batch if isinstance(item, RequestRecord)]
         beacons = [item for item in batch if isinstance(item, _Beacon)]
-        try:
-            with self.db.transaction(conn):
-                if requests:
-                    conn.executemany(_INSERT_REQUEST, requests)
-                if beacons:
-                    conn.executemany(_INSERT_BEACON, beacons)
-        except sqlite3.Error:
-            log.exception("request log could not write %d rows", len(batch))
-            self._count_drop(len(batch))
-            return
+        for attempt in (1, 2):
+            if conn is None:
+                self._count_drop(len(batch))
+                return None
+            try:
+                with conn.transaction():
+                    if requests:
+                        conn.executemany(_INSERT_REQUEST, requests)
+                    if beacons:
+                        conn.executemany(_INSERT_BEACON, beacons)
+                break
+            except DatabaseError:
+                if attempt == 1 and not conn.usable:  # the server dropped us (a restart): once more, reconnected
+                    log.warning("request log lost its connection to %s; reconnecting", self.db.display)
+                    conn = self._reconnect(conn)
+                    continue
+                log.exception("request log could not write %d rows", len(batch))
+                self._count_drop(len(batch))
+                return conn
         with self._count_lock:
             self._written += len(batch)
+        return conn
 
-    def _maybe_prune(self, conn: sqlite3.Connection) -> None:
+    def _maybe_prune(self, conn: Connection) -> None:
         now = time.monotonic()
         if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY_SECONDS:
             return
         self._last_prune = now
         try:
             self.prune(conn)
-        except sqlite3.Error:
+        except DatabaseError:
             log.exception("request log retention prune failed")
 
-    def prune(self, conn: sqlite3.Connection | None = None) -> int:
+    def prune(self, conn: Connection | None = None) -> int:
         """Delete request and beacon rows older than the retention; return how many went."""
         if self.retention_seconds is None or self.retention_seconds <= 0:
             return 0
@@ -280,7 +308,7 @@ class RequestLog:
         deleted = 0
         for table in ("requests", "beacons"):
             while True:  # in chunks, so the write lock is never held for long
-                with self.db.transaction(conn):
+                with conn.transaction():
                     cur = conn.execute(f"DELETE FROM {table} WHERE rowid IN "
                                        f"(SELECT rowid FROM {table} WHERE ts < ? LIMIT {PRUNE_CHUNK})", (cutoff,))
                 deleted += cur.rowcount

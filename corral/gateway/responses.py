@@ -6,11 +6,12 @@ continued by a later request's ``previous_response_id``. Each row keeps the
 response object exactly as it was answered, and the conversation up to and
 including it as internal chat messages (``instructions`` excluded: they do
 not carry over to the next response), so a continuation only has to append
-its own input. Rows live in ``<CORRAL_HOME>/corral.db`` (migration
-``m004_responses``), so they survive a restart and any process sharing the
-file sees them.
+its own input. Rows live in the gateway database (migration
+``m004_responses``): ``<CORRAL_HOME>/corral.db``, or the PostgreSQL of
+``--db``, so they survive a restart and every process or replica sharing the
+database sees them.
 
-The methods are synchronous SQLite calls; the server runs them in a worker
+The methods are synchronous database calls; the server runs them in a worker
 thread (each thread gets its own connection from :class:`Database`).
 """
 
@@ -19,10 +20,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from corral.gateway.db import Database
+from corral.gateway.db import Database, open_database
 
 
 @dataclass
@@ -36,16 +36,19 @@ class ResponseStore:
         self.db = db
 
     @classmethod
-    def open(cls, path: Path) -> ResponseStore:
-        """The store in the database file at ``path``, migrated to the current schema."""
-        db = Database(path)
+    def open(cls, url: str) -> ResponseStore:
+        """The store in the database at ``url`` (a SQLite path or a PostgreSQL URL), migrated."""
+        db = open_database(url)
         db.migrate()
         return cls(db)
 
     def put(self, response: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        """Store ``response`` (replacing a stored one with the same id) and its conversation."""
         self.db.conn.execute(
-            "INSERT OR REPLACE INTO responses(id, created_at, model, previous_response_id, response, messages) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO responses(id, created_at, model, previous_response_id, response, messages) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, "
+            "model = excluded.model, previous_response_id = excluded.previous_response_id, "
+            "response = excluded.response, messages = excluded.messages",
             (response["id"], float(response.get("created_at") or time.time()), str(response.get("model", "")),
              response.get("previous_response_id"), json.dumps(response), json.dumps(messages)))
 

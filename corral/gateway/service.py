@@ -1,7 +1,9 @@
 """The gateway of one server: its database, keys, rate limits, request log and metrics, and the auth rules.
 
 :meth:`Gateway.open` builds them once from :class:`~corral.settings.Settings`
-(the database at ``<CORRAL_HOME>/corral.db``, migrated); the app starts the
+(the database of ``--db`` / ``CORRAL_DB``, by default the SQLite file
+``<CORRAL_HOME>/corral.db``, migrated; rate-limit windows live in it too, so
+replicas sharing a PostgreSQL share them); the app starts the
 log writer with :meth:`Gateway.start` and flushes it with
 :meth:`Gateway.close` at shutdown. The HTTP side (``corral.server``) holds
 one ``Gateway`` and reads these objects from it; nothing here imports
@@ -24,9 +26,9 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from corral.gateway.db import Database, default_db_path
+from corral.gateway.db import Database, database_url, open_database
 from corral.gateway.keys import KeyStore
-from corral.gateway.limits import RateLimiter
+from corral.gateway.limits import DbRateLimiter, Limiter
 from corral.gateway.metrics import Metrics
 from corral.gateway.requestlog import RequestLog
 from corral.settings import Settings
@@ -68,16 +70,17 @@ class Gateway:
     settings: Settings
     db: Database
     keys: KeyStore
-    limiter: RateLimiter
+    limiter: Limiter
     log: RequestLog
     metrics: Metrics
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
-        db = Database(default_db_path(settings))
+        db = open_database(database_url(settings))
         db.migrate()
         retention = settings.log_retention if settings.log_retention > 0 else None
-        return cls(settings, db, KeyStore(db), RateLimiter(), RequestLog(db, retention_seconds=retention), Metrics())
+        return cls(settings, db, KeyStore(db), DbRateLimiter(db), RequestLog(db, retention_seconds=retention),
+                   Metrics())
 
     @property
     def loopback(self) -> bool:
@@ -94,7 +97,8 @@ class Gateway:
 
     def start(self) -> None:
         if self.settings.no_auth and self.keys.active_count() > 0:
-            log.warning("--no-auth: the API keys in %s are not checked; every caller is an admin", self.db.path)
+            log.warning("--no-auth: the API keys in %s are not checked; every caller is an admin", self.db.display)
+        log.info("gateway database: %s", self.db.display)
         self.log.start()
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from corral.backend.local import LocalBackend
 from corral.backend.scheduler import Scheduler
 from corral.engine.base import Engine
 from corral.errors import ClientGone, CorralError
-from corral.gateway.db import default_db_path
+from corral.gateway.db import database_url
 from corral.gateway.responses import ResponseStore
 from corral.gateway.service import Gateway
 from corral.gateway.timing import TIMING_HEADERS
@@ -154,7 +154,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
         backend = LocalBackend(settings, store, scheduler)
         app.state.backend = backend
         app.state.gateway = gw
-        responses = ResponseStore.open(default_db_path(settings))  # stored /v1/responses, in the gateway DB
+        # stored /v1/responses, in the gateway database (sharing the gateway's connections when it is on)
+        responses = ResponseStore(gw.db) if gw is not None else ResponseStore.open(database_url(settings))
         app.state.responses = responses
         if gw is not None:
             gw.metrics.set_sources(queue_depth=scheduler.queue_depth, slots=scheduler.slot_usage,

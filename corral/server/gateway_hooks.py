@@ -12,8 +12,12 @@ Two :class:`~corral.server.middleware.GatewayHook` objects over one
     JSON body or the path, as the route declares), then its rpm/tpm limits.
     Rejections are 401, 403 and 429 with ``Retry-After``, in the route's
     dialect. It times itself as the ``auth`` phase, and counts each answer's
-    prompt and output tokens against the key's tpm once it is done. A key
-    never appears in a log line or an error.
+    prompt and output tokens against the key's tpm once it is done (only for
+    keys that have one). Database calls that may wait (every call on
+    PostgreSQL, shared rate-limit windows on either backend) run in a worker
+    thread, and a key's next limit check waits for its pending token counts,
+    so one process never checks before its own earlier answer was counted.
+    A key never appears in a log line or an error.
 
 :class:`LogHook`
     Adds ``Server-Timing`` and ``X-SDL-Proxy-Timing`` to every response
@@ -32,6 +36,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from starlette.types import Scope
 
@@ -46,6 +52,7 @@ from corral.server.middleware import GatewayHook
 log = logging.getLogger("corral.gateway.http")
 
 SERVER_TIMING = b"server-timing"
+T = TypeVar("T")
 PROXY_TIMING = b"x-sdl-proxy-timing"
 
 
@@ -75,6 +82,14 @@ class AuthHook:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._touched: dict[str, float] = {}  # key name -> when its last_used_at write was last sent off
+        self._counting: dict[str, set[asyncio.Future[None]]] = {}  # key name -> token counts not yet written
+
+    @staticmethod
+    async def _call(blocking: bool, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, in a worker thread when it may block."""
+        if not blocking:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def before(self, ctx: RequestContext, scope: Scope) -> None:
         start = time.perf_counter()
@@ -91,9 +106,10 @@ class AuthHook:
             ctx.is_admin = True
             return
         secret = _secret(scope["headers"])
-        key = gateway.keys.verify(secret) if secret else None
+        remote = gateway.db.remote
+        key = await self._call(remote, gateway.keys.verify, secret) if secret else None
         if key is None:
-            if not gateway.auth_required():  # no key exists and we only listen on loopback: open, as Ollama
+            if not await self._call(remote, gateway.auth_required):  # no key exists, loopback only: open, as Ollama
                 ctx.is_admin = True
                 return
             if secret:
@@ -106,10 +122,17 @@ class AuthHook:
             raise Forbidden(f'key "{key.name}" has user scope; {ctx.method} {ctx.path} needs an admin key')
         if key.models is not None and ctx.model_from is not None:
             await self._check_model(ctx, key)
-        wait = gateway.limiter.check(key)
+        if key.rpm is None and key.tpm is None:
+            return
+        pending = self._counting.get(key.name)
+        if pending:
+            await asyncio.wait(list(pending))
+        wait = await self._call(gateway.limiter.blocking, gateway.limiter.check, key)
         if wait is not None:
             raise TooManyRequests(f'rate limit of key "{key.name}" reached; retry in {math.ceil(wait)}s',
                                   retry_after=wait)
+        if key.tpm is not None:
+            ctx.extra["tpm"] = True
 
     async def _check_model(self, ctx: RequestContext, key: ApiKey) -> None:
         model: object = None
@@ -136,13 +159,29 @@ class AuthHook:
         if name is None:
             return
         tokens = (ctx.prompt_tokens or 0) + (ctx.output_tokens or 0)
-        if tokens:
-            self.gateway.limiter.add_tokens(name, tokens)
+        if tokens and ctx.extra.get("tpm"):
+            self._count_tokens(name, tokens)
         # last_used_at: a database write at most every few seconds per key, made off the event loop
         now = time.monotonic()
         if now - self._touched.get(name, -math.inf) >= self.gateway.keys.touch_interval:
             self._touched[name] = now
             asyncio.get_running_loop().run_in_executor(None, self.gateway.keys.touch, name)
+
+    def _count_tokens(self, name: str, tokens: int) -> None:
+        limiter = self.gateway.limiter
+        if not limiter.blocking:
+            limiter.add_tokens(name, tokens)
+            return
+        future = asyncio.get_running_loop().run_in_executor(None, limiter.add_tokens, name, tokens)
+        pending = self._counting.setdefault(name, set())
+        pending.add(future)
+
+        def done(f: asyncio.Future[None]) -> None:
+            pending.discard(f)
+            if not pending and self._counting.get(name) is pending:
+                del self._counting[name]
+
+        future.add_done_callback(done)
 
 
 class LogHook:
