@@ -70,14 +70,20 @@ def _human_duration(seconds: float) -> str:
     return f"{int(seconds / 3600) // 24 // 365} years"
 
 
-def human_time(iso: str, zero: str = "Never", now: datetime | None = None) -> str:
-    """Ollama's format.HumanTime: "4 minutes from now", "2 hours ago", "Forever" (20+ years ahead)."""
+def _parse_time(iso: str) -> datetime | None:
+    """An RFC 3339 time from the API (UTC when it names no zone), or None if it is not one."""
     try:
         then = datetime.fromisoformat(iso)
     except ValueError:
+        return None
+    return then if then.tzinfo is not None else then.replace(tzinfo=UTC)
+
+
+def human_time(iso: str, zero: str = "Never", now: datetime | None = None) -> str:
+    """Ollama's format.HumanTime: "4 minutes from now", "2 hours ago", "Forever" (20+ years ahead)."""
+    then = _parse_time(iso)
+    if then is None:
         return iso
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
     if then.year <= 1:
         return zero
     delta = ((now or datetime.now(UTC)) - then).total_seconds()
@@ -94,12 +100,9 @@ def human_ago(iso: str) -> str:
 
 def until(iso: str, now: datetime | None = None) -> str:
     """``ollama ps``'s UNTIL: "Stopping..." once the expiry has passed, else :func:`human_time`."""
-    try:
-        then = datetime.fromisoformat(iso)
-    except ValueError:
+    then = _parse_time(iso)
+    if then is None:
         return iso
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
     current = now or datetime.now(UTC)
     if current > then:
         return "Stopping..."
