@@ -7,6 +7,9 @@
   an admin key (or anyone, while auth is off) reads every row; a user key
   reads only its own rows through the same routes, and naming another key
   is a 403.
+* ``GET /api/whoami`` (any valid key): the caller's key name and scope,
+  and whether this server asks for keys at all; the playground shows it next
+  to "connected".
 * ``POST /api/playground/analytics``: one JSON event
   (:mod:`corral.gateway.beacons`), at most 64 KiB (413: the
   ``Content-Length`` is checked first, then the bytes as they arrive), bad
@@ -93,6 +96,12 @@ async def stats(request: Request) -> Response:
     return JSON(await asyncio.to_thread(_gateway(request).log.stats, since=since, key_name=key))
 
 
+async def whoami(request: Request) -> Response:
+    ctx = context_of(request)
+    return JSON({"key": ctx.key_name, "scope": "admin" if ctx.is_admin else "user",
+                 "auth": _gateway(request).auth_required()})
+
+
 async def analytics(request: Request) -> Response:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_BEACON_BYTES:
@@ -114,5 +123,6 @@ routes = [
     route("/metrics", metrics, methods=["GET"], scope="admin"),
     route("/api/admin/requests", list_requests, methods=["GET"]),
     route("/api/admin/stats", stats, methods=["GET"]),
+    route("/api/whoami", whoami, methods=["GET"]),
     route("/api/playground/analytics", analytics, methods=["POST"]),
 ]
