@@ -14,7 +14,8 @@
   (:mod:`corral.gateway.beacons`), at most 64 KiB (413: the
   ``Content-Length`` is checked first, then the bytes as they arrive), bad
   JSON or fields a 400; stored in the request log's database with the
-  caller's key name, and counted by the admin stats.
+  caller's key name, and counted by the admin stats (in ``beacons``, not
+  as a turn of its model).
 
 The database reads run in a worker thread, off the event loop.
 """
@@ -114,8 +115,9 @@ async def analytics(request: Request) -> Response:
             raise PayloadTooLarge(f"analytics event is over the limit of {MAX_BEACON_BYTES} bytes")
         chunks.append(chunk)
     event = parse_beacon(b"".join(chunks))
-    ctx = context_of(request).note(event.model)
-    _gateway(request).log.record_beacon(beacon_dict(event), ctx.key_name)
+    # The event's model stays in the beacons table only: on this request's log row it would count the
+    # turn twice in the per-model stats (once as /api/chat, once as its beacon).
+    _gateway(request).log.record_beacon(beacon_dict(event), context_of(request).key_name)
     return JSON({"status": "accepted"}, status_code=202)
 
 

@@ -123,7 +123,7 @@ def _operation(route: Route, method: str, op: Op | None, refs: dict[Any, Any]) -
                     "responses": {"200": {"description": "OK"}}})
         return out
     out.update({"tags": [op.tag], "summary": op.summary, "description": op.description})
-    if method == "HEAD":
+    if method == "HEAD" and op_for(route.path, "GET") is op:  # a GET's twin
         out["summary"] += " (headers only)"
     if op.stream:
         out["x-corral-stream"] = op.stream
