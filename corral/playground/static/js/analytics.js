@@ -18,6 +18,7 @@ let lastServer = null; // {range, stats, requests} of the last server view, for 
 export function initAnalytics() {
   $("#an-view").addEventListener("change", renderAnalytics);
   $("#an-range").addEventListener("change", renderAnalytics);
+  $("#an-models-only").addEventListener("change", renderAnalytics);
   $("#an-refresh").addEventListener("click", renderAnalytics);
   $("#an-export").addEventListener("click", exportAll);
   $("#an-clear").addEventListener("click", async () => {
@@ -27,9 +28,12 @@ export function initAnalytics() {
   });
 }
 
+let generation = 0; // only the latest render may fill the tab (a slow server answer must not overwrite a newer one)
+
 export async function renderAnalytics() {
   const server = $("#an-view").value === "server";
   $("#an-range-label").hidden = !server;
+  $("#an-models-label").hidden = !server;
   if (server) await renderServer();
   else renderLocal();
 }
@@ -73,6 +77,7 @@ function statusCounts(counts) {
 }
 
 function renderLocal() {
+  generation++;
   const events = store.events();
   const chats = store.chats();
   const usage = store.usage();
@@ -124,9 +129,10 @@ async function renderServer() {
     return;
   }
   const range = $("#an-range").value;
+  const mine = ++generation;
   fill($("#an-note"), isAdmin() ? `Every client's requests, from the server's request log, ${$("#an-range").selectedOptions[0].text}.`
     : `Only this key's requests (a user key reads its own rows; an admin key sees every client), ${$("#an-range").selectedOptions[0].text}.`);
-  fill(body, h("p", { class: "muted" }, "Loading the server's request log…"));
+  if (!body.querySelector("table.events")) fill(body, h("p", { class: "muted" }, "Loading the server's request log…"));
   let stats;
   let requests;
   try {
@@ -135,12 +141,15 @@ async function renderServer() {
       json(`/api/admin/requests?since=${encodeURIComponent(range)}&limit=500`),
     ]);
   } catch (e) {
+    if (mine !== generation) return;
     fill(body, h("p", { class: "error" }, e.status === 404 ? "This server has no request log (not a Corral server, or its gateway is off)." : e.message));
     return;
   }
+  if (mine !== generation) return;
   lastServer = { range, fetchedAt: new Date().toISOString(), stats, requests: requests.requests };
   const rows = requests.requests.map(fromRequestRow).reverse(); // oldest first, as the browser's events
   const inference = rows.filter((r) => r.model);
+  const shown = $("#an-models-only").checked ? inference : rows;
   const chart = h("div", { class: "chart", "aria-label": "Latency of recent requests" });
   const beacons = stats.beacons || { total: 0, errors: 0, by_event: {} };
   const keys = new Set(rows.map((r) => r.server.key || "(no key)"));
@@ -158,8 +167,9 @@ async function renderServer() {
         ? h("ul", { class: "small" }, Object.entries(beacons.by_event).map(([ev, n]) => h("li", {}, `${ev} × ${n}`)))
         : h("p", { class: "muted" }, "None in this range."))),
     h("h3", {}, "Request log (latest 50)"),
-    h("p", { class: "small muted" }, `${fmtNum(rows.length)} rows loaded; phases as the gateway measured them.`),
-    eventTable(rows, { label: "Server request log" }));
+    h("p", { class: "small muted" }, `${fmtNum(rows.length)} rows loaded, ${fmtNum(shown.length)} shown; phases as the ` +
+      "gateway measured them. Show details names the key and the client."),
+    eventTable(shown, { label: "Server request log" }));
   latencyChart(chart, inference.slice(-100).map((r) => ({ ts: r.ts, total: r.timeline.total, first: r.timeline.streamUp })),
     { firstLabel: "ttft" });
 }

@@ -85,7 +85,7 @@ function show(entry, focus = false) {
     section("Response schema", okSchema ? [
       h("p", { class: "small muted" }, `${ok[0]}: ${typeName(doc, okSchema)}${stream === "ndjson" ? " (one per line while streaming)" : ""}`),
       resolve(doc, okSchema).description ? h("p", {}, richText(resolve(doc, okSchema).description)) : null,
-      paramTable(flatten(doc, okSchema), "field"),
+      paramTable(flatten(doc, okSchema), "field", "schema"),
     ] : h("p", { class: "muted" }, responseWords(op, ok))),
     section("cURL", [h("div", { class: "row end" }, h("button", { type: "button", class: "small", onclick: () => copyText(curlPre.textContent) }, "Copy")), curlPre]),
     section("Try it", tryItForm(doc, method, path, op, pathParams, (values) => {
@@ -108,12 +108,12 @@ function section(title, content) {
   return h("section", { class: "api-section" }, h("h3", {}, title), content);
 }
 
-function paramTable(rows, first = "parameter") {
+function paramTable(rows, first = "parameter", cls = "params") {
   return h("div", { class: "scroll-x" }, table([first, "type", "description"], rows.map((r) => [
     h("td", { class: "mono" }, r.name, r.required ? h("span", { class: "required" }, " required") : null),
     h("td", { class: "mono small" }, r.type),
     h("td", {}, richText(r.description), r.default !== undefined && r.default !== null && r.default !== ""
       ? h("span", { class: "muted small" }, ` (default: ${JSON.stringify(r.default)})`) : null),
-  ]), { class: "params" }));
+  ]), { class: cls }));
 }
 

@@ -95,15 +95,18 @@ function renderStatus() {
   banner.dataset.kind = conn.state === "refused" ? "key" : "network";
 }
 
+/** Connect, then load the model list and the open tab; <html data-ready> says when that is done. */
 async function reconnect() {
+  document.documentElement.dataset.ready = "false";
   await connect();
   loaded.clear();
   if (conn.state === "connected") {
-    catalog.refresh().catch((e) => toast(e.message, "error"));
+    await catalog.refresh().catch((e) => toast(e.message, "error"));
   } else {
     catalog.clear();
   }
   selectTab(location.hash.slice(1) || "chat");
+  document.documentElement.dataset.ready = "true";
 }
 
 function start() {

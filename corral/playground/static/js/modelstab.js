@@ -19,6 +19,10 @@ export function initModels() {
 
 export async function refreshModels() {
   renderScope();
+  if (conn.state !== "connected") {
+    for (const box of [$("#models-list"), $("#ps-list")]) fill(box, h("p", { class: "muted" }, "Not connected."));
+    return;
+  }
   try {
     await catalog.refresh();
   } catch (e) {
