@@ -7,12 +7,17 @@ the handler writes (real answers from a real server, validated against the
 documented models, which forbid unknown fields). The playground's static
 routes: the redirect of a browser from ``/``, the page's security headers,
 no path escapes the static folder, and asset fetches stay out of the request
-log. ``corral proxy`` serves the page and the document itself.
+log. ``corral proxy`` serves the page and the document itself. The page's
+own files stay small, load nothing from elsewhere, and its vendored libraries
+match the npm lock file they came from (the browser tests are
+``tests/test_playground.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,11 +31,12 @@ from corral.server.app import api_routes, create_app
 from corral.server.ollama import types as ollama
 from corral.server.openapi import openapi_document, openapi_path
 from corral.settings import Settings
-from tests.conftest import SMOLLM, ServerProc, launch
+from tests.conftest import ROOT, SMOLLM, ServerProc, launch
 from tests.test_gateway_auth import bearer, new_key
 from tests.test_proxy import launch_proxy
 
 OPTS = {"temperature": 0, "num_predict": 4}
+STATIC = ROOT / "corral" / "playground" / "static"
 
 
 def route_methods(routes: list[object]) -> set[tuple[str, str]]:
@@ -183,3 +189,35 @@ def test_the_proxy_serves_its_own_page_and_document(server: ServerProc, tmp_path
             assert http.get("/api/tags").json()["models"]  # still forwarded
     finally:
         proxy.stop()
+
+
+# ---- the page's files ---------------------------------------------------------------------------------
+
+
+def test_vendored_libraries_match_the_lock_file_and_carry_their_licences() -> None:
+    vendor = STATIC / "vendor"
+    manifest = json.loads((vendor / "MANIFEST.json").read_text())["files"]
+    lock = json.loads((ROOT / "scripts" / "playground-vendor" / "package-lock.json").read_text())["packages"]
+    on_disk = {p.relative_to(vendor).as_posix() for p in vendor.rglob("*") if p.is_file()} - {"MANIFEST.json"}
+    assert on_disk == set(manifest)
+    for rel, entry in manifest.items():
+        assert hashlib.sha256((vendor / rel).read_bytes()).hexdigest() == entry["sha256"], rel
+        assert lock[f"node_modules/{entry['package']}"]["version"] == entry["version"], rel
+    packages = {e["package"] for e in manifest.values()}
+    assert packages == {"marked", "dompurify", "uplot", "@highlightjs/cdn-assets"}
+    licensed = {e["package"] for rel, e in manifest.items() if rel.startswith("licenses/")}
+    assert licensed == packages
+
+
+def test_page_sources_load_nothing_from_elsewhere_and_stay_small() -> None:
+    own = [p for p in STATIC.rglob("*") if p.suffix in (".html", ".js", ".css") and "vendor" not in p.parts]
+    assert len(own) > 15
+    for path in own:
+        text = path.read_text()
+        assert len(text.splitlines()) <= 600, path
+        assert text.lstrip().startswith(("//", "/*", "<!doctype html>\n<!--")), f"{path}: header comment"
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), f"{path}: loads from another origin"
+        assert not re.search(r"""import[^"']*["'](https?:)?//""", text), f"{path}: imports from another origin"
+        # HTML strings reach the DOM only through markdown.js's sanitiser, which returns a fragment
+        assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function\(",
+                             text), f"{path}: writes HTML or evaluates code"

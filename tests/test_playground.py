@@ -13,48 +13,46 @@ crafted is the sanitiser test: ``page.route`` answers ``/api/chat`` with an
 NDJSON stream carrying ``<img onerror>``, ``<script>`` and a ``javascript:``
 link, which then go through the page's real rendering path.
 
-Playwright's own browser download is never used (``executable_path``).
+Playwright's own browser download is never used (``executable_path``). The
+helpers are in ``tests/playground_support.py``; the checks of the page's files
+that need no browser are in ``tests/test_openapi.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
 
-from tests.conftest import ROOT, SMOLLM, ServerProc, launch
+from tests.conftest import SMOLLM, ServerProc, launch
+from tests.playground_support import (
+    ARGS,
+    CHROMIUM,
+    KEY_ITEM,
+    SLOW,
+    TIMELINE,
+    WATCH_PROGRESS,
+    WATCH_REPLY_LENGTHS,
+    WATCH_RESPONSE_LINES,
+    Console,
+    Playground,
+    Tab,
+    admin_get,
+    card,
+    crafted_stream,
+    last_reply_done,
+    open_page,
+    send_chat,
+)
 from tests.test_gateway_auth import bearer, new_key
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-quic", "--no-first-run"]
-SHOTS = Path(os.environ.get("CORRAL_SCREENSHOTS") or ROOT / "docs" / "screenshots")
-STATIC = ROOT / "corral" / "playground" / "static"
-SLOW = 180_000  # ms: a reply on a busy 2-core box
-KEY_ITEM = "corral.playground.apiKey"
-
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
-
-
-@dataclass
-class Playground:
-    srv: ServerProc
-    admin: str
-    user: str
-
-    @property
-    def url(self) -> str:
-        return self.srv.url
 
 
 @pytest.fixture(scope="module")
@@ -74,67 +72,15 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-@dataclass
-class Console:
-    """Every console error and uncaught exception of a page; ``allow`` names HTTP statuses a test expects
-    the browser to log as a failed resource (a refused key is a 401 the page handles)."""
-
-    errors: list[str] = field(default_factory=list)
-    allow: set[int] = field(default_factory=set)
-
-    def on_console(self, msg: ConsoleMessage) -> None:
-        if msg.type == "error":
-            self.errors.append(f"console.error: {msg.text} ({msg.location.get('url')})")
-
-    def unexpected(self) -> list[str]:
-        pattern = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
-        return [e for e in self.errors if not ((m := pattern.search(e)) and int(m.group(1)) in self.allow)]
-
-
-@dataclass
-class Tab:
-    page: Page
-    console: Console
-    pg: Playground
-
-    def shot(self, name: str, *, full_page: bool = False) -> None:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
-
-    def open(self, tab: str) -> None:
-        self.page.click(f"#tab-{tab}")
-        expect(self.page.locator(f"#panel-{tab}")).to_be_visible()
-
-    def ready(self) -> None:
-        """The last (re)connection is done: model list and open tab loaded."""
-        expect(self.page.locator("html")).to_have_attribute("data-ready", "true", timeout=30_000)
-
-    def connected(self) -> None:
-        expect(self.page.locator("#conn-status")).to_have_attribute("data-state", "connected", timeout=30_000)
-        self.ready()
-
-
 @pytest.fixture
 def new_tab(browser: Browser, pg: Playground) -> Iterator[Callable[..., Tab]]:
     """Open the page in a fresh context: ``key`` is saved in localStorage first (None: no key)."""
-    opened: list[tuple[Any, Console]] = []
+    opened: list[tuple[BrowserContext, Console]] = []
 
     def open_tab(key: str | None = "admin", *, width: int = 1280, height: int = 800, hash_: str = "chat") -> Tab:
-        context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True,
-                                      permissions=["clipboard-read", "clipboard-write"])
         secret = {"admin": pg.admin, "user": pg.user}.get(key or "", key)
-        if secret:
-            context.add_init_script(f"if (!localStorage.getItem({KEY_ITEM!r})) "
-                                    f"localStorage.setItem({KEY_ITEM!r}, {json.dumps(json.dumps(secret))});")
-        console = Console()
-        page = context.new_page()
-        page.on("console", console.on_console)
-        page.on("pageerror", lambda exc: console.errors.append(f"pageerror: {exc}"))
-        opened.append((context, console))
-        page.goto(f"{pg.url}/playground/#{hash_}")
-        tab = Tab(page, console, pg)
-        if secret:
-            tab.connected()
+        context, tab = open_page(browser, pg, secret, width, height, hash_)
+        opened.append((context, tab.console))
         return tab
 
     yield open_tab
@@ -142,59 +88,6 @@ def new_tab(browser: Browser, pg: Playground) -> Iterator[Callable[..., Tab]]:
     for context, _ in opened:
         context.close()
     assert problems == [], "JavaScript errors in the page"
-
-
-def send_chat(t: Tab, text: str, max_tokens: int) -> None:
-    t.page.fill("#chat-max-tokens", str(max_tokens))
-    t.page.fill("#chat-input", text)
-    t.page.press("#chat-input", "Enter")
-
-
-def last_reply_done(t: Tab, count: int) -> None:
-    """Wait until the conversation shows ``count`` finished replies (each gets its latency line)."""
-    expect(t.page.locator("#chat-log .msg-assistant .meta")).to_have_count(count, timeout=SLOW)
-    expect(t.page.locator("#chat-send")).to_be_visible()
-
-
-def card(page: Page, title: str) -> Any:
-    """The Analytics card whose heading starts with ``title``."""
-    return page.locator(".card").filter(has=page.locator("h3", has_text=title))
-
-
-def admin_get(pg: Playground, path: str, **params: Any) -> Any:
-    return httpx.get(pg.url + path, params=params, headers=bearer(pg.admin), timeout=30).json()
-
-
-# ---- the page itself, without a browser -----------------------------------------------------------
-
-
-def test_vendored_libraries_match_the_lock_file_and_carry_their_licences() -> None:
-    vendor = STATIC / "vendor"
-    manifest = json.loads((vendor / "MANIFEST.json").read_text())["files"]
-    lock = json.loads((ROOT / "scripts" / "playground-vendor" / "package-lock.json").read_text())["packages"]
-    on_disk = {p.relative_to(vendor).as_posix() for p in vendor.rglob("*") if p.is_file()} - {"MANIFEST.json"}
-    assert on_disk == set(manifest)
-    for rel, entry in manifest.items():
-        assert hashlib.sha256((vendor / rel).read_bytes()).hexdigest() == entry["sha256"], rel
-        assert lock[f"node_modules/{entry['package']}"]["version"] == entry["version"], rel
-    packages = {e["package"] for e in manifest.values()}
-    assert packages == {"marked", "dompurify", "uplot", "@highlightjs/cdn-assets"}
-    licensed = {e["package"] for rel, e in manifest.items() if rel.startswith("licenses/")}
-    assert licensed == packages
-
-
-def test_page_sources_load_nothing_from_elsewhere_and_stay_small() -> None:
-    own = [p for p in STATIC.rglob("*") if p.suffix in (".html", ".js", ".css") and "vendor" not in p.parts]
-    assert len(own) > 15
-    for path in own:
-        text = path.read_text()
-        assert len(text.splitlines()) <= 600, path
-        assert text.lstrip().startswith(("//", "/*", "<!doctype html>\n<!--")), f"{path}: header comment"
-        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), f"{path}: loads from another origin"
-        assert not re.search(r"""import[^"']*["'](https?:)?//""", text), f"{path}: imports from another origin"
-        # HTML strings reach the DOM only through markdown.js's sanitiser, which returns a fragment
-        assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function\(",
-                             text), f"{path}: writes HTML or evaluates code"
 
 
 # ---- connection ------------------------------------------------------------------------------------
@@ -246,13 +139,7 @@ def test_streamed_chat_turn_stop_regenerate_and_copy(new_tab: Callable[..., Tab]
     t = new_tab()
     page = t.page
     # every rendered length of the reply while it streams, seen from inside the page
-    page.evaluate("""() => {
-        window.__lengths = [];
-        new MutationObserver(() => {
-            const c = document.querySelector('#chat-log .msg-assistant.streaming .content');
-            if (c && !c.querySelector('.typing')) window.__lengths.push(c.textContent.length);
-        }).observe(document.querySelector('#chat-log'), {subtree: true, childList: true, characterData: true});
-    }""")
+    page.evaluate(WATCH_REPLY_LENGTHS)
     with page.expect_request(lambda r: r.url.endswith("/api/chat")) as sent:
         send_chat(t, "Write a Python function that adds two numbers.", 24)
         expect(page.locator("#chat-stop")).to_be_visible()
@@ -303,28 +190,6 @@ def test_streamed_chat_turn_stop_regenerate_and_copy(new_tab: Callable[..., Tab]
     expect(page.locator("#chat-input")).to_be_focused()
     send_chat(t, "Hi", 2)
     last_reply_done(t, 3)
-
-
-CRAFTED = [
-    "Here is **bold** text, a list:\n\n- one\n- two\n\n",
-    "An image tag: <img src=x onerror=\"window.__pwned='img'\"> and ",
-    "a script: <script>window.__pwned='script'</script>\n\n",
-    "<a href=\"#\" onclick=\"window.__pwned='click'\">a link with a handler</a>, ",
-    "[a javascript link](javascript:window.__pwned='link'), ![a tracking pixel](http://127.0.0.1:9/pixel.png) ",
-    "and <svg onload=\"window.__pwned='svg'\"></svg>.\n\n",
-    "```python\ndef add(a, b):\n    return a + b  # <script>window.__pwned='code'</script>\n```\n",
-]
-
-
-def crafted_stream(route: Route) -> None:
-    lines = [{"model": SMOLLM, "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant", "content": piece},
-              "done": False} for piece in CRAFTED]
-    lines.append({"model": SMOLLM, "created_at": "2026-01-01T00:00:01Z", "message": {"role": "assistant", "content": ""},
-                  "done": True, "done_reason": "stop", "prompt_eval_count": 9, "eval_count": len(CRAFTED),
-                  "corral_timing": {"auth": 0.1, "queue": 0.2, "ttft": 40.0, "generation": 120.0, "total": 170.0}})
-    route.fulfill(status=200, content_type="application/x-ndjson", body="".join(json.dumps(x) + "\n" for x in lines),
-                  headers={"Server-Timing": "auth;dur=0.1, queue;dur=0.2, ttft;dur=40.0",
-                           "X-SDL-Proxy-Timing": "auth;dur=0.1, queue;dur=0.2, ttft;dur=40.0"})
 
 
 def test_reply_html_and_script_never_run(new_tab: Callable[..., Tab]) -> None:
@@ -445,12 +310,7 @@ def test_api_reference_lists_every_route_and_try_it_streams(new_tab: Callable[..
     detail.locator("textarea.body-editor").fill(json.dumps(body, indent=2))
     expect(detail.locator("pre.curl")).to_contain_text('"num_predict": 8')  # the cURL follows the form
     expect(detail.locator("pre.curl")).to_contain_text(f"'{t.pg.url}/api/generate'")
-    page.evaluate("""() => {
-        window.__lines = [];
-        const body = () => document.querySelector('#api-detail .response-body');
-        new MutationObserver(() => { const b = body(); if (b) window.__lines.push(b.textContent.split('\\n').length); })
-            .observe(document.querySelector('#api-detail'), {subtree: true, childList: true, characterData: true});
-    }""")
+    page.evaluate(WATCH_RESPONSE_LINES)
     detail.locator("form.tryit button[type=submit]").click()
     expect(detail.locator(".status-line")).to_contain_text("total", timeout=SLOW)
     expect(detail.locator(".status-line")).to_contain_text(re.compile(r"HTTP 200.*first byte.* \d+ lines"))
@@ -487,12 +347,7 @@ def test_pull_with_progress_from_a_second_server_then_copy_delete_and_unload(
     expect(page.locator("#conn-status")).to_have_text("connected · open server, no key needed (admin)")
     t.open("models")
     expect(page.locator("#models-list")).to_have_text("No models installed.")
-    page.evaluate("""() => {
-        window.__progress = [];
-        const bar = document.querySelector('#pull-progress');
-        new MutationObserver(() => window.__progress.push([bar.value, bar.max]))
-            .observe(bar, {attributes: true});
-    }""")
+    page.evaluate(WATCH_PROGRESS)
     name = f"127.0.0.1:{registry.url.rsplit(':', 1)[1]}/library/{SMOLLM}"
     page.fill("#pull-name", name)
     page.check("#pull-insecure")
@@ -540,9 +395,6 @@ def test_pull_with_progress_from_a_second_server_then_copy_delete_and_unload(
 
 
 # ---- analytics -----------------------------------------------------------------------------------------------
-
-
-TIMELINE = ["Time", "OK", "HTTP", "Proxy", "Stream↑", "Output", "Total", "Model", "In", "Out", "Client I/O", "Error"]
 
 
 def test_analytics_after_a_few_turns_with_the_timeline_filled(new_tab: Callable[..., Tab]) -> None:
