@@ -319,6 +319,7 @@ def test_api_reference_lists_every_route_and_try_it_streams(new_tab: Callable[..
     assert not any(x["done"] for x in lines[:-1])
     assert len(set(page.evaluate("window.__lines"))) >= 3, "the lines did not appear one by one"
     expect(detail.locator(".timing")).to_contain_text("generation")  # from the corral_timing marker
+    detail.locator(".tryit-result").scroll_into_view_if_needed()
     t.shot("api")
 
     page.fill("#api-filter", "admin/requests")
