@@ -34,7 +34,10 @@ from tests.conftest import ROOT, SMOLLM, ServerProc, free_port, launch
 OPTS = {"temperature": 0, "num_predict": 4}
 
 # The policy, written out: any route not named here must be a user route.
-OPEN = {("/", "GET"), ("/", "HEAD"), ("/api/version", "GET"), ("/api/version", "HEAD")}
+OPEN = {("/", "GET"), ("/", "HEAD"), ("/api/version", "GET"), ("/api/version", "HEAD"),
+        # the API description and the playground page (a browser cannot send a key for a page or a script)
+        ("/api/openapi.json", "GET"), ("/api/openapi.json", "HEAD"), ("/playground", "GET"), ("/playground", "HEAD"),
+        ("/playground/{path:path}", "GET"), ("/playground/{path:path}", "HEAD")}
 ADMIN_PATHS = {"/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}", "/api/pull", "/api/push", "/metrics"}
 V2_READS = {"/v2/", "/v2", "/v2/{namespace}/{model}/manifests/{reference}", "/v2/{namespace}/{model}/blobs/{digest}"}
 

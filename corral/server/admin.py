@@ -7,11 +7,15 @@
   an admin key (or anyone, while auth is off) reads every row; a user key
   reads only its own rows through the same routes, and naming another key
   is a 403.
+* ``GET /api/whoami`` (any valid key): the caller's key name and scope,
+  and whether this server asks for keys at all; the playground shows it next
+  to "connected".
 * ``POST /api/playground/analytics``: one JSON event
   (:mod:`corral.gateway.beacons`), at most 64 KiB (413: the
   ``Content-Length`` is checked first, then the bytes as they arrive), bad
   JSON or fields a 400; stored in the request log's database with the
-  caller's key name, and counted by the admin stats.
+  caller's key name, and counted by the admin stats (in ``beacons``, not
+  as a turn of its model).
 
 The database reads run in a worker thread, off the event loop.
 """
@@ -93,6 +97,12 @@ async def stats(request: Request) -> Response:
     return JSON(await asyncio.to_thread(_gateway(request).log.stats, since=since, key_name=key))
 
 
+async def whoami(request: Request) -> Response:
+    ctx = context_of(request)
+    return JSON({"key": ctx.key_name, "scope": "admin" if ctx.is_admin else "user",
+                 "auth": _gateway(request).auth_required()})
+
+
 async def analytics(request: Request) -> Response:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_BEACON_BYTES:
@@ -105,8 +115,9 @@ async def analytics(request: Request) -> Response:
             raise PayloadTooLarge(f"analytics event is over the limit of {MAX_BEACON_BYTES} bytes")
         chunks.append(chunk)
     event = parse_beacon(b"".join(chunks))
-    ctx = context_of(request).note(event.model)
-    _gateway(request).log.record_beacon(beacon_dict(event), ctx.key_name)
+    # The event's model stays in the beacons table only: on this request's log row it would count the
+    # turn twice in the per-model stats (once as /api/chat, once as its beacon).
+    _gateway(request).log.record_beacon(beacon_dict(event), context_of(request).key_name)
     return JSON({"status": "accepted"}, status_code=202)
 
 
@@ -114,5 +125,6 @@ routes = [
     route("/metrics", metrics, methods=["GET"], scope="admin"),
     route("/api/admin/requests", list_requests, methods=["GET"]),
     route("/api/admin/stats", stats, methods=["GET"]),
+    route("/api/whoami", whoami, methods=["GET"]),
     route("/api/playground/analytics", analytics, methods=["POST"]),
 ]

@@ -9,7 +9,9 @@ The gateway (:class:`corral.gateway.service.Gateway`: keys, request log,
 metrics) is opened here and plugged in as the middleware's first hooks
 (:mod:`corral.server.gateway_hooks`) with its routes (:mod:`corral.server.admin`);
 the lifespan refuses a public bind with no key, starts the log writer, and
-flushes it on shutdown, after in-flight requests have finished.
+flushes it on shutdown, after in-flight requests have finished. The
+playground page (:mod:`corral.server.playground`) and the OpenAPI document
+that describes every route (:mod:`corral.server.openapi`) are routes too.
 ``gateway=False`` leaves all of it out (a bare server, for comparison).
 """
 
@@ -37,7 +39,7 @@ from corral.gateway.db import database_url
 from corral.gateway.responses import ResponseStore
 from corral.gateway.service import Gateway
 from corral.gateway.timing import TIMING_HEADERS
-from corral.server import admin, registry_v2
+from corral.server import admin, openapi, playground, registry_v2
 from corral.server.anthropic import routes as anthropic_routes
 from corral.server.context import context_of
 from corral.server.errors import dialect_of
@@ -101,8 +103,8 @@ class CORS(CORSMiddleware):
 def api_routes(*, admin_routes: bool = True) -> list[BaseRoute]:
     """Every route Corral serves, in matching order (each carries its dialect and scope)."""
     return [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes,
-            *(admin.routes if admin_routes else []), *openai_routes.routes, *openai_responses.routes,
-            *anthropic_routes.routes, *openai_routes.fallback]  # the /v1 catch-all last
+            *(admin.routes if admin_routes else []), *openapi.routes, *playground.routes, *openai_routes.routes,
+            *openai_responses.routes, *anthropic_routes.routes, *openai_routes.fallback]  # the /v1 catch-all last
 
 
 def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[GatewayHook],

@@ -30,6 +30,9 @@ from corral.backend.base import Backend, Embeddings, Final, Piece
 from corral.gateway.timing import stream_marker
 
 STATE_KEY = "ctx"
+# ``ctx.extra[UNLOGGED] = True``: a handler says its request is not an API call worth a request-log
+# row (the playground's static files); it is still counted in the metrics.
+UNLOGGED = "unlogged"
 
 
 async def _no_body() -> Message:

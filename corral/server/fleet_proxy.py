@@ -45,14 +45,13 @@ from corral.fleet.routing import Decision, Router, prefix_of
 from corral.fleet.state import FleetState, UpstreamState
 from corral.gateway.service import Gateway
 from corral.gateway.upstream import Upstream
-from corral.server import admin
 from corral.server.app import api_routes, build_app
 from corral.server.context import BACKEND_KEY, context_of
 from corral.server.errors import DialectRoute
 from corral.server.gateway_hooks import gateway_hooks
 from corral.server.http import JSON
 from corral.server.middleware import GatewayHook
-from corral.server.proxy import Relay, relay, twin
+from corral.server.proxy import LOCAL_ROUTES, Relay, relay, twin
 from corral.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -255,7 +254,7 @@ def create_fleet_app(settings: Settings, config: FleetConfig, *, hooks: Sequence
                      gateway: bool = True) -> Starlette:
     """``corral proxy --fleet``: the gateway in front of every upstream of ``config``."""
     gw = Gateway.open(settings) if gateway else None
-    routes = fleet_routes(api_routes(admin_routes=gw is not None), admin.routes)
+    routes = fleet_routes(api_routes(admin_routes=gw is not None), LOCAL_ROUTES)
     all_hooks = [*(gateway_hooks(gw) if gw is not None else []), *hooks]
     fleet = Fleet(config)
 

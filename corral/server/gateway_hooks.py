@@ -26,7 +26,9 @@ Two :class:`~corral.server.middleware.GatewayHook` objects over one
     full set is in the stream's ``done`` object. Once the response is sent it
     submits one :class:`~corral.gateway.requestlog.RequestRecord` to the
     request log (a queue; the write happens on the log's own thread) and
-    counts it in the metrics.
+    counts it in the metrics (a request its handler marked
+    :data:`~corral.server.context.UNLOGGED`, a playground asset, is only
+    counted).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from corral.gateway.keys import ApiKey
 from corral.gateway.requestlog import RequestRecord
 from corral.gateway.service import CREATE_KEY_HINT, Gateway
 from corral.gateway.timing import server_timing
-from corral.server.context import RequestContext
+from corral.server.context import UNLOGGED, RequestContext
 from corral.server.middleware import GatewayHook
 
 log = logging.getLogger("corral.gateway.http")
@@ -213,7 +215,8 @@ class LogHook:
 
     async def after(self, ctx: RequestContext) -> None:
         record = self.record(ctx)
-        self.gateway.log.submit(record)
+        if not ctx.extra.get(UNLOGGED):
+            self.gateway.log.submit(record)
         self.gateway.metrics.observe(record)
 
     @staticmethod

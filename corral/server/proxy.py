@@ -4,8 +4,9 @@ No engine and no store: every Ollama, OpenAI and registry route of the
 server is declared again with :func:`forward` as its endpoint, so each keeps
 its dialect (errors in the right shape) and its access scope, and passes
 through the same gateway middleware (keys, request log, timing, metrics).
-The gateway's own routes (``/metrics``, the admin log API, beacons) are
-answered here, not forwarded. :func:`forward` sends the
+The gateway's own routes (``/metrics``, the admin log API, beacons,
+``/api/whoami``), the OpenAPI document and the playground page are answered
+here, not forwarded; ``GET /`` sends a browser to that page. :func:`forward` sends the
 request on as it came, less the client's credentials, and streams the answer
 back chunk by chunk as the upstream sends it. An unreachable upstream is a
 502 naming it; an upstream that fails mid-stream ends the stream with the
@@ -23,14 +24,14 @@ from contextlib import asynccontextmanager
 import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from corral.errors import BadGateway
 from corral.gateway.service import Gateway
 from corral.gateway.upstream import AnswerTap, Upstream
-from corral.server import admin
+from corral.server import admin, openapi, playground
 from corral.server.app import api_routes, build_app
 from corral.server.context import RequestContext, context_of
 from corral.server.errors import Dialect, DialectRoute, dialect_of
@@ -150,18 +151,29 @@ def twin(route: DialectRoute, endpoint: Callable[[Request], Awaitable[Response]]
     return out
 
 
+async def forward_root(request: Request) -> Response:
+    """``GET /``: a browser goes to this proxy's own playground; anything else is forwarded (liveness)."""
+    if playground.wants_html(request):
+        return RedirectResponse(playground.PAGE, status_code=302)
+    return await forward(request)
+
+
+# Answered by the proxy itself: its gateway's routes, its own API description and playground page.
+LOCAL_ROUTES: list[BaseRoute] = [*admin.routes, *openapi.routes, *playground.routes]
+
+
 def forwarding_routes(routes: Sequence[BaseRoute], local: Sequence[BaseRoute]) -> list[BaseRoute]:
     """The same routes, each with :func:`forward` as its endpoint (same path, methods, dialect and
     scope), except those in ``local``, which stay as they are."""
-    return [route if route in local or not isinstance(route, DialectRoute) else twin(route, forward)
-            for route in routes]
+    return [route if route in local or not isinstance(route, DialectRoute)
+            else twin(route, forward_root if route.path == "/" else forward) for route in routes]
 
 
 def create_proxy_app(settings: Settings, upstream: Upstream, *, hooks: Sequence[GatewayHook] = (),
                      gateway: bool = True) -> Starlette:
     """``corral proxy``: the gateway in front of ``upstream``, with no local engine."""
     gw = Gateway.open(settings) if gateway else None
-    routes = forwarding_routes(api_routes(admin_routes=gw is not None), admin.routes)
+    routes = forwarding_routes(api_routes(admin_routes=gw is not None), LOCAL_ROUTES)
     all_hooks = [*(gateway_hooks(gw) if gw is not None else []), *hooks]
 
     @asynccontextmanager

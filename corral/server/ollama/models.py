@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from corral import OLLAMA_COMPAT_VERSION
 from corral.backend.base import Backend
@@ -22,6 +22,7 @@ from corral.server.context import backend_of, context_of
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.ollama.types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest, parse_request
+from corral.server.playground import PAGE, wants_html
 from corral.store.create import CreateSpec, create_model, validate_spec
 from corral.store.names import ModelName
 from corral.store.store import Store, check_digest, now_iso
@@ -38,6 +39,9 @@ def _store(request: Request) -> Store:
 
 
 async def root(request: Request) -> Response:
+    """``Ollama is running`` for API clients; a browser is sent to the playground page."""
+    if wants_html(request):
+        return RedirectResponse(PAGE, status_code=302)
     return PlainTextResponse("Ollama is running")
 
 
