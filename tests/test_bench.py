@@ -172,12 +172,14 @@ def test_line_parsers() -> None:
 
 
 def test_stream_lines_dechunks() -> None:
+    headers: dict[str, str] = {}
+
     async def go() -> list[bytes]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while (await reader.readline()) not in (b"\r\n", b""):
                 pass
             await reader.readexactly(2)  # the "{}" body
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Corral-Upstream: u2\r\n\r\n")
             for piece in (b"one\ntw", b"o\n", b"\nthree"):
                 writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 await writer.drain()
@@ -188,9 +190,10 @@ def test_stream_lines_dechunks() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with server:
-            return [line async for line in stream_lines("127.0.0.1", port, "/x", {})]
+            return [line async for line in stream_lines("127.0.0.1", port, "/x", {}, response_headers=headers)]
 
     assert asyncio.run(go()) == [b"one", b"two", b"three"]
+    assert headers["x-corral-upstream"] == "u2"  # the answer's headers, names lower-cased
 
 
 def test_peak_rss_of_this_process() -> None:
