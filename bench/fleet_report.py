@@ -1,6 +1,6 @@
 """Figures, ratios, verdicts and tables of a :mod:`bench.fleet` run, from its raw samples.
 
-``python -m bench.fleet_report RUN.json`` re-summarizes a saved run.
+``python -m bench.fleet_report RUN.json [OUT.json]`` re-summarizes a saved run (and saves it to OUT.json).
 
 Prompt-cache hit rates (routing mode), two of them:
 
@@ -192,7 +192,9 @@ def ceiling_summary(ceiling: dict[str, Any]) -> dict[str, Any]:
     top = rows[-1] if rows else {}
     return {"rows": rows, "tokens_per_s_per_upstream": base, "linear_until": knee,
             "upstreams_per_gateway_core": top.get("upstreams_per_gateway_core", 0.0),
-            "gateway_us_per_token": top.get("gateway_us_per_token", 0.0)}
+            "gateway_us_per_token": top.get("gateway_us_per_token", 0.0),
+            "tokens_per_s_per_gateway_core": 1e6 / top["gateway_us_per_token"] if top.get("gateway_us_per_token")
+            else 0.0}
 
 
 def ceiling_verdicts(s: dict[str, Any], nproc: int) -> list[str]:
@@ -200,9 +202,12 @@ def ceiling_verdicts(s: dict[str, Any], nproc: int) -> list[str]:
     if not rows:
         return []
     top = rows[-1]
-    out = [(f"gateway CPU per token at {top['level']} upstreams: {top['gateway_us_per_token']:.0f} us; one upstream "
-           f"streams {s['tokens_per_s_per_upstream']:.0f} tok/s, so one gateway core can feed "
-           f"~{s['upstreams_per_gateway_core']:.0f} such upstreams")]
+    first = rows[0]
+    out = [(f"gateway CPU per token at {top['level']} upstreams: {top['gateway_us_per_token']:.0f} us, so one gateway "
+            f"core carries ~{1e6 / max(top['gateway_us_per_token'], 1e-9):,.0f} tok/s; one upstream streams "
+            f"{s['tokens_per_s_per_upstream']:.0f} tok/s, so one gateway core can feed "
+            f"~{s['upstreams_per_gateway_core']:.0f} such upstreams (the cost per token falls as load rises: "
+            f"{first['gateway_us_per_token']:.0f} us at {first['level']} upstream(s))")]
     if s["linear_until"] is None:
         out.append(f"throughput rose linearly (>= {LINEAR:.0%} of N x one upstream's) up to {top['level']} upstreams "
                    f"({top['tokens_per_s']:.0f} tok/s, gateway at {top['gateway_cores']:.2f} cores)")
@@ -255,6 +260,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     report = summarise(json.loads(Path(argv[0]).read_text()))
+    if len(argv) > 1:
+        Path(argv[1]).write_text(json.dumps(report, indent=2))
     print(report["table_markdown"])
     return 0
 
