@@ -12,8 +12,9 @@ Prompt-cache hit rates (routing mode), two of them:
   prompt token is under ``HIT_FRACTION`` of the cold rate, the median over
   first turns (never cached: each conversation's document is unique from its
   first token) in the same window, i.e. under the same load. A hit
-  evaluates only the new question and the template around it (~5% of the
-  prompt), a miss all of it, so the threshold is far from both.
+  evaluates only the new question, the last answer and the template around
+  them (a few percent of the prompt), a miss all of it, so the threshold is
+  far from both.
 * ``hit_rate_sticky``: the turn went to the upstream that served the
   conversation's previous turn (``X-Corral-Upstream``). The router's
   intent, not the cache's state: a sticky turn still misses when its
