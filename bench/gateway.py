@@ -69,7 +69,9 @@ def _stub_app(tokens: int, interval: float) -> Callable[..., Awaitable[None]]:
         elif path == "/api/chat":
             kind, chunk, last = "application/x-ndjson", _ndjson_chunk, _ndjson_last
         else:
-            body = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}], "models": []}).encode()
+            # Both listings name the one model, so a fleet gateway's discovery finds it (bench/fleet.py).
+            body = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}],
+                               "models": [{"name": MODEL, "model": MODEL}]}).encode()
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})
             return

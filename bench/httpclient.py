@@ -70,8 +70,12 @@ async def _body_pieces(reader: asyncio.StreamReader, headers: dict[str, str]) ->
 
 
 async def stream_lines(host: str, port: int, path: str, payload: dict[str, Any],
-                       *, timeout: float = 600.0, headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
-    """POST ``payload`` as JSON and yield each non-empty body line (without EOL)."""
+                       *, timeout: float = 600.0, headers: dict[str, str] | None = None,
+                       response_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
+    """POST ``payload`` as JSON and yield each non-empty body line (without EOL).
+
+    ``response_headers``, if given, receives the answer's headers (names lower-cased) before the first line.
+    """
     body = json.dumps(payload).encode()
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -82,6 +86,8 @@ async def stream_lines(host: str, port: int, path: str, payload: dict[str, Any],
         )
         await writer.drain()
         status, answer = await asyncio.wait_for(_read_head(reader), timeout)
+        if response_headers is not None:
+            response_headers.update(answer)
         if status >= 300:
             rest = b"".join([piece async for piece in _body_pieces(reader, answer)])
             raise HTTPStatusError(status, rest)

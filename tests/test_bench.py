@@ -172,12 +172,14 @@ def test_line_parsers() -> None:
 
 
 def test_stream_lines_dechunks() -> None:
+    headers: dict[str, str] = {}
+
     async def go() -> list[bytes]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while (await reader.readline()) not in (b"\r\n", b""):
                 pass
             await reader.readexactly(2)  # the "{}" body
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Corral-Upstream: u2\r\n\r\n")
             for piece in (b"one\ntw", b"o\n", b"\nthree"):
                 writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 await writer.drain()
@@ -188,9 +190,10 @@ def test_stream_lines_dechunks() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with server:
-            return [line async for line in stream_lines("127.0.0.1", port, "/x", {})]
+            return [line async for line in stream_lines("127.0.0.1", port, "/x", {}, response_headers=headers)]
 
     assert asyncio.run(go()) == [b"one", b"two", b"three"]
+    assert headers["x-corral-upstream"] == "u2"  # the answer's headers, names lower-cased
 
 
 def test_peak_rss_of_this_process() -> None:
@@ -351,3 +354,36 @@ def test_gateway_bench_runs_and_reports_added_latency(tmp_path: Path) -> None:
                                                     "/v1/chat/completions@2"}
     assert report["targets"]["litellm"] == {"skipped": "not requested (--no-litellm)"}
     assert "| corral-proxy |" in proc.stdout
+
+
+def test_fleet_bench_runs_both_modes_and_reports_the_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.fleet", "--mode", "all", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for key in ("date", "command", "commit", "machine", "routing", "ceiling", "verdicts", "table_markdown"):
+        assert key in report, key
+    routing = report["routing"]
+    assert set(routing["summary"]) == {"cache-aware", "least-loaded", "round-robin"}
+    assert [w["policy"] for w in routing["windows"]] == ["cache-aware", "least-loaded", "round-robin"]
+    for policy, row in routing["summary"].items():
+        assert row["errors"] == 0 and row["n_turns_later"] >= 2, (policy, row)
+        for key in ("ttft_later_mean_s", "ttft_later_p95_s", "ttft_first_mean_s", "ttft_all_mean_s", "turns_per_s",
+                    "tokens_per_s", "cold_ms_per_prompt_token"):
+            assert row[key] > 0, (policy, key)
+        assert 0 <= row["hit_rate_prefill"] <= 1 and 0 <= row["hit_rate_sticky"] <= 1
+    for window in routing["windows"]:
+        later = [t for t in window["turns"] if t["turn"] > 1]
+        # every answer named its upstream, and the upstream said how long its prompt took
+        assert later and all(t["upstream"] in {"u1", "u2"} and t["prompt_tokens"] > 0 for t in window["turns"])
+    ratios = routing["ratios"]
+    assert ratios["rr_over_ca_ttft_later"]["value"] > 0 and ratios["ca_over_ll_throughput"]["value"] > 0
+    ceiling = report["ceiling"]["summary"]
+    assert [r["level"] for r in ceiling["rows"]] == [1, 2]
+    for row in ceiling["rows"]:
+        assert row["tokens_per_s"] > 0 and row["gateway_us_per_token"] > 0 and row["upstreams_per_gateway_core"] > 0
+    assert len(report["verdicts"]) >= 4
+    assert "| cache-aware |" in proc.stdout and "| 2 | 4 |" in proc.stdout
