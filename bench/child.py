@@ -15,8 +15,18 @@ from pathlib import Path
 
 def command(module: str, model: Path, *, ctx_per_slot: int, parallel: int, threads: int) -> list[str]:
     """``python -m MODULE MODEL --ctx-per-slot N --parallel P --threads T``."""
-    return [sys.executable, "-m", module, str(model), "--ctx-per-slot", str(ctx_per_slot),
-            "--parallel", str(parallel), "--threads", str(threads)]
+    return [
+        sys.executable,
+        "-m",
+        module,
+        str(model),
+        "--ctx-per-slot",
+        str(ctx_per_slot),
+        "--parallel",
+        str(parallel),
+        "--threads",
+        str(threads),
+    ]
 
 
 def argument_parser(description: str | None) -> argparse.ArgumentParser:

@@ -100,8 +100,11 @@ async def start_gateway(name: str, fleet_file: Path, work: Path) -> Server:
     port = free_port()
     home = work / f"home-{name}"
     home.mkdir(parents=True, exist_ok=True)
-    proc = _spawn([sys.executable, "-m", "corral", "proxy", "--fleet", str(fleet_file), "--port", str(port)],
-                  work / f"{name}.log", _corral_env(home))
+    proc = _spawn(
+        [sys.executable, "-m", "corral", "proxy", "--fleet", str(fleet_file), "--port", str(port)],
+        work / f"{name}.log",
+        _corral_env(home),
+    )
     gw = Server(name, port, proc)
     await _wait_up(port, "/api/version", proc, 60)
     return gw
@@ -124,7 +127,7 @@ async def get_json(port: int, path: str, timeout: float = 5.0) -> Any:
             size = int(size_line.split(b";")[0] or b"0", 16)
             if size == 0:
                 break
-            out, rest = out + rest[:size], rest[size + 2:]
+            out, rest = out + rest[:size], rest[size + 2 :]
         body = out
     return json.loads(body)
 
@@ -144,6 +147,7 @@ async def wait_loaded(gateways: list[Server], n_upstreams: int, model: str, seco
 
 
 # ---- routing: real Corral upstreams -----------------------------------------------------------------------
+
 
 @dataclass
 class Turn:
@@ -177,24 +181,33 @@ class Conversation:
     upstream: str = ""
 
 
-_QUESTIONS = ("What does the document say about the harbour?", "Who measured the bridge, and why?",
-              "What did the council decide?", "How long was the winter?", "What was in the granaries?",
-              "Which prices did the merchants argue about?", "Summarise the last section.",
-              "What happened in the evening?")
+_QUESTIONS = (
+    "What does the document say about the harbour?",
+    "Who measured the bridge, and why?",
+    "What did the council decide?",
+    "How long was the winter?",
+    "What was in the granaries?",
+    "Which prices did the merchants argue about?",
+    "Summarise the last section.",
+    "What happened in the evening?",
+)
 
 
 def new_conversation(cid: int, doc_words: int, seed: int) -> Conversation:
     doc = filler(doc_words, seed * 100_003 + cid)
-    system = (f"Conversation {cid}-{seed}. Answer questions about this document in a few words.\n\n"
-              f"Document:\n{doc}")
+    system = f"Conversation {cid}-{seed}. Answer questions about this document in a few words.\n\nDocument:\n{doc}"
     return Conversation(cid, [{"role": "system", "content": system}])
 
 
 async def chat_turn(port: int, conv: Conversation, t: Turn, num_predict: int) -> str:
     """Send the conversation's next turn through the gateway on ``port``; fill ``t``; return the answer."""
     conv.messages.append({"role": "user", "content": _QUESTIONS[(conv.cid + conv.turn) % len(_QUESTIONS)]})
-    payload = {"model": MODEL, "messages": conv.messages, "stream": True,
-               "options": dict(SAMPLING, num_predict=num_predict)}
+    payload = {
+        "model": MODEL,
+        "messages": conv.messages,
+        "stream": True,
+        "options": dict(SAMPLING, num_predict=num_predict),
+    }
     headers: dict[str, str] = {}
     parts: list[str] = []
     start = time.perf_counter()
@@ -229,13 +242,24 @@ class Window:
     gateway_cpu_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy, "repeat": self.repeat, "window_s": self.closed - self.opened,
-                "background_share": self.background_share, "gateway_cpu_s": self.gateway_cpu_s,
-                "turns": [{**asdict(t), "t_start": t.t_start - self.opened} for t in self.turns]}
+        return {
+            "policy": self.policy,
+            "repeat": self.repeat,
+            "window_s": self.closed - self.opened,
+            "background_share": self.background_share,
+            "gateway_cpu_s": self.gateway_cpu_s,
+            "turns": [{**asdict(t), "t_start": t.t_start - self.opened} for t in self.turns],
+        }
 
 
-async def run_policy(gw: Server, policy: str, repeat: int, args: argparse.Namespace, ids: Callable[[], int],
-                     own_pids: Callable[[], list[int]]) -> Window:
+async def run_policy(
+    gw: Server,
+    policy: str,
+    repeat: int,
+    args: argparse.Namespace,
+    ids: Callable[[], int],
+    own_pids: Callable[[], list[int]],
+) -> Window:
     """Closed-loop clients through one gateway: ``--warmup`` seconds, then a window of ``--window`` seconds
     that closes only once every client has had a later turn answered inside it. Then drain."""
     turns: list[Turn] = []
@@ -309,16 +333,22 @@ async def start_upstream(i: int, args: argparse.Namespace, work: Path) -> Server
     home = work / f"upstream-{i}"
     home.mkdir(parents=True)
     env = _corral_env(home)
-    env.update({"CORRAL_HOST": f"127.0.0.1:{port}", "CORRAL_NUM_THREADS": str(args.threads),
-                "OLLAMA_NUM_PARALLEL": str(args.parallel), "OLLAMA_KEEP_ALIVE": "-1",
-                "OLLAMA_CONTEXT_LENGTH": str(args.ctx), "CORRAL_PROMPT_CACHE_MIB": str(args.prompt_cache_mib)})
+    env.update(
+        {
+            "CORRAL_HOST": f"127.0.0.1:{port}",
+            "CORRAL_NUM_THREADS": str(args.threads),
+            "OLLAMA_NUM_PARALLEL": str(args.parallel),
+            "OLLAMA_KEEP_ALIVE": "-1",
+            "OLLAMA_CONTEXT_LENGTH": str(args.ctx),
+            "CORRAL_PROMPT_CACHE_MIB": str(args.prompt_cache_mib),
+        }
+    )
     proc = _spawn([sys.executable, "-m", "corral", "serve"], work / f"upstream-{i}.log", env)
     srv = Server(f"u{i + 1}", port, proc)
     await _wait_up(port, "/api/version", proc, 240)
     # Load the model and touch every slot, directly (not through a gateway: no policy gets a head start).
     warm = [{"role": "user", "content": f"Warm-up {i}-{k}. Hello."} for k in range(args.parallel)]
-    await asyncio.gather(*(chat_turn(port, Conversation(-1, [m]), Turn("warm-up", 0, 0, 0, 0, 0.0), 2)
-                           for m in warm))
+    await asyncio.gather(*(chat_turn(port, Conversation(-1, [m]), Turn("warm-up", 0, 0, 0, 0, 0.0), 2) for m in warm))
     return srv
 
 
@@ -329,8 +359,9 @@ async def routing_mode(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         servers += upstreams
         gateways: dict[str, Server] = {}
         for policy in args.policies:
-            fleet = write_fleet(work / f"fleet-{policy}.toml", upstreams, policy, "corral",
-                                refresh_interval=10.0, health_interval=2.0)
+            fleet = write_fleet(
+                work / f"fleet-{policy}.toml", upstreams, policy, "corral", refresh_interval=10.0, health_interval=2.0
+            )
             gateways[policy] = await start_gateway(policy, fleet, work)
             servers.append(gateways[policy])
         await wait_loaded(list(gateways.values()), len(upstreams), MODEL)
@@ -348,10 +379,30 @@ async def routing_mode(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 w = await run_policy(gateways[policy], policy, r, args, lambda: next(counter), own_pids)
                 windows.append(w)
                 log.info("  %s", rp.window_line(w.to_dict()))
-        return {"settings": {k: getattr(args, k) for k in ("upstreams", "parallel", "threads", "ctx", "clients",
-                                                             "turns", "doc_words", "num_predict", "think", "window",
-                                                             "warmup", "repeats", "prompt_cache_mib", "seed")},
-                "model": MODEL, "policies": list(args.policies), "windows": [w.to_dict() for w in windows]}
+        return {
+            "settings": {
+                k: getattr(args, k)
+                for k in (
+                    "upstreams",
+                    "parallel",
+                    "threads",
+                    "ctx",
+                    "clients",
+                    "turns",
+                    "doc_words",
+                    "num_predict",
+                    "think",
+                    "window",
+                    "warmup",
+                    "repeats",
+                    "prompt_cache_mib",
+                    "seed",
+                )
+            },
+            "model": MODEL,
+            "policies": list(args.policies),
+            "windows": [w.to_dict() for w in windows],
+        }
     finally:
         for s in reversed(servers):
             s.stop()
@@ -359,8 +410,7 @@ async def routing_mode(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 # ---- ceiling: stub upstreams ----------------------------------------------------------------------------
 
-_STUB_BODY = json.dumps({"model": STUB_MODEL, "messages": [{"role": "user", "content": "Hi"}],
-                         "stream": True}).encode()
+_STUB_BODY = json.dumps({"model": STUB_MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}).encode()
 _TOKEN = b'" word"'
 
 
@@ -374,8 +424,10 @@ async def stream_stub_chat(port: int, state: dict[str, Any]) -> int:
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_STUB_BODY), _STUB_BODY))
+        writer.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_STUB_BODY), _STUB_BODY)
+        )
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
@@ -388,7 +440,7 @@ async def stream_stub_chat(port: int, state: dict[str, Any]) -> int:
             if state["measuring"]:
                 state["tokens"] += got
             cut = len(data) - len(_TOKEN) + 1  # keep a possible partial marker for the next read
-            tail = data[max(cut, data.rfind(_TOKEN) + len(_TOKEN) if _TOKEN in data else 0):]
+            tail = data[max(cut, data.rfind(_TOKEN) + len(_TOKEN) if _TOKEN in data else 0) :]
         return n
     finally:
         writer.close()
@@ -409,8 +461,7 @@ async def drive_ceiling(gw: Server, level: int, args: argparse.Namespace, stub_p
     tasks = [asyncio.create_task(client()) for _ in range(level * args.streams)]
     await asyncio.sleep(args.ceiling_warmup)
     state["measuring"] = True
-    gw0, stubs0, me0, busy0 = _tree_cpu(gw.proc.pid), sum(map(_tree_cpu, stub_pids)), _own_cpu(), \
-        _busy_jiffies()
+    gw0, stubs0, me0, busy0 = _tree_cpu(gw.proc.pid), sum(map(_tree_cpu, stub_pids)), _own_cpu(), _busy_jiffies()
     t0 = time.perf_counter()
     await asyncio.sleep(args.ceiling_window)
     # Tokens that arrived inside the window count; the streams then finish outside it.
@@ -423,11 +474,21 @@ async def drive_ceiling(gw: Server, level: int, args: argparse.Namespace, stub_p
     state["stop"] = True
     await asyncio.gather(*tasks)
     tokens = int(state["tokens"])
-    return {"level": level, "streams": level * args.streams, "window_s": wall, "tokens": tokens,
-            "requests": state["requests"], "short_answers": state["short"], "tokens_per_s": tokens / wall,
-            "gateway_cpu_s": gw_cpu, "gateway_cores": gw_cpu / wall,
-            "gateway_us_per_token": gw_cpu / max(tokens, 1) * 1e6,
-            "stubs_cores": stubs_cpu / wall, "driver_cores": me_cpu / wall, "box_busy_cores": box / wall}
+    return {
+        "level": level,
+        "streams": level * args.streams,
+        "window_s": wall,
+        "tokens": tokens,
+        "requests": state["requests"],
+        "short_answers": state["short"],
+        "tokens_per_s": tokens / wall,
+        "gateway_cpu_s": gw_cpu,
+        "gateway_cores": gw_cpu / wall,
+        "gateway_us_per_token": gw_cpu / max(tokens, 1) * 1e6,
+        "stubs_cores": stubs_cpu / wall,
+        "driver_cores": me_cpu / wall,
+        "box_busy_cores": box / wall,
+    }
 
 
 async def ceiling_mode(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -436,40 +497,72 @@ async def ceiling_mode(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         stubs = []
         for i in range(max(args.levels)):
             port = free_port()
-            proc = _spawn([sys.executable, "-m", "bench.gateway", "--stub", str(port), str(args.stub_tokens),
-                           str(args.interval_ms)], work / f"stub-{i}.log")
+            proc = _spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.gateway",
+                    "--stub",
+                    str(port),
+                    str(args.stub_tokens),
+                    str(args.interval_ms),
+                ],
+                work / f"stub-{i}.log",
+            )
             stubs.append(Server(f"s{i + 1}", port, proc))
         servers += stubs
         for s in stubs:
             await _wait_up(s.port, "/api/version", s.proc, 60)
         gateways = {}
         for level in args.levels:
-            fleet = write_fleet(work / f"fleet-ceiling-{level}.toml", stubs[:level], args.ceiling_routing, "ollama",
-                                refresh_interval=10.0, health_interval=5.0)
+            fleet = write_fleet(
+                work / f"fleet-ceiling-{level}.toml",
+                stubs[:level],
+                args.ceiling_routing,
+                "ollama",
+                refresh_interval=10.0,
+                health_interval=5.0,
+            )
             gateways[level] = await start_gateway(f"ceiling-{level}", fleet, work)
             servers.append(gateways[level])
         await asyncio.gather(*(wait_loaded([g], lv, STUB_MODEL) for lv, g in gateways.items()))
         rows = []
         levels = list(args.levels)
         for r in range(args.repeats):
-            order = levels[r % len(levels):] + levels[:r % len(levels)]
+            order = levels[r % len(levels) :] + levels[: r % len(levels)]
             for level in order:
                 row = await drive_ceiling(gateways[level], level, args, [s.proc.pid for s in stubs[:level]])
                 row["repeat"] = r
                 rows.append(row)
-                log.info("ceiling repeat %d, %d upstreams: %.0f tok/s, gateway %.0f us/token, %.2f cores",
-                         r + 1, level, row["tokens_per_s"], row["gateway_us_per_token"], row["gateway_cores"])
-        return {"settings": {"levels": levels, "streams_per_upstream": args.streams, "stub_tokens": args.stub_tokens,
-                             "interval_ms": args.interval_ms, "window_s": args.ceiling_window,
-                             "warmup_s": args.ceiling_warmup, "repeats": args.repeats,
-                             "routing": args.ceiling_routing, "path": "/api/chat"},
-                "rows": rows}
+                log.info(
+                    "ceiling repeat %d, %d upstreams: %.0f tok/s, gateway %.0f us/token, %.2f cores",
+                    r + 1,
+                    level,
+                    row["tokens_per_s"],
+                    row["gateway_us_per_token"],
+                    row["gateway_cores"],
+                )
+        return {
+            "settings": {
+                "levels": levels,
+                "streams_per_upstream": args.streams,
+                "stub_tokens": args.stub_tokens,
+                "interval_ms": args.interval_ms,
+                "window_s": args.ceiling_window,
+                "warmup_s": args.ceiling_warmup,
+                "repeats": args.repeats,
+                "routing": args.ceiling_routing,
+                "path": "/api/chat",
+            },
+            "rows": rows,
+        }
     finally:
         for s in reversed(servers):
             s.stop()
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
+
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
@@ -482,8 +575,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=OUT_DIR / "fleet.json")
     p.add_argument("--repeats", type=int, default=None, help="default 3 (quick: 1)")
     g = p.add_argument_group("routing")
-    g.add_argument("--policies", type=lambda t: [x for x in t.split(",") if x], default=list(POLICIES),
-                   help="a subset of " + ",".join(POLICIES))
+    g.add_argument(
+        "--policies",
+        type=lambda t: [x for x in t.split(",") if x],
+        default=list(POLICIES),
+        help="a subset of " + ",".join(POLICIES),
+    )
     g.add_argument("--upstreams", type=int, default=None, help="Corral upstreams (default 3; quick: 2)")
     g.add_argument("--parallel", type=int, default=2, help="OLLAMA_NUM_PARALLEL of each upstream (slots)")
     g.add_argument("--threads", type=int, default=1, help="CORRAL_NUM_THREADS of each upstream")
@@ -491,18 +588,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--prompt-cache-mib", type=int, default=0, help="CORRAL_PROMPT_CACHE_MIB of each upstream")
     g.add_argument("--clients", type=int, default=None, help="concurrent conversations (default upstreams x parallel)")
     g.add_argument("--turns", type=int, default=None, help="turns per conversation (default 6; quick: 2)")
-    g.add_argument("--doc-words", type=int, default=None, help="document per conversation (default 700, ~850 "
-                                                                  "tokens with the template; quick: 120)")
+    g.add_argument(
+        "--doc-words",
+        type=int,
+        default=None,
+        help="document per conversation (default 700, ~850 tokens with the template; quick: 120)",
+    )
     g.add_argument("--num-predict", type=int, default=8)
-    g.add_argument("--think", type=float, default=None, help="mean seconds a user thinks between turns "
-                                                              "(exponential; default 2; quick: 0.1)")
+    g.add_argument(
+        "--think",
+        type=float,
+        default=None,
+        help="mean seconds a user thinks between turns (exponential; default 2; quick: 0.1)",
+    )
     g.add_argument("--window", type=float, default=None, help="seconds measured per policy (default 45; quick: 2)")
-    g.add_argument("--warmup", type=float, default=None, help="seconds of load before the window (default 10; "
-                                                                "quick: 0)")
+    g.add_argument(
+        "--warmup", type=float, default=None, help="seconds of load before the window (default 10; quick: 0)"
+    )
     g.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
     g = p.add_argument_group("ceiling")
-    g.add_argument("--levels", type=_ints, default=None, help="stub upstreams per gateway (default 1,2,4,8,16; "
-                                                               "quick: 1,2)")
+    g.add_argument(
+        "--levels", type=_ints, default=None, help="stub upstreams per gateway (default 1,2,4,8,16; quick: 1,2)"
+    )
     g.add_argument("--streams", type=int, default=None, help="concurrent streams per upstream (default 4; quick: 2)")
     g.add_argument("--stub-tokens", type=int, default=None, help="tokens per request (default 64; quick: 16)")
     g.add_argument("--interval-ms", type=float, default=10.0, help="stub: milliseconds between tokens")
@@ -510,12 +617,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--ceiling-warmup", type=float, default=None, help="default 1 (quick: 0.5)")
     g.add_argument("--ceiling-routing", choices=["least-loaded", "round-robin"], default="least-loaded")
     args = p.parse_args(argv)
-    full = {"repeats": 3, "upstreams": 3, "turns": 6, "doc_words": 700, "window": 45.0, "warmup": 10.0,
-            "think": 2.0,
-            "levels": [1, 2, 4, 8, 16], "streams": 4, "stub_tokens": 64, "ceiling_window": 5.0, "ceiling_warmup": 1.0}
-    quick = {"repeats": 1, "upstreams": 2, "turns": 2, "doc_words": 120, "window": 2.0, "warmup": 0.0,
-             "think": 0.1,
-             "levels": [1, 2], "streams": 2, "stub_tokens": 16, "ceiling_window": 1.5, "ceiling_warmup": 0.5}
+    full = {
+        "repeats": 3,
+        "upstreams": 3,
+        "turns": 6,
+        "doc_words": 700,
+        "window": 45.0,
+        "warmup": 10.0,
+        "think": 2.0,
+        "levels": [1, 2, 4, 8, 16],
+        "streams": 4,
+        "stub_tokens": 64,
+        "ceiling_window": 5.0,
+        "ceiling_warmup": 1.0,
+    }
+    quick = {
+        "repeats": 1,
+        "upstreams": 2,
+        "turns": 2,
+        "doc_words": 120,
+        "window": 2.0,
+        "warmup": 0.0,
+        "think": 0.1,
+        "levels": [1, 2],
+        "streams": 2,
+        "stub_tokens": 16,
+        "ceiling_window": 1.5,
+        "ceiling_warmup": 0.5,
+    }
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -529,12 +658,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def main_async(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="corral-bench-fleet-"))
-    commit = await asyncio.to_thread(subprocess.run, ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                     capture_output=True, text=True, check=False)
+    commit = await asyncio.to_thread(
+        subprocess.run, ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     report: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "mode": args.mode, "quick": args.quick,
-        "command": "python -m bench.fleet " + " ".join(argv), "commit": commit.stdout.strip(), "machine": machine_info(),
-        "logs": str(work)}
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": args.mode,
+        "quick": args.quick,
+        "command": "python -m bench.fleet " + " ".join(argv),
+        "commit": commit.stdout.strip(),
+        "machine": machine_info(),
+        "logs": str(work),
+    }
     if args.mode in ("routing", "all"):
         report["routing"] = await routing_mode(args, work)
     if args.mode in ("ceiling", "all"):

@@ -51,26 +51,37 @@ def _spread(values: list[float]) -> float:
 
 # ---- routing ----------------------------------------------------------------------------------------------
 
+
 def window_figures(w: dict[str, Any]) -> dict[str, Any]:
     """One policy's window: TTFT samples, throughput, hits (see module docstring)."""
     span = w["window_s"]
     ok = [t for t in w["turns"] if not t["error"]]
     inside = [t for t in ok if 0.0 <= t["t_start"] <= span]  # started in the window
     later = [t for t in inside if t["turn"] > 1]
-    cold = [t["prompt_ms"] / t["prompt_tokens"] for t in ok
-            if t["turn"] == 1 and t["prompt_tokens"] > 0 and t["prompt_ms"] > 0]
+    cold = [
+        t["prompt_ms"] / t["prompt_tokens"]
+        for t in ok
+        if t["turn"] == 1 and t["prompt_tokens"] > 0 and t["prompt_ms"] > 0
+    ]
     cold_ms = statistics.median(cold) if cold else 0.0
-    hits = [t for t in later if t["prompt_tokens"] > 0 and cold_ms > 0
-            and t["prompt_ms"] / t["prompt_tokens"] < HIT_FRACTION * cold_ms]
+    hits = [
+        t
+        for t in later
+        if t["prompt_tokens"] > 0 and cold_ms > 0 and t["prompt_ms"] / t["prompt_tokens"] < HIT_FRACTION * cold_ms
+    ]
     done = [t for t in ok if 0.0 <= t["t_start"] + t["total"] <= span]  # answered in the window
     return {
-        "ttft_later": [t["ttft"] for t in later], "ttft_first": [t["ttft"] for t in inside if t["turn"] == 1],
-        "ttft_all": [t["ttft"] for t in inside], "prefill_ms_later": [t["prompt_ms"] for t in later],
+        "ttft_later": [t["ttft"] for t in later],
+        "ttft_first": [t["ttft"] for t in inside if t["turn"] == 1],
+        "ttft_all": [t["ttft"] for t in inside],
+        "prefill_ms_later": [t["prompt_ms"] for t in later],
         "prompt_tokens_later": [t["prompt_tokens"] for t in later],
-        "n_later": len(later), "hits_prefill": len(hits),
+        "n_later": len(later),
+        "hits_prefill": len(hits),
         "sticky": sum(t["upstream"] == t["prev_upstream"] for t in later),
         "cold_ms_per_token": cold_ms,
-        "turns_per_s": len(done) / span, "tokens_per_s": sum(t["eval_tokens"] for t in done) / span,
+        "turns_per_s": len(done) / span,
+        "tokens_per_s": sum(t["eval_tokens"] for t in done) / span,
         "errors": len(w["turns"]) - len(ok),
         "upstreams": sorted({t["upstream"] for t in ok}),
     }
@@ -88,11 +99,13 @@ def routing_summary(routing: dict[str, Any]) -> dict[str, Any]:
         tps = [f["turns_per_s"] for f in figs]
         per[policy] = {
             "n_turns_later": n_later,
-            "ttft_later_mean_s": _mean(later), "ttft_later_p95_s": _pct(later, 0.95),
+            "ttft_later_mean_s": _mean(later),
+            "ttft_later_p95_s": _pct(later, 0.95),
             "ttft_first_mean_s": _mean([x for f in figs for x in f["ttft_first"]]),
             "n_turns_first": sum(len(f["ttft_first"]) for f in figs),
             "ttft_all_mean_s": _mean([x for f in figs for x in f["ttft_all"]]),
-            "turns_per_s": statistics.median(tps), "turns_per_s_per_repeat": tps,
+            "turns_per_s": statistics.median(tps),
+            "turns_per_s_per_repeat": tps,
             "turns_per_s_spread": _spread(tps),
             "tokens_per_s": statistics.median(f["tokens_per_s"] for f in figs),
             "hit_rate_prefill": sum(f["hits_prefill"] for f in figs) / n_later if n_later else 0.0,
@@ -113,14 +126,19 @@ def routing_ratios(per: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if ca and rr and ca["ttft_later_mean_s"] > 0:
         paired = [r / c for r, c in zip(rr["ttft_later_mean_per_repeat"], ca["ttft_later_mean_per_repeat"]) if c > 0]
-        out["rr_over_ca_ttft_later"] = {"value": rr["ttft_later_mean_s"] / ca["ttft_later_mean_s"],
-                                        "per_repeat": paired, "per_repeat_median": statistics.median(paired)
-                                        if paired else 0.0}
+        out["rr_over_ca_ttft_later"] = {
+            "value": rr["ttft_later_mean_s"] / ca["ttft_later_mean_s"],
+            "per_repeat": paired,
+            "per_repeat_median": statistics.median(paired) if paired else 0.0,
+        }
     if ca and ll and ll["turns_per_s"] > 0:
         paired = [c / lo for c, lo in zip(ca["turns_per_s_per_repeat"], ll["turns_per_s_per_repeat"]) if lo > 0]
-        out["ca_over_ll_throughput"] = {"value": ca["turns_per_s"] / ll["turns_per_s"], "per_repeat": paired,
-                                        "per_repeat_median": statistics.median(paired) if paired else 0.0,
-                                        "allowed_spread": max(ca["turns_per_s_spread"], ll["turns_per_s_spread"])}
+        out["ca_over_ll_throughput"] = {
+            "value": ca["turns_per_s"] / ll["turns_per_s"],
+            "per_repeat": paired,
+            "per_repeat_median": statistics.median(paired) if paired else 0.0,
+            "allowed_spread": max(ca["turns_per_s_spread"], ll["turns_per_s_spread"]),
+        }
     return out
 
 
@@ -129,19 +147,23 @@ def routing_verdicts(ratios: dict[str, Any], per: dict[str, dict[str, Any]]) -> 
     t = ratios.get("rr_over_ca_ttft_later")
     if t:
         met = t["value"] >= TTFT_TARGET
-        out.append(f"TTFT on turns after the first: round-robin mean {per['round-robin']['ttft_later_mean_s']:.3f} s"
-                   f" / cache-aware {per['cache-aware']['ttft_later_mean_s']:.3f} s = {t['value']:.2f}x "
-                   f"(per repeat: {', '.join(f'{x:.2f}' for x in t['per_repeat'])}) -> "
-                   f"{'met' if met else 'NOT met'} (>= {TTFT_TARGET:g}x)")
+        out.append(
+            f"TTFT on turns after the first: round-robin mean {per['round-robin']['ttft_later_mean_s']:.3f} s"
+            f" / cache-aware {per['cache-aware']['ttft_later_mean_s']:.3f} s = {t['value']:.2f}x "
+            f"(per repeat: {', '.join(f'{x:.2f}' for x in t['per_repeat'])}) -> "
+            f"{'met' if met else 'NOT met'} (>= {TTFT_TARGET:g}x)"
+        )
     th = ratios.get("ca_over_ll_throughput")
     if th:
         floor = 1.0 - th["allowed_spread"]
         met = th["value"] >= floor
-        out.append(f"aggregate throughput: cache-aware {per['cache-aware']['turns_per_s']:.3f} turns/s / "
-                   f"least-loaded {per['least-loaded']['turns_per_s']:.3f} = {th['value']:.2f} (per repeat: "
-                   f"{', '.join(f'{x:.2f}' for x in th['per_repeat'])}); allowed spread "
-                   f"{th['allowed_spread']:.0%} (the larger of the two policies' (max - min) / median over repeats)"
-                   f" -> {'met' if met else 'NOT met'} (>= {floor:.2f})")
+        out.append(
+            f"aggregate throughput: cache-aware {per['cache-aware']['turns_per_s']:.3f} turns/s / "
+            f"least-loaded {per['least-loaded']['turns_per_s']:.3f} = {th['value']:.2f} (per repeat: "
+            f"{', '.join(f'{x:.2f}' for x in th['per_repeat'])}); allowed spread "
+            f"{th['allowed_spread']:.0%} (the larger of the two policies' (max - min) / median over repeats)"
+            f" -> {'met' if met else 'NOT met'} (>= {floor:.2f})"
+        )
     errors = sum(p["errors"] for p in per.values())
     if errors:
         out.append(f"{errors} turns failed (see the JSON's windows)")
@@ -149,28 +171,37 @@ def routing_verdicts(ratios: dict[str, Any], per: dict[str, dict[str, Any]]) -> 
 
 
 def routing_table(per: dict[str, dict[str, Any]]) -> str:
-    lines = [("| policy | turns > 1 (n) | TTFT mean, turns > 1 (s) | TTFT p95, turns > 1 (s) | TTFT mean, turn 1 (s) | "
-             "TTFT mean, all (s) | turns/s (median; per repeat) | gen tok/s | cache hit rate (prefill) | "
-             "sticky rate | prefill ms, turns > 1 | errors |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| policy | turns > 1 (n) | TTFT mean, turns > 1 (s) | TTFT p95, turns > 1 (s) | TTFT mean, turn 1 (s) | "
+            "TTFT mean, all (s) | turns/s (median; per repeat) | gen tok/s | cache hit rate (prefill) | "
+            "sticky rate | prefill ms, turns > 1 | errors |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for policy, p in per.items():
         reps = ", ".join(f"{x:.3f}" for x in p["turns_per_s_per_repeat"])
         first = f"{p['ttft_first_mean_s']:.3f} (n={p['n_turns_first']})" if p["n_turns_first"] else "– (none)"
-        lines.append(f"| {policy} | {p['n_turns_later']} | {p['ttft_later_mean_s']:.3f} | {p['ttft_later_p95_s']:.3f}"
-                     f" | {first} | {p['ttft_all_mean_s']:.3f} | {p['turns_per_s']:.3f} ({reps})"
-                     f" | {p['tokens_per_s']:.2f} | {p['hit_rate_prefill']:.0%} | {p['hit_rate_sticky']:.0%} | "
-                     f"{p['prefill_ms_later_mean']:.0f} | {p['errors']} |")
+        lines.append(
+            f"| {policy} | {p['n_turns_later']} | {p['ttft_later_mean_s']:.3f} | {p['ttft_later_p95_s']:.3f}"
+            f" | {first} | {p['ttft_all_mean_s']:.3f} | {p['turns_per_s']:.3f} ({reps})"
+            f" | {p['tokens_per_s']:.2f} | {p['hit_rate_prefill']:.0%} | {p['hit_rate_sticky']:.0%} | "
+            f"{p['prefill_ms_later_mean']:.0f} | {p['errors']} |"
+        )
     return "\n".join(lines)
 
 
 def window_line(w: dict[str, Any]) -> str:
     f = window_figures(w)
-    return (f"{w['policy']}: {f['n_later']} later turns, TTFT mean {_mean(f['ttft_later']):.3f} s, "
-            f"{f['turns_per_s']:.3f} turns/s, hits {f['hits_prefill']}/{f['n_later']}, sticky "
-            f"{f['sticky']}/{f['n_later']}, background {w['background_share']:.0%}")
+    return (
+        f"{w['policy']}: {f['n_later']} later turns, TTFT mean {_mean(f['ttft_later']):.3f} s, "
+        f"{f['turns_per_s']:.3f} turns/s, hits {f['hits_prefill']}/{f['n_later']}, sticky "
+        f"{f['sticky']}/{f['n_later']}, background {w['background_share']:.0%}"
+    )
 
 
 # ---- ceiling ----------------------------------------------------------------------------------------------
+
 
 def ceiling_summary(ceiling: dict[str, Any]) -> dict[str, Any]:
     levels = ceiling["settings"]["levels"]
@@ -178,8 +209,14 @@ def ceiling_summary(ceiling: dict[str, Any]) -> dict[str, Any]:
     for level in levels:
         mine = [r for r in ceiling["rows"] if r["level"] == level]
         row = {"level": level, "streams": mine[0]["streams"], "repeats": len(mine)}
-        for key in ("tokens_per_s", "gateway_us_per_token", "gateway_cores", "stubs_cores", "driver_cores",
-                    "box_busy_cores"):
+        for key in (
+            "tokens_per_s",
+            "gateway_us_per_token",
+            "gateway_cores",
+            "stubs_cores",
+            "driver_cores",
+            "box_busy_cores",
+        ):
             row[key] = statistics.median(r[key] for r in mine)
         row["tokens_per_s_per_repeat"] = [r["tokens_per_s"] for r in mine]
         rows.append(row)
@@ -191,11 +228,14 @@ def ceiling_summary(ceiling: dict[str, Any]) -> dict[str, Any]:
         row["upstreams_per_gateway_core"] = 1.0 / (per_token_s * base) if per_token_s > 0 and base else 0.0
     knee = next((r["level"] for r in rows if r["linear_efficiency"] < LINEAR), None)
     top = rows[-1] if rows else {}
-    return {"rows": rows, "tokens_per_s_per_upstream": base, "linear_until": knee,
-            "upstreams_per_gateway_core": top.get("upstreams_per_gateway_core", 0.0),
-            "gateway_us_per_token": top.get("gateway_us_per_token", 0.0),
-            "tokens_per_s_per_gateway_core": 1e6 / top["gateway_us_per_token"] if top.get("gateway_us_per_token")
-            else 0.0}
+    return {
+        "rows": rows,
+        "tokens_per_s_per_upstream": base,
+        "linear_until": knee,
+        "upstreams_per_gateway_core": top.get("upstreams_per_gateway_core", 0.0),
+        "gateway_us_per_token": top.get("gateway_us_per_token", 0.0),
+        "tokens_per_s_per_gateway_core": 1e6 / top["gateway_us_per_token"] if top.get("gateway_us_per_token") else 0.0,
+    }
 
 
 def ceiling_verdicts(s: dict[str, Any], nproc: int) -> list[str]:
@@ -204,37 +244,55 @@ def ceiling_verdicts(s: dict[str, Any], nproc: int) -> list[str]:
         return []
     top = rows[-1]
     first = rows[0]
-    out = [(f"gateway CPU per token at {top['level']} upstreams: {top['gateway_us_per_token']:.0f} us, so one gateway "
+    out = [
+        (
+            f"gateway CPU per token at {top['level']} upstreams: {top['gateway_us_per_token']:.0f} us, so one gateway "
             f"core carries ~{1e6 / max(top['gateway_us_per_token'], 1e-9):,.0f} tok/s; one upstream streams "
             f"{s['tokens_per_s_per_upstream']:.0f} tok/s, so one gateway core can feed "
             f"~{s['upstreams_per_gateway_core']:.0f} such upstreams (the cost per token falls as load rises: "
-            f"{first['gateway_us_per_token']:.0f} us at {first['level']} upstream(s))")]
+            f"{first['gateway_us_per_token']:.0f} us at {first['level']} upstream(s))"
+        )
+    ]
     if s["linear_until"] is None:
-        out.append(f"throughput rose linearly (>= {LINEAR:.0%} of N x one upstream's) up to {top['level']} upstreams "
-                   f"({top['tokens_per_s']:.0f} tok/s, gateway at {top['gateway_cores']:.2f} cores)")
+        out.append(
+            f"throughput rose linearly (>= {LINEAR:.0%} of N x one upstream's) up to {top['level']} upstreams "
+            f"({top['tokens_per_s']:.0f} tok/s, gateway at {top['gateway_cores']:.2f} cores)"
+        )
     else:
         knee = next(r for r in rows if r["level"] == s["linear_until"])
-        limit = ("the gateway's own core" if knee["gateway_cores"] >= 0.85 else
-                 f"the box ({knee['box_busy_cores']:.2f} of {nproc} cores busy: stubs {knee['stubs_cores']:.2f}, "
-                 f"driver {knee['driver_cores']:.2f}, gateway {knee['gateway_cores']:.2f})")
-        out.append(f"throughput stops rising linearly at {knee['level']} upstreams ({knee['linear_efficiency']:.0%} "
-                   f"of linear, {knee['tokens_per_s']:.0f} tok/s); the limit there: {limit}")
+        limit = (
+            "the gateway's own core"
+            if knee["gateway_cores"] >= 0.85
+            else f"the box ({knee['box_busy_cores']:.2f} of {nproc} cores busy: stubs {knee['stubs_cores']:.2f}, "
+            f"driver {knee['driver_cores']:.2f}, gateway {knee['gateway_cores']:.2f})"
+        )
+        out.append(
+            f"throughput stops rising linearly at {knee['level']} upstreams ({knee['linear_efficiency']:.0%} "
+            f"of linear, {knee['tokens_per_s']:.0f} tok/s); the limit there: {limit}"
+        )
     return out
 
 
 def ceiling_table(s: dict[str, Any]) -> str:
-    lines = [("| upstreams | streams | tok/s through the gateway | per upstream | share of linear | gateway µs/token | "
-             "gateway cores | stubs cores | driver cores | box busy cores | upstreams one gateway core feeds |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| upstreams | streams | tok/s through the gateway | per upstream | share of linear | gateway µs/token | "
+            "gateway cores | stubs cores | driver cores | box busy cores | upstreams one gateway core feeds |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in s["rows"]:
-        lines.append(f"| {r['level']} | {r['streams']} | {r['tokens_per_s']:.0f} | {r['per_upstream_tokens_per_s']:.0f} "
-                     f"| {r['linear_efficiency']:.0%} | {r['gateway_us_per_token']:.0f} | {r['gateway_cores']:.2f} | "
-                     f"{r['stubs_cores']:.2f} | {r['driver_cores']:.2f} | {r['box_busy_cores']:.2f} | "
-                     f"{r['upstreams_per_gateway_core']:.0f} |")
+        lines.append(
+            f"| {r['level']} | {r['streams']} | {r['tokens_per_s']:.0f} | {r['per_upstream_tokens_per_s']:.0f} "
+            f"| {r['linear_efficiency']:.0%} | {r['gateway_us_per_token']:.0f} | {r['gateway_cores']:.2f} | "
+            f"{r['stubs_cores']:.2f} | {r['driver_cores']:.2f} | {r['box_busy_cores']:.2f} | "
+            f"{r['upstreams_per_gateway_core']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 # ---- the whole report -------------------------------------------------------------------------------------
+
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
     parts, verdicts = [], []

@@ -53,8 +53,11 @@ MODEL = "stub-model"
 
 # ---- the stub upstream (run as `python -m bench.gateway --stub PORT TOKENS INTERVAL_MS`) ----------------------
 
+
 def _stub_app(tokens: int, interval: float) -> Callable[..., Awaitable[None]]:
-    async def app(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[None]]) -> None:
+    async def app(
+        scope: dict[str, Any], receive: Callable[..., Awaitable[Any]], send: Callable[..., Awaitable[None]]
+    ) -> None:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
                 if message["type"] == "lifespan.startup":
@@ -70,9 +73,16 @@ def _stub_app(tokens: int, interval: float) -> Callable[..., Awaitable[None]]:
             kind, chunk, last = "application/x-ndjson", _ndjson_chunk, _ndjson_last
         else:
             # Both listings name the one model, so a fleet gateway's discovery finds it (bench/fleet.py).
-            body = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}],
-                               "models": [{"name": MODEL, "model": MODEL}]}).encode()
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            body = json.dumps(
+                {
+                    "object": "list",
+                    "data": [{"id": MODEL, "object": "model"}],
+                    "models": [{"name": MODEL, "model": MODEL}],
+                }
+            ).encode()
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind.encode())]})
@@ -89,9 +99,11 @@ def _sse_chunk(i: int) -> bytes:
 
 
 def _sse_last(n: int) -> bytes:
-    return (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"stub-model","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
-            b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"stub-model","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":%d,"total_tokens":%d}}\n\n'
-            b"data: [DONE]\n\n" % (n, n + 8))
+    return (
+        b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"stub-model","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
+        b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"stub-model","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":%d,"total_tokens":%d}}\n\n'
+        b"data: [DONE]\n\n" % (n, n + 8)
+    )
 
 
 def _ndjson_chunk(i: int) -> bytes:
@@ -99,19 +111,28 @@ def _ndjson_chunk(i: int) -> bytes:
 
 
 def _ndjson_last(n: int) -> bytes:
-    return (b'{"model":"stub-model","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":""},'
-            b'"done":true,"done_reason":"length","total_duration":1,"load_duration":1,"prompt_eval_count":8,'
-            b'"prompt_eval_duration":1,"eval_count":%d,"eval_duration":1}\n' % n)
+    return (
+        b'{"model":"stub-model","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":""},'
+        b'"done":true,"done_reason":"length","total_duration":1,"load_duration":1,"prompt_eval_count":8,'
+        b'"prompt_eval_duration":1,"eval_count":%d,"eval_duration":1}\n' % n
+    )
 
 
 def run_stub(port: int, tokens: int, interval_ms: float) -> None:
     import uvicorn
 
-    uvicorn.run(_stub_app(tokens, interval_ms / 1000), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False, lifespan="on")
+    uvicorn.run(
+        _stub_app(tokens, interval_ms / 1000),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
 
 
 # ---- targets ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Target:
@@ -126,8 +147,15 @@ class Target:
 
 def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        return subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
 
 
 async def _wait_up(port: int, path: str, proc: subprocess.Popen[bytes], seconds: float = 120.0) -> None:
@@ -151,8 +179,14 @@ def _corral_env(home: Path) -> dict[str, str]:
 
 
 def _create_key(home: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "corral", "keys", "create", "bench", "--admin"], cwd=ROOT,
-                         env=_corral_env(home), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "corral", "keys", "create", "bench", "--admin"],
+        cwd=ROOT,
+        env=_corral_env(home),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -161,13 +195,19 @@ async def start_targets(stub_port: int, work: Path, want_litellm: bool) -> list[
     both = ("/v1/chat/completions", "/api/chat")
     targets = [Target("direct", stub_port, both)]
     plain = Target("corral-proxy", free_port(), both)
-    plain.proc = _spawn([sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(plain.port)],
-                        work / "corral-proxy.log", _corral_env(work / "home-plain"))
+    plain.proc = _spawn(
+        [sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(plain.port)],
+        work / "corral-proxy.log",
+        _corral_env(work / "home-plain"),
+    )
     keyed = Target("corral-proxy+keys", free_port(), both)
     (work / "home-keys").mkdir()
     keyed.headers = {"Authorization": f"Bearer {_create_key(work / 'home-keys')}"}
-    keyed.proc = _spawn([sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(keyed.port)],
-                        work / "corral-proxy-keys.log", _corral_env(work / "home-keys"))
+    keyed.proc = _spawn(
+        [sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(keyed.port)],
+        work / "corral-proxy-keys.log",
+        _corral_env(work / "home-keys"),
+    )
     targets += [plain, keyed]
     litellm = Target("litellm", free_port(), ("/v1/chat/completions",), {"Authorization": "Bearer sk-bench"})
     exe = LITELLM_VENV / "bin" / "litellm"
@@ -188,8 +228,11 @@ async def start_targets(stub_port: int, work: Path, want_litellm: bool) -> list[
             "  master_key: sk-bench\n"
         )
         env = {**os.environ, "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true", "LITELLM_TELEMETRY": "False"}
-        litellm.proc = _spawn([str(exe), "--config", str(config), "--port", str(litellm.port), "--num_workers", "1"],
-                              work / "litellm.log", env)
+        litellm.proc = _spawn(
+            [str(exe), "--config", str(config), "--port", str(litellm.port), "--num_workers", "1"],
+            work / "litellm.log",
+            env,
+        )
     targets.append(litellm)
     for t in targets:
         if t.proc is not None:
@@ -201,6 +244,7 @@ async def start_targets(stub_port: int, work: Path, want_litellm: bool) -> list[
 
 
 # ---- load --------------------------------------------------------------------------------------------------
+
 
 def _payload(path: str) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
@@ -253,10 +297,15 @@ def summarise(targets: list[Target], tokens: int) -> dict[str, Any]:
         for key, samples in t.samples.items():
             ttft = [s[0] * 1000 for s in samples]
             total = [s[1] * 1000 for s in samples]
-            rows[key] = {"n": len(samples), "ttft_p50": _pct(ttft, 0.5), "ttft_p99": _pct(ttft, 0.99),
-                         "total_p50": _pct(total, 0.5), "total_p99": _pct(total, 0.99),
-                         "tokens_complete": all(s[2] == tokens for s in samples),
-                         "tok_s_per_stream": statistics.median(s[2] / max(1e-9, s[1] - s[0]) for s in samples)}
+            rows[key] = {
+                "n": len(samples),
+                "ttft_p50": _pct(ttft, 0.5),
+                "ttft_p99": _pct(ttft, 0.99),
+                "total_p50": _pct(total, 0.5),
+                "total_p99": _pct(total, 0.99),
+                "tokens_complete": all(s[2] == tokens for s in samples),
+                "tok_s_per_stream": statistics.median(s[2] / max(1e-9, s[1] - s[0]) for s in samples),
+            }
         report["targets"][t.name] = rows
     for t in targets[1:]:
         if t.skipped:
@@ -266,7 +315,8 @@ def summarise(targets: list[Target], tokens: int) -> dict[str, Any]:
             if base is None:
                 continue
             report["added"].setdefault(t.name, {})[key] = {
-                m: row[m] - base[m] for m in ("ttft_p50", "ttft_p99", "total_p50", "total_p99")}
+                m: row[m] - base[m] for m in ("ttft_p50", "ttft_p99", "total_p50", "total_p99")
+            }
     report["verdicts"] = _verdicts(report)
     return report
 
@@ -277,24 +327,30 @@ def _verdicts(report: dict[str, Any]) -> list[str]:
     for name in ("corral-proxy", "corral-proxy+keys"):
         for key, a in added.get(name, {}).items():
             ok = a["ttft_p50"] <= 1.0 and a["ttft_p99"] <= 5.0
-            out.append(f"{name} {key}: +{a['ttft_p50']:.2f} ms TTFT p50, +{a['ttft_p99']:.2f} ms p99 -> "
-                       f"{'met' if ok else 'NOT met'} (<= 1 ms / 5 ms)")
+            out.append(
+                f"{name} {key}: +{a['ttft_p50']:.2f} ms TTFT p50, +{a['ttft_p99']:.2f} ms p99 -> "
+                f"{'met' if ok else 'NOT met'} (<= 1 ms / 5 ms)"
+            )
     lite = added.get("litellm", {})
     for key, a in lite.items():
         corral = added.get("corral-proxy+keys", {}).get(key)
         if corral is None:
             continue
         ratio = a["ttft_p50"] / max(corral["ttft_p50"], 0.05)
-        out.append(f"litellm vs corral-proxy+keys {key}: LiteLLM adds {a['ttft_p50']:.2f} ms at p50, Corral "
-                   f"{corral['ttft_p50']:.2f} ms: {ratio:.1f}x -> {'met' if ratio >= 5 else 'NOT met'} (>= 5x)")
+        out.append(
+            f"litellm vs corral-proxy+keys {key}: LiteLLM adds {a['ttft_p50']:.2f} ms at p50, Corral "
+            f"{corral['ttft_p50']:.2f} ms: {ratio:.1f}x -> {'met' if ratio >= 5 else 'NOT met'} (>= 5x)"
+        )
     if not lite:
         out.append("litellm: not measured -> the 5x target is n/a in this run")
     return out
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["| target | request | n | TTFT p50 | TTFT p99 | total p50 | total p99 | added TTFT p50 / p99 | tok/s/stream | complete |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| target | request | n | TTFT p50 | TTFT p99 | total p50 | total p99 | added TTFT p50 / p99 | tok/s/stream | complete |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, rows in report["targets"].items():
         if "skipped" in rows:
             lines.append(f"| {name} | – | – | {rows['skipped']} | | | | | | |")
@@ -302,17 +358,21 @@ def markdown(report: dict[str, Any]) -> str:
         for key, r in rows.items():
             a = report["added"].get(name, {}).get(key)
             added = f"+{a['ttft_p50']:.2f} / +{a['ttft_p99']:.2f}" if a else "–"
-            lines.append(f"| {name} | {key} | {r['n']} | {r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | "
-                         f"{r['total_p50']:.2f} | {r['total_p99']:.2f} | {added} | {r['tok_s_per_stream']:.0f} | "
-                         f"{'yes' if r['tokens_complete'] else 'NO'} |")
+            lines.append(
+                f"| {name} | {key} | {r['n']} | {r['ttft_p50']:.2f} | {r['ttft_p99']:.2f} | "
+                f"{r['total_p50']:.2f} | {r['total_p99']:.2f} | {added} | {r['tok_s_per_stream']:.0f} | "
+                f"{'yes' if r['tokens_complete'] else 'NO'} |"
+            )
     return "\n".join(lines + [""] + [f"- {v}" for v in report["verdicts"]])
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="corral-bench-gateway-"))
     stub_port = free_port()
-    stub = _spawn([sys.executable, "-m", "bench.gateway", "--stub", str(stub_port), str(args.tokens),
-                   str(args.interval_ms)], work / "stub.log")
+    stub = _spawn(
+        [sys.executable, "-m", "bench.gateway", "--stub", str(stub_port), str(args.tokens), str(args.interval_ms)],
+        work / "stub.log",
+    )
     targets: list[Target] = []
     try:
         await _wait_up(stub_port, "/api/version", stub, 30)
@@ -322,8 +382,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 log.info("driving %s at %d concurrent clients", path, level)
                 await drive(targets, path, args.requests, level)
         report = summarise(targets, args.tokens)
-        report["settings"] = {"requests": args.requests, "concurrency": args.concurrency, "tokens": args.tokens,
-                              "interval_ms": args.interval_ms, "logs": str(work)}
+        report["settings"] = {
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "tokens": args.tokens,
+            "interval_ms": args.interval_ms,
+            "logs": str(work),
+        }
         return report
     finally:
         for t in targets:

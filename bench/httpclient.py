@@ -69,9 +69,16 @@ async def _body_pieces(reader: asyncio.StreamReader, headers: dict[str, str]) ->
             yield data
 
 
-async def stream_lines(host: str, port: int, path: str, payload: dict[str, Any],
-                       *, timeout: float = 600.0, headers: dict[str, str] | None = None,
-                       response_headers: dict[str, str] | None = None) -> AsyncIterator[bytes]:
+async def stream_lines(
+    host: str,
+    port: int,
+    path: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float = 600.0,
+    headers: dict[str, str] | None = None,
+    response_headers: dict[str, str] | None = None,
+) -> AsyncIterator[bytes]:
     """POST ``payload`` as JSON and yield each non-empty body line (without EOL).
 
     ``response_headers``, if given, receives the answer's headers (names lower-cased) before the first line.
@@ -82,7 +89,8 @@ async def stream_lines(host: str, port: int, path: str, payload: dict[str, Any],
     try:
         writer.write(
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: */*\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n".encode() + body
+            f"Accept: */*\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n".encode()
+            + body
         )
         await writer.drain()
         status, answer = await asyncio.wait_for(_read_head(reader), timeout)

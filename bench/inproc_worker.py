@@ -96,8 +96,9 @@ async def serve(args: argparse.Namespace) -> None:
 
     path = Path(args.model)
     engine = LlamaCppEngine(num_threads=args.threads)
-    model = await engine.load(LoadSpec(path=path, num_ctx=args.ctx_per_slot, num_parallel=args.parallel,
-                                       num_thread=args.threads))
+    model = await engine.load(
+        LoadSpec(path=path, num_ctx=args.ctx_per_slot, num_parallel=args.parallel, num_thread=args.threads)
+    )
     template = str(read_gguf(path).kv.get("tokenizer.chat_template") or "")
     runner = InProcRunner(model, template)
     loop = asyncio.get_running_loop()
@@ -117,8 +118,13 @@ async def serve(args: argparse.Namespace) -> None:
     tasks: set[asyncio.Task[None]] = set()
     out.write("READY\n")
     out.flush()
-    log.info("in-process engine ready (%s, ctx/slot=%d, slots=%d, threads=%d)",
-             path.name, args.ctx_per_slot, args.parallel, args.threads)
+    log.info(
+        "in-process engine ready (%s, ctx/slot=%d, slots=%d, threads=%d)",
+        path.name,
+        args.ctx_per_slot,
+        args.parallel,
+        args.threads,
+    )
     while line := await reader.readline():
         task = asyncio.create_task(handle(json.loads(line)))
         tasks.add(task)
@@ -131,8 +137,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = child.argument_parser(__doc__)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop
     except ImportError:

@@ -23,11 +23,14 @@ log = logging.getLogger("bench.llama_server_proc")
 def main(argv: list[str] | None = None) -> int:
     ap = child.argument_parser(__doc__)
     ap.add_argument("--verbose", action="store_true")
-    ap.add_argument("--like-corral", default="",
-                    help="for diagnosis, a '+'-separated list of Corral's engine settings to copy: "
-                         "batch, cache_ram0 (no host prompt cache), http_threads, ctx_shift, or all of those; "
-                         "Corral's former settings: embedding, kv_unified, cache_ram (256 MiB); and a "
-                         "candidate: kv_q8 (q8_0 KV cache, flash attention on)")
+    ap.add_argument(
+        "--like-corral",
+        default="",
+        help="for diagnosis, a '+'-separated list of Corral's engine settings to copy: "
+        "batch, cache_ram0 (no host prompt cache), http_threads, ctx_shift, or all of those; "
+        "Corral's former settings: embedding, kv_unified, cache_ram (256 MiB); and a "
+        "candidate: kv_q8 (q8_0 KV cache, flash attention on)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -62,13 +65,28 @@ def main(argv: list[str] | None = None) -> int:
         p.flash_attn_type = xl.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_ENABLED
     if "cache_ram0" in like:
         p.cache_ram_mib = 0
-    unknown = like - {"all", "embedding", "kv_unified", "batch", "cache_ram", "http_threads", "ctx_shift", "kv_q8", "cache_ram0"}
+    unknown = like - {
+        "all",
+        "embedding",
+        "kv_unified",
+        "batch",
+        "cache_ram",
+        "http_threads",
+        "ctx_shift",
+        "kv_q8",
+        "cache_ram0",
+    }
     if unknown:
         ap.error(f"unknown --like-corral items: {', '.join(sorted(unknown))}")
     server = xl.Server(p)
     url = str(server.listening_address)
-    log.info("llama-server (xllamacpp) listening on %s (n_ctx=%d, n_parallel=%d, threads=%d)",
-             url, p.n_ctx, p.n_parallel, args.threads)
+    log.info(
+        "llama-server (xllamacpp) listening on %s (n_ctx=%d, n_parallel=%d, threads=%d)",
+        url,
+        p.n_ctx,
+        p.n_parallel,
+        args.threads,
+    )
     sys.stdout.write(f"LISTENING {url}\n")
     sys.stdout.flush()
 

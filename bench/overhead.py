@@ -60,22 +60,56 @@ def _event(payload: dict[str, Any]) -> bytes:
 
 def _token_event(oai: bool, i: int) -> bytes:
     if oai:  # /v1/completions, which Corral read before it moved to the native endpoint (A/B of old checkouts)
-        return _event({"choices": [{"text": " word", "index": 0, "logprobs": None, "finish_reason": None}],
-                       "created": 1795474208, "model": _MODEL, "system_fingerprint": "b0-unknown",
-                       "object": "text_completion", "id": "chatcmpl-Peh3e2CG6AE2mDArIZTcC3GJ7SWP9s3C"})
-    return _event({"index": 0, "content": " word", "tokens": [1717], "stop": False, "id_slot": -1,
-                   "tokens_predicted": i + 1, "tokens_evaluated": 12})
+        return _event(
+            {
+                "choices": [{"text": " word", "index": 0, "logprobs": None, "finish_reason": None}],
+                "created": 1795474208,
+                "model": _MODEL,
+                "system_fingerprint": "b0-unknown",
+                "object": "text_completion",
+                "id": "chatcmpl-Peh3e2CG6AE2mDArIZTcC3GJ7SWP9s3C",
+            }
+        )
+    return _event(
+        {
+            "index": 0,
+            "content": " word",
+            "tokens": [1717],
+            "stop": False,
+            "id_slot": -1,
+            "tokens_predicted": i + 1,
+            "tokens_evaluated": 12,
+        }
+    )
 
 
 def _last_events(oai: bool, n: int, interval: float) -> bytes:
     timings = {"cache_n": 11, "prompt_n": 1, "prompt_ms": 1.0, "predicted_n": n, "predicted_ms": n * interval * 1000}
     if oai:
-        return _event({"choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "length"}],
-                       "usage": {"completion_tokens": n, "prompt_tokens": 12, "total_tokens": n + 12},
-                       "timings": timings}) + _chunk(b"data: [DONE]\n\n")
-    return _event({"index": 0, "content": "", "tokens": [], "id_slot": 0, "stop": True, "model": _MODEL,
-                   "tokens_predicted": n, "tokens_evaluated": 12, "stop_type": "limit", "truncated": False,
-                   "stopping_word": "", "tokens_cached": n + 11, "timings": timings})
+        return _event(
+            {
+                "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "length"}],
+                "usage": {"completion_tokens": n, "prompt_tokens": 12, "total_tokens": n + 12},
+                "timings": timings,
+            }
+        ) + _chunk(b"data: [DONE]\n\n")
+    return _event(
+        {
+            "index": 0,
+            "content": "",
+            "tokens": [],
+            "id_slot": 0,
+            "stop": True,
+            "model": _MODEL,
+            "tokens_predicted": n,
+            "tokens_evaluated": 12,
+            "stop_type": "limit",
+            "truncated": False,
+            "stopping_word": "",
+            "tokens_cached": n + 11,
+            "timings": timings,
+        }
+    )
 
 
 async def _stub_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, interval: float) -> None:
@@ -92,8 +126,10 @@ async def _stub_client(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         if n < 0:
             n = 16
         oai = head.startswith(b"POST /v1/completions ")
-        writer.write(b"HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         for i in range(n):
             await asyncio.sleep(interval)
             if writer.transport.is_closing():
@@ -115,6 +151,7 @@ def _pin(cpu: int) -> None:
 
 def _run_stub(port: int, interval: float) -> None:
     _pin(0)
+
     async def main() -> None:
         server = await asyncio.start_server(lambda r, w: _stub_client(r, w, interval), "127.0.0.1", port)
         async with server:
@@ -161,8 +198,9 @@ def _run_floor(port: int, stub_port: int) -> None:
             return
         n = orjson.loads(body)["options"]["num_predict"]
         stream = await open_completion("127.0.0.1", stub_port, orjson.dumps({"prompt": "", "n_predict": n}))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/x-ndjson")]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/x-ndjson")]}
+        )
         try:
             while (item := await stream.next()) is not None:
                 payload = orjson.loads(item)
@@ -192,15 +230,22 @@ def _run_corral(port: int, stub_port: int, home: str, src: str | None) -> None:
         async def load(self, spec: LoadSpec) -> LlamaCppModel:
             return LlamaCppModel(spec, _StubServer(f"http://127.0.0.1:{stub_port}"), spec.path.stat().st_size)
 
-    settings = Settings.from_env({"CORRAL_HOME": home, "CORRAL_HOST": f"127.0.0.1:{port}",
-                                  "OLLAMA_NUM_PARALLEL": "4", "OLLAMA_KEEP_ALIVE": "-1"})
-    uvicorn.run(create_app(settings, engine=StubEngine()), host="127.0.0.1", port=port,
-                log_level="warning", access_log=False)
+    settings = Settings.from_env(
+        {"CORRAL_HOME": home, "CORRAL_HOST": f"127.0.0.1:{port}", "OLLAMA_NUM_PARALLEL": "4", "OLLAMA_KEEP_ALIVE": "-1"}
+    )
+    uvicorn.run(
+        create_app(settings, engine=StubEngine()), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
 
 
 async def _one(port: int, n_predict: int) -> int:
-    payload = {"model": "smollm2:135m", "prompt": "Hello", "raw": True, "stream": True,
-               "options": {"num_predict": n_predict}}
+    payload = {
+        "model": "smollm2:135m",
+        "prompt": "Hello",
+        "raw": True,
+        "stream": True,
+        "options": {"num_predict": n_predict},
+    }
     n = 0
     async for line in stream_lines("127.0.0.1", port, "/api/generate", payload):
         if b'"done":false' in line:
@@ -229,9 +274,13 @@ async def measure(port: int, pid: int, streams: int, seconds: float, n_predict: 
     wall = time.monotonic() - t0
     after = thread_cpu(pid)
     cpu = {tid: total - before.get(tid, ("", 0.0, 0.0))[1] for tid, (_, total, _) in after.items()}
-    return {"streams": streams, "tokens": tokens, "tokens_per_s": tokens / wall,
-            "us_per_token_total": sum(cpu.values()) / tokens * 1e6,
-            "us_per_token_event_loop": cpu.get(pid, 0.0) / tokens * 1e6}
+    return {
+        "streams": streams,
+        "tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "us_per_token_total": sum(cpu.values()) / tokens * 1e6,
+        "us_per_token_event_loop": cpu.get(pid, 0.0) / tokens * 1e6,
+    }
 
 
 async def _wait_up(port: int) -> None:
@@ -260,8 +309,9 @@ async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
             if src == "floor":
                 proc = ctx.Process(target=_run_floor, args=(port, stub_port), daemon=True)
             else:
-                proc = ctx.Process(target=_run_corral, args=(port, stub_port, home, None if src == "." else src),
-                                   daemon=True)
+                proc = ctx.Process(
+                    target=_run_corral, args=(port, stub_port, home, None if src == "." else src), daemon=True
+                )
             proc.start()
             servers.append((src, port, proc))
         for _, port, _ in servers:
@@ -269,10 +319,9 @@ async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
             await _load(port, 1, 1.0, args.tokens)  # warm-up
         rows = []
         for i in range(args.rounds):
-            for src, port, proc in servers[i % len(servers):] + servers[: i % len(servers)]:
+            for src, port, proc in servers[i % len(servers) :] + servers[: i % len(servers)]:
                 for n in args.streams:
-                    rows.append({"src": src, "round": i, **await measure(port, proc.pid, n, args.seconds,
-                                                                         args.tokens)})
+                    rows.append({"src": src, "round": i, **await measure(port, proc.pid, n, args.seconds, args.tokens)})
         return rows
     finally:
         for _, _, proc in servers:
@@ -288,38 +337,55 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key in dict.fromkeys((r["src"], r["streams"]) for r in rows):
         mine = [r for r in rows if (r["src"], r["streams"]) == key]
-        out.append({"src": key[0], "streams": key[1], "windows": len(mine),
-                    "tokens_per_s": statistics.median(r["tokens_per_s"] for r in mine),
-                    "us_per_token_total": statistics.median(r["us_per_token_total"] for r in mine),
-                    "us_per_token_event_loop": statistics.median(r["us_per_token_event_loop"] for r in mine)})
+        out.append(
+            {
+                "src": key[0],
+                "streams": key[1],
+                "windows": len(mine),
+                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in mine),
+                "us_per_token_total": statistics.median(r["us_per_token_total"] for r in mine),
+                "us_per_token_event_loop": statistics.median(r["us_per_token_event_loop"] for r in mine),
+            }
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.overhead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4])
     ap.add_argument("--seconds", type=float, default=4.0, help="length of one measured window")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=96, help="tokens per request")
     ap.add_argument("--interval-ms", type=float, default=4.0, help="the stub's time between tokens")
-    ap.add_argument("--src", type=lambda s: s.split(","), default=["."],
-                    help="comma-separated checkouts of Corral to compare ('.' is this one), e.g. a git worktree")
-    ap.add_argument("--floor", action="store_true",
-                    help="also measure a bare uvicorn ASGI relay of the stub (the row named 'floor')")
+    ap.add_argument(
+        "--src",
+        type=lambda s: s.split(","),
+        default=["."],
+        help="comma-separated checkouts of Corral to compare ('.' is this one), e.g. a git worktree",
+    )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure a bare uvicorn ASGI relay of the stub (the row named 'floor')",
+    )
     ap.add_argument("--out", type=Path, help="JSON file to write (default: bench/out/overhead-<time>.json)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rows = asyncio.run(amain(args))
     table = summary(rows)
-    print(f"Median of {args.rounds} windows of {args.seconds:g} s; the stub sends a token every "
-          f"{args.interval_ms:g} ms per stream.\n")
+    print(
+        f"Median of {args.rounds} windows of {args.seconds:g} s; the stub sends a token every "
+        f"{args.interval_ms:g} ms per stream.\n"
+    )
     print("| Corral | streams | tokens/s | server CPU µs per token | of which event loop |")
     print("|---|---|---|---|---|")
     for r in table:
-        print(f"| {r['src']} | {r['streams']} | {r['tokens_per_s']:.0f} | {r['us_per_token_total']:.0f} "
-              f"| {r['us_per_token_event_loop']:.0f} |")
+        print(
+            f"| {r['src']} | {r['streams']} | {r['tokens_per_s']:.0f} | {r['us_per_token_total']:.0f} "
+            f"| {r['us_per_token_event_loop']:.0f} |"
+        )
     out = args.out or OUT_DIR / f"overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "summary": table, "windows": rows}, indent=2, default=str))

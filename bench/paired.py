@@ -61,8 +61,7 @@ async def measure(names: list[str], mode: str, rounds: int, wl: Workload, cfg: P
                     res = await phase_concurrency(p, wl, int(mode))
                     _check(p, res, f"concurrency_{mode}")
                     values[p.name].append(aggregate_tps(res))
-            log.info("round %d/%d: %s", r + 1, rounds,
-                     ", ".join(f"{n} {v[-1]:.1f}" for n, v in values.items()))
+            log.info("round %d/%d: %s", r + 1, rounds, ", ".join(f"{n} {v[-1]:.1f}" for n, v in values.items()))
         return values
     finally:
         for p in peers:
@@ -77,15 +76,28 @@ def summarize(values: dict[str, list[float]]) -> list[dict[str, Any]]:
     for name in names:
         ratios = [a / b for a, b in zip(values[name], values[base]) if b]
         med, lo, hi = median_with_interval(ratios) if ratios else (0.0, 0.0, 0.0)
-        rows.append({"peer": name, "median_tps": statistics.median(values[name]), "versus": base,
-                     "ratio_median": med, "ratio_ci95": [lo, hi], "values": values[name]})
+        rows.append(
+            {
+                "peer": name,
+                "median_tps": statistics.median(values[name]),
+                "versus": base,
+                "ratio_median": med,
+                "ratio_ci95": [lo, hi],
+                "values": values[name],
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict[str, Any]], mode: str, rounds: int) -> str:
     what = "decode tok/s, 1 stream" if mode == "single" else f"aggregate tok/s, {mode} streams"
-    out = [(f"| peer | {what} (median of {rounds} rounds) | / {rows[-1]['peer']}, median of paired ratios "
-           "| bootstrap 95% interval |"), "|---|---|---|---|"]
+    out = [
+        (
+            f"| peer | {what} (median of {rounds} rounds) | / {rows[-1]['peer']}, median of paired ratios "
+            "| bootstrap 95% interval |"
+        ),
+        "|---|---|---|---|",
+    ]
     for row in rows:
         lo, hi = row["ratio_ci95"]
         out.append(f"| {row['peer']} | {row['median_tps']:.1f} | {row['ratio_median']:.3f} | {lo:.3f} – {hi:.3f} |")
@@ -93,8 +105,9 @@ def markdown(rows: list[dict[str, Any]], mode: str, rounds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.paired", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--peers", default="corral,llama-server", help="comma-separated; ratios are to the last one")
     ap.add_argument("--mode", default="single", help="'single', or a number of concurrent streams")
     ap.add_argument("--rounds", type=int, default=40)
@@ -110,17 +123,33 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--mode is 'single' or a number of streams")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out_path: Path = args.out or OUT_DIR / f"paired-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    cfg = PeerConfig(model=(args.model or default_model()).resolve(), threads=args.threads, ctx_per_slot=args.ctx,
-                     parallel=args.parallel, log_dir=out_path.parent / f"logs-{out_path.stem}",
-                     bench_python=ROOT / ".bench-venv" / "bin" / "python")
+    cfg = PeerConfig(
+        model=(args.model or default_model()).resolve(),
+        threads=args.threads,
+        ctx_per_slot=args.ctx,
+        parallel=args.parallel,
+        log_dir=out_path.parent / f"logs-{out_path.stem}",
+        bench_python=ROOT / ".bench-venv" / "bin" / "python",
+    )
     wl = Workload(n_predict=args.n_predict, window_s=args.window)
     names = [n.strip() for n in args.peers.split(",") if n.strip()]
     rows = summarize(asyncio.run(measure(names, args.mode, args.rounds, wl, cfg)))
     table = markdown(rows, args.mode, args.rounds)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps({"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                                    "mode": args.mode, "rounds": args.rounds, "threads": args.threads,
-                                    "n_predict": args.n_predict, "rows": rows, "table_markdown": table}, indent=1))
+    out_path.write_text(
+        json.dumps(
+            {
+                "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "mode": args.mode,
+                "rounds": args.rounds,
+                "threads": args.threads,
+                "n_predict": args.n_predict,
+                "rows": rows,
+                "table_markdown": table,
+            },
+            indent=1,
+        )
+    )
     print(table)
     print(f"JSON: {out_path}")
     return 0

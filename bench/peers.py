@@ -152,12 +152,16 @@ def parse_llama_server(line: bytes) -> Parsed:
         text = (choices[0].get("delta") or {}).get("content") if choices else None
         final = None
         if timings:
-            final = {"n_tokens": timings.get("predicted_n", 0),
-                     "prompt_tokens": timings.get("prompt_n", 0) + timings.get("cache_n", 0)}
+            final = {
+                "n_tokens": timings.get("predicted_n", 0),
+                "prompt_tokens": timings.get("prompt_n", 0) + timings.get("cache_n", 0),
+            }
         return text or None, final
     if obj.get("stop"):
-        return obj.get("content") or None, {"n_tokens": obj.get("tokens_predicted", 0),
-                                            "prompt_tokens": obj.get("tokens_evaluated", 0)}
+        return obj.get("content") or None, {
+            "n_tokens": obj.get("tokens_predicted", 0),
+            "prompt_tokens": obj.get("tokens_evaluated", 0),
+        }
     return obj.get("content") or None, None
 
 
@@ -176,12 +180,14 @@ def parse_openai(line: bytes) -> Parsed:
             final = {"finish_reason": c["finish_reason"]}
     usage = obj.get("usage")
     if usage:
-        final = dict(final or {}, n_tokens=usage.get("completion_tokens", 0),
-                     prompt_tokens=usage.get("prompt_tokens", 0))
+        final = dict(
+            final or {}, n_tokens=usage.get("completion_tokens", 0), prompt_tokens=usage.get("prompt_tokens", 0)
+        )
     return text or None, final
 
 
 # ---- peers -----------------------------------------------------------------------------------
+
 
 class Peer(ABC):
     """A server under test. ``status`` is "ok" or why it has no figures."""
@@ -225,14 +231,27 @@ class Peer(ABC):
         self._log = open(self.cfg.log_dir / f"{self.name}.log", "wb")
         return self._log
 
-    async def _start_child(self, module: str, extra: list[str], what: str,
-                           **kwargs: Any) -> bytes:
+    async def _start_child(self, module: str, extra: list[str], what: str, **kwargs: Any) -> bytes:
         """Start a bench child process (see bench.child); return its first stdout line, the handshake."""
-        self.command = child.command(module, self.cfg.model, ctx_per_slot=self.cfg.ctx_per_slot,
-                                     parallel=self.cfg.parallel, threads=self.cfg.threads) + extra
-        proc = await asyncio.create_subprocess_exec(*self.command, cwd=ROOT, stdin=subprocess.PIPE,
-                                                    stdout=subprocess.PIPE, stderr=self._open_log(),
-                                                    preexec_fn=_die_with_parent, **kwargs)
+        self.command = (
+            child.command(
+                module,
+                self.cfg.model,
+                ctx_per_slot=self.cfg.ctx_per_slot,
+                parallel=self.cfg.parallel,
+                threads=self.cfg.threads,
+            )
+            + extra
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *self.command,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._open_log(),
+            preexec_fn=_die_with_parent,
+            **kwargs,
+        )
         self.proc = proc
         assert proc.stdout is not None
         try:
@@ -286,8 +305,7 @@ class HTTPPeer(Peer):
             await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name} did not answer {path} within {self.cfg.start_timeout:.0f}s")
 
-    async def _stream(self, path: str, payload: dict[str, Any], parse: Callable[[bytes], Parsed],
-                      req: Req) -> Res:
+    async def _stream(self, path: str, payload: dict[str, Any], parse: Callable[[bytes], Parsed], req: Req) -> Res:
         res = Res(t_start=time.perf_counter())
         parts: list[str] = []
         final: dict[str, Any] = {}
@@ -322,8 +340,14 @@ class CorralPeer(HTTPPeer):
     name = "corral"
     model_name = "smollm2:135m"
 
-    def __init__(self, cfg: PeerConfig, home: Path, src: Path | None = None,
-                 extra_env: dict[str, str] | None = None, defaults: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: PeerConfig,
+        home: Path,
+        src: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        defaults: bool = False,
+    ) -> None:
         super().__init__(cfg)
         self.home = home
         self.slots = cfg.parallel
@@ -351,22 +375,31 @@ class CorralPeer(HTTPPeer):
         self.port = free_port()
         self.home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
-        env.update({
-            "CORRAL_HOME": str(self.home),
-            "CORRAL_HOST": f"{self.host}:{self.port}",
-            "CORRAL_NUM_THREADS": str(self.cfg.threads),
-            "OLLAMA_KEEP_ALIVE": "-1",
-        })
+        env.update(
+            {
+                "CORRAL_HOME": str(self.home),
+                "CORRAL_HOST": f"{self.host}:{self.port}",
+                "CORRAL_NUM_THREADS": str(self.cfg.threads),
+                "OLLAMA_KEEP_ALIVE": "-1",
+            }
+        )
         if not self.defaults:
-            env.update({"OLLAMA_NUM_PARALLEL": str(self.cfg.parallel),
-                        "OLLAMA_CONTEXT_LENGTH": str(self.cfg.ctx_per_slot)})
+            env.update(
+                {"OLLAMA_NUM_PARALLEL": str(self.cfg.parallel), "OLLAMA_CONTEXT_LENGTH": str(self.cfg.ctx_per_slot)}
+            )
         env.update(self.extra_env)
         if self.src is not None:
             env["PYTHONPATH"] = str(self.src)
         self.command = [sys.executable, "-m", "corral", "serve"]
-        self.proc = subprocess.Popen(self.command, cwd=self.src or ROOT, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._open_log(), stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.command,
+            cwd=self.src or ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._open_log(),
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
         await self._wait_http("/")
 
     async def run(self, req: Req) -> Res:
@@ -408,8 +441,14 @@ class LlamaServerPeer(HTTPPeer):
         if req.kind == "chat":
             payload = {"messages": req.messages, "stream": True, "max_tokens": req.n_predict, **SAMPLING}
             return await self._stream("/v1/chat/completions", payload, parse_llama_server, req)
-        payload = {"prompt": req.prompt, "n_predict": req.n_predict, "stream": True, "ignore_eos": True,
-                   "cache_prompt": True, **SAMPLING}
+        payload = {
+            "prompt": req.prompt,
+            "n_predict": req.n_predict,
+            "stream": True,
+            "ignore_eos": True,
+            "cache_prompt": True,
+            **SAMPLING,
+        }
         return await self._stream("/completion", payload, parse_llama_server, req)
 
 
@@ -446,23 +485,42 @@ class LlamaCppPythonPeer(HTTPPeer):
     async def start(self) -> None:
         self.port = free_port()
         self.command = [
-            str(self.cfg.bench_python), "-m", "llama_cpp.server", "--model", str(self.cfg.model),
-            "--n_ctx", str(self.cfg.ctx_per_slot), "--n_batch", "512",
-            "--n_threads", str(self.cfg.threads), "--n_threads_batch", str(self.cfg.threads),
-            "--host", self.host, "--port", str(self.port), "--verbose", "False",
+            str(self.cfg.bench_python),
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.cfg.model),
+            "--n_ctx",
+            str(self.cfg.ctx_per_slot),
+            "--n_batch",
+            "512",
+            "--n_threads",
+            str(self.cfg.threads),
+            "--n_threads_batch",
+            str(self.cfg.threads),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--verbose",
+            "False",
         ]
         if self.serial:  # queue concurrent requests instead of cutting the running one short
             self.command += ["--interrupt_requests", "False"]
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                     stdout=self._open_log(), stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.command,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._open_log(),
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
         await self._wait_http("/v1/models")
 
     async def run(self, req: Req) -> Res:
         common = {"max_tokens": req.n_predict, "stream": True, **SAMPLING}
         if req.kind == "chat":
-            return await self._stream("/v1/chat/completions", {"messages": req.messages, **common},
-                                      parse_openai, req)
+            return await self._stream("/v1/chat/completions", {"messages": req.messages, **common}, parse_openai, req)
         payload = {"prompt": req.prompt, "logit_bias": {str(t): -100.0 for t in EOG_TOKEN_IDS}, **common}
         res = await self._stream("/v1/completions", payload, parse_openai, req)
         if req.count_prompt and not res.error and not res.prompt_tokens:
@@ -527,14 +585,14 @@ def make_peer(name: str, cfg: PeerConfig, corral_home: Path) -> Peer:
     if name == "corral[defaults]":
         return CorralPeer(cfg, corral_home, defaults=True)
     if name.startswith("corral[") and name.endswith("]"):  # A/B: corral[OLLAMA_KV_CACHE_TYPE=f16+...]
-        pairs = (item.split("=", 1) for item in name[len("corral["):-1].split("+") if "=" in item)
+        pairs = (item.split("=", 1) for item in name[len("corral[") : -1].split("+") if "=" in item)
         return CorralPeer(cfg, corral_home, extra_env={k: v for k, v in pairs})
     if name.startswith("corral@"):  # A/B: corral@/path/to/a/patched/checkout
-        return CorralPeer(cfg, corral_home, Path(name[len("corral@"):]).resolve())
+        return CorralPeer(cfg, corral_home, Path(name[len("corral@") :]).resolve())
     if name == "llama-server":
         return LlamaServerPeer(cfg)
     if name.startswith("llama-server[") and name.endswith("]"):  # diagnosis: copy some of Corral's settings
-        return LlamaServerPeer(cfg, name[len("llama-server["):-1])
+        return LlamaServerPeer(cfg, name[len("llama-server[") : -1])
     if name == "llama-cpp-python":
         return LlamaCppPythonPeer(cfg)
     if name == "llama-cpp-python[serial]":

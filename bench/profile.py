@@ -51,7 +51,7 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float, float]]:
                 run_ns = int(f.read().split()[0])
         except OSError:
             continue
-        name = raw[raw.index("(") + 1: raw.rindex(")")]
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
         rest = raw.rsplit(")", 1)[1].split()
         out[int(tid)] = (name, run_ns / 1e9, int(rest[12]) / _TCK)
     return out
@@ -90,8 +90,14 @@ async def amain(args: argparse.Namespace) -> None:
     wl = Workload()
     work = Path(tempfile.mkdtemp(prefix="corral-profile-"))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    cfg = PeerConfig(model=default_model(), threads=2, ctx_per_slot=4096, parallel=4,
-                     log_dir=OUT_DIR / "logs-profile", bench_python=ROOT / ".bench-venv" / "bin" / "python")
+    cfg = PeerConfig(
+        model=default_model(),
+        threads=2,
+        ctx_per_slot=4096,
+        parallel=4,
+        log_dir=OUT_DIR / "logs-profile",
+        bench_python=ROOT / ".bench-venv" / "bin" / "python",
+    )
     peer = make_peer(args.peer, cfg, work / "corral-home")
     try:
         await peer.start()
@@ -104,10 +110,26 @@ async def amain(args: argparse.Namespace) -> None:
         spy = None
         if not args.no_pyspy:
             pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
-                                    "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(raw)]
-                                   + (["--gil"] if args.gil else []),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            spy = subprocess.Popen(
+                [
+                    pyspy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                ]
+                + (["--gil"] if args.gil else []),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             await asyncio.sleep(1.0)
         before = thread_cpu(pid)
         t0 = time.monotonic()
@@ -120,8 +142,10 @@ async def amain(args: argparse.Namespace) -> None:
     finally:
         await peer.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"# {args.peer}, {args.streams} stream(s): {tokens} tokens in {wall:.1f}s = {tokens / wall:.1f} tok/s "
-          f"(background CPU share {meter.background_share:.0%})")
+    print(
+        f"# {args.peer}, {args.streams} stream(s): {tokens} tokens in {wall:.1f}s = {tokens / wall:.1f} tok/s "
+        f"(background CPU share {meter.background_share:.0%})"
+    )
     print()
     print("| thread | CPU s | share of wall | µs per token | of which in the kernel |")
     print("|---|---|---|---|---|")
@@ -145,8 +169,9 @@ async def amain(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--peer", default="corral", help="corral (default), llama-server or inproc")
     ap.add_argument("--streams", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -155,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gil", action="store_true", help="only sample threads holding the GIL")
     ap.add_argument("--no-pyspy", action="store_true", help="only the per-thread CPU table")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(amain(args))
     return 0
 

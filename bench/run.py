@@ -60,9 +60,14 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "cpu_model": cpu,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_at_start": list(os.getloadavg())}
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
 
 
 def default_model() -> Path:
@@ -80,8 +85,10 @@ def _check(peer: Peer, results: list[Res], phase: str = "") -> None:
     bad = [r for r in results if r.error or r.cut or not r.t_first]
     if bad and (not tolerated or len(bad) == len(results)):
         r = bad[0]
-        raise RuntimeError(f"{peer.name}: request failed: {r.error or ('stream cut short' if r.cut else 'nothing streamed')}\n"
-                           f"--- {peer.name} log tail ---\n{peer.log_tail()}")
+        raise RuntimeError(
+            f"{peer.name}: request failed: {r.error or ('stream cut short' if r.cut else 'nothing streamed')}\n"
+            f"--- {peer.name} log tail ---\n{peer.log_tail()}"
+        )
 
 
 async def _warm_up(peer: Peer, wl: Workload, quick: bool) -> None:
@@ -91,8 +98,14 @@ async def _warm_up(peer: Peer, wl: Workload, quick: bool) -> None:
         first = wl.chat_first_turn()
         first.n_predict = 4
         _check(peer, [await peer.run(first)])
-    _check(peer, list(await asyncio.gather(*(peer.run(Req("generate", 4, prompt=f"Warm-up {i}. Hello"))
-                                             for i in range(peer.slots)))))
+    _check(
+        peer,
+        list(
+            await asyncio.gather(
+                *(peer.run(Req("generate", 4, prompt=f"Warm-up {i}. Hello")) for i in range(peer.slots))
+            )
+        ),
+    )
 
 
 @dataclass
@@ -104,13 +117,15 @@ class Patience:
     retries: int = 3  # re-runs of a phase whose sample came out noisy anyway
 
 
-async def _measure(peer: Peer, samples: rp.PeerSamples, phase: str, run: Callable[[], Awaitable[list[Res]]],
-                   patience: Patience) -> list[Res]:
+async def _measure(
+    peer: Peer, samples: rp.PeerSamples, phase: str, run: Callable[[], Awaitable[list[Res]]], patience: Patience
+) -> list[Res]:
     for attempt in range(patience.retries + 1):
         waited, share = await wait_quiet(patience.threshold, patience.max_wait_s)
         if patience.max_wait_s > 0 and waited >= patience.max_wait_s:
-            log.warning("machine still %.0f%% busy after %.0fs; measuring %s/%s anyway",
-                        share * 100, waited, peer.name, phase)
+            log.warning(
+                "machine still %.0f%% busy after %.0fs; measuring %s/%s anyway", share * 100, waited, peer.name, phase
+            )
         with Meter(peer.pid) as meter:
             results = await run()
         _check(peer, results, phase)
@@ -119,8 +134,14 @@ async def _measure(peer: Peer, samples: rp.PeerSamples, phase: str, run: Callabl
             samples.add(phase, sample)
             return results
         samples.discard(phase, sample)
-        log.warning("  %s/%s: %.0f%% of the machine was busy elsewhere; re-running (%d/%d)",
-                    peer.name, phase, meter.background_share * 100, attempt + 1, patience.retries)
+        log.warning(
+            "  %s/%s: %.0f%% of the machine was busy elsewhere; re-running (%d/%d)",
+            peer.name,
+            phase,
+            meter.background_share * 100,
+            attempt + 1,
+            patience.retries,
+        )
     raise AssertionError("unreachable")
 
 
@@ -136,15 +157,24 @@ async def drive(peers: list[Peer], wl: Workload, patience: Patience, quick: bool
         log.info("repeat %d/%d, peer order: %s", rep + 1, wl.repeats, ", ".join(p.name for p in order))
         for p in order if "single" in wl.phases else []:
             res = await _measure(p, samples[p.name], "single", lambda p=p: phase_single(p, wl), patience)
-            log.info("  %-17s single stream: %6.1f tok/s decode, TTFT %.3fs", p.name,
-                     median([r.decode_tps for r in res]), median([r.ttft for r in res]))
+            log.info(
+                "  %-17s single stream: %6.1f tok/s decode, TTFT %.3fs",
+                p.name,
+                median([r.decode_tps for r in res]),
+                median([r.ttft for r in res]),
+            )
         for p in order if "prompt_eval" in wl.phases else []:
             res = await _measure(p, samples[p.name], "prompt_eval", lambda p=p: phase_prompt_eval(p, wl), patience)
             log.info("  %-17s %d-token prompt: TTFT %.3fs", p.name, res[0].prompt_tokens, res[0].ttft)
         for level in wl.levels if "concurrency" in wl.phases else ():
             for p in order:
-                res = await _measure(p, samples[p.name], f"concurrency_{level}",
-                                     lambda p=p, level=level: phase_concurrency(p, wl, level), patience)
+                res = await _measure(
+                    p,
+                    samples[p.name],
+                    f"concurrency_{level}",
+                    lambda p=p, level=level: phase_concurrency(p, wl, level),
+                    patience,
+                )
                 log.info("  %-17s %2d streams: %6.1f tok/s aggregate", p.name, level, aggregate_tps(res))
         for p in order if "chat" in wl.phases else []:
             res = await _measure(p, samples[p.name], "chat", lambda p=p: phase_chat(p, wl), patience)
@@ -153,34 +183,56 @@ async def drive(peers: list[Peer], wl: Workload, patience: Patience, quick: bool
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="CI-sized run: levels 1,4, one repeat, short prompts")
-    ap.add_argument("--peers", default=",".join(PEER_NAMES),
-                    help=f"comma-separated subset of {','.join(PEER_NAMES)} (default: all); for diagnosis also "
-                         "llama-server[SETTINGS], llama-server with some of Corral's engine settings "
-                         "(see bench/llama_server_proc.py --like-corral), corral[VAR=VALUE+...], Corral with "
-                         "extra environment, and corral@DIR, Corral run from another "
-                         "checkout DIR (A/B a patch in one run)")
+    ap.add_argument(
+        "--peers",
+        default=",".join(PEER_NAMES),
+        help=f"comma-separated subset of {','.join(PEER_NAMES)} (default: all); for diagnosis also "
+        "llama-server[SETTINGS], llama-server with some of Corral's engine settings "
+        "(see bench/llama_server_proc.py --like-corral), corral[VAR=VALUE+...], Corral with "
+        "extra environment, and corral@DIR, Corral run from another "
+        "checkout DIR (A/B a patch in one run)",
+    )
     ap.add_argument("--repeats", type=int, help="interleaved repeats of every phase (default 5, quick 1)")
     ap.add_argument("--levels", help="concurrency levels (default 1,2,4,8,16; quick 1,4)")
-    ap.add_argument("--phases", help="subset of single,prompt_eval,concurrency,chat (default: all; "
-                    "figures of skipped phases come out 0)")
+    ap.add_argument(
+        "--phases",
+        help="subset of single,prompt_eval,concurrency,chat (default: all; figures of skipped phases come out 0)",
+    )
     ap.add_argument("--n-predict", type=int, help="tokens per request (default 96, quick 32)")
-    ap.add_argument("--threads", type=int,
-                    help="llama.cpp threads for every peer (default 2; quick 1, which keeps CI runs fast "
-                         "on a busy machine, see bench/README.md)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="llama.cpp threads for every peer (default 2; quick 1, which keeps CI runs fast "
+        "on a busy machine, see bench/README.md)",
+    )
     ap.add_argument("--ctx", type=int, default=4096, help="context per slot (default 4096)")
     ap.add_argument("--parallel", type=int, default=4, help="parallel slots (default 4)")
     ap.add_argument("--model", type=Path, help="GGUF file (default: the smollm2:135m starter's)")
-    ap.add_argument("--bench-python", type=Path, default=ROOT / ".bench-venv" / "bin" / "python",
-                    help="python that has llama-cpp-python[server] (default .bench-venv/bin/python)")
-    ap.add_argument("--nice", type=int, default=0,
-                    help="raise the priority of the driver and all peers by N (needs root; default 0)")
-    ap.add_argument("--noise-threshold", type=float, default=0.10,
-                    help="background CPU share above which a sample is noisy and re-run (default 0.10)")
-    ap.add_argument("--max-wait", type=float,
-                    help="seconds to wait for a quiet machine before each phase (default 60, quick 0)")
+    ap.add_argument(
+        "--bench-python",
+        type=Path,
+        default=ROOT / ".bench-venv" / "bin" / "python",
+        help="python that has llama-cpp-python[server] (default .bench-venv/bin/python)",
+    )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="raise the priority of the driver and all peers by N (needs root; default 0)",
+    )
+    ap.add_argument(
+        "--noise-threshold",
+        type=float,
+        default=0.10,
+        help="background CPU share above which a sample is noisy and re-run (default 0.10)",
+    )
+    ap.add_argument(
+        "--max-wait", type=float, help="seconds to wait for a quiet machine before each phase (default 60, quick 0)"
+    )
     ap.add_argument("--retries", type=int, help="re-runs of a noisy phase (default 3, quick 0)")
     ap.add_argument("--out", type=Path, help="JSON path (default bench/out/bench-<time>.json)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -213,8 +265,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path: Path = args.out or OUT_DIR / f"bench-{stamp}.json"
     work = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    cfg = PeerConfig(model=model, threads=args.threads, ctx_per_slot=args.ctx, parallel=args.parallel,
-                     log_dir=out_path.parent / f"logs-{out_path.stem}", bench_python=args.bench_python)
+    cfg = PeerConfig(
+        model=model,
+        threads=args.threads,
+        ctx_per_slot=args.ctx,
+        parallel=args.parallel,
+        log_dir=out_path.parent / f"logs-{out_path.stem}",
+        bench_python=args.bench_python,
+    )
     peers = [make_peer(n.strip(), cfg, work / "corral-home") for n in args.peers.split(",") if n.strip()]
     report: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -222,10 +280,15 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join([os.path.relpath(sys.executable, ROOT), "-m", "bench.run"] + sys.argv[1:]),
         "machine": machine_info(),
         "model": {"path": str(model), "size_bytes": model.stat().st_size},
-        "settings": {"threads": args.threads, "ctx_per_slot": args.ctx, "parallel": args.parallel,
-                     "nice": args.nice, "patience": asdict(patience),
-                     "estimator": f"best of {wl.repeats} interleaved repeats",
-                     "sampling": "temperature 0, top_k 40, top_p 0.9, min_p 0, repeat_penalty 1.1 over 64"},
+        "settings": {
+            "threads": args.threads,
+            "ctx_per_slot": args.ctx,
+            "parallel": args.parallel,
+            "nice": args.nice,
+            "patience": asdict(patience),
+            "estimator": f"best of {wl.repeats} interleaved repeats",
+            "sampling": "temperature 0, top_k 40, top_p 0.9, min_p 0, repeat_penalty 1.1 over 64",
+        },
         "workload": wl.describe(),
         "peers": {},
     }
@@ -272,8 +335,11 @@ def _run_loop(coro: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.nice:
         try:
             os.nice(-args.nice)  # inherited by every peer process started afterwards
@@ -283,10 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     m = report["machine"]
     print(f"# Corral benchmark ({report['mode']}), {report['date']}")
     print()
-    print(f"Machine: nproc={m['nproc']}, {m['cpu_model']}. Model: {Path(report['model']['path']).name} "
-          f"({report['model']['size_bytes'] / 2**20:.0f} MB). threads={report['settings']['threads']}, "
-          f"ctx/slot={report['settings']['ctx_per_slot']}, slots={report['settings']['parallel']}, "
-          f"{report['workload']['n_predict']} tokens/request, {report['settings']['estimator']}.")
+    print(
+        f"Machine: nproc={m['nproc']}, {m['cpu_model']}. Model: {Path(report['model']['path']).name} "
+        f"({report['model']['size_bytes'] / 2**20:.0f} MB). threads={report['settings']['threads']}, "
+        f"ctx/slot={report['settings']['ctx_per_slot']}, slots={report['settings']['parallel']}, "
+        f"{report['workload']['n_predict']} tokens/request, {report['settings']['estimator']}."
+    )
     print()
     print(report["table_markdown"])
     print()

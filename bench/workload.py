@@ -33,7 +33,133 @@ SAMPLING: dict[str, float | int] = {
     "repeat_last_n": 64,
 }
 
-_WORDS = ["the", "river", "carried", "old", "boats", "past", "quiet", "villages", "where", "farmers", "grew", "wheat", "and", "barley", "under", "a", "pale", "sky", "merchants", "argued", "about", "prices", "while", "children", "chased", "dogs", "across", "the", "square", "and", "a", "bell", "rang", "twice", "in", "the", "evening", "the", "lamps", "were", "lit", "one", "by", "one", "and", "travellers", "told", "stories", "of", "mountains", "cities", "and", "storms", "a", "young", "engineer", "measured", "the", "bridge", "again", "because", "the", "numbers", "did", "not", "agree", "with", "the", "drawings", "she", "wrote", "a", "careful", "report", "about", "the", "timber", "the", "stone", "the", "iron", "bolts", "and", "the", "cost", "of", "every", "repair", "meanwhile", "the", "council", "met", "in", "a", "cold", "hall", "to", "decide", "whether", "the", "market", "should", "move", "closer", "to", "the", "harbour", "nobody", "expected", "the", "winter", "to", "be", "so", "long", "yet", "the", "granaries", "held", "enough", "grain", "for", "everyone", "until", "spring"]
+_WORDS = [
+    "the",
+    "river",
+    "carried",
+    "old",
+    "boats",
+    "past",
+    "quiet",
+    "villages",
+    "where",
+    "farmers",
+    "grew",
+    "wheat",
+    "and",
+    "barley",
+    "under",
+    "a",
+    "pale",
+    "sky",
+    "merchants",
+    "argued",
+    "about",
+    "prices",
+    "while",
+    "children",
+    "chased",
+    "dogs",
+    "across",
+    "the",
+    "square",
+    "and",
+    "a",
+    "bell",
+    "rang",
+    "twice",
+    "in",
+    "the",
+    "evening",
+    "the",
+    "lamps",
+    "were",
+    "lit",
+    "one",
+    "by",
+    "one",
+    "and",
+    "travellers",
+    "told",
+    "stories",
+    "of",
+    "mountains",
+    "cities",
+    "and",
+    "storms",
+    "a",
+    "young",
+    "engineer",
+    "measured",
+    "the",
+    "bridge",
+    "again",
+    "because",
+    "the",
+    "numbers",
+    "did",
+    "not",
+    "agree",
+    "with",
+    "the",
+    "drawings",
+    "she",
+    "wrote",
+    "a",
+    "careful",
+    "report",
+    "about",
+    "the",
+    "timber",
+    "the",
+    "stone",
+    "the",
+    "iron",
+    "bolts",
+    "and",
+    "the",
+    "cost",
+    "of",
+    "every",
+    "repair",
+    "meanwhile",
+    "the",
+    "council",
+    "met",
+    "in",
+    "a",
+    "cold",
+    "hall",
+    "to",
+    "decide",
+    "whether",
+    "the",
+    "market",
+    "should",
+    "move",
+    "closer",
+    "to",
+    "the",
+    "harbour",
+    "nobody",
+    "expected",
+    "the",
+    "winter",
+    "to",
+    "be",
+    "so",
+    "long",
+    "yet",
+    "the",
+    "granaries",
+    "held",
+    "enough",
+    "grain",
+    "for",
+    "everyone",
+    "until",
+    "spring",
+]
 
 # Openings that SmolLM2-135M continues past 96 tokens at temperature 0
 # (checked over 40 nonces each): Corral's API has no ignore_eos.
@@ -151,8 +277,17 @@ class Workload:
 
     @classmethod
     def quick(cls) -> Workload:
-        return cls(n_predict=32, levels=(1, 4), window_s=2.0, repeats=1, single_requests=1, long_prompt_words=180,
-                   prompt_eval_predict=4, chat_history_words=280, chat_turn_predict=8)
+        return cls(
+            n_predict=32,
+            levels=(1, 4),
+            window_s=2.0,
+            repeats=1,
+            single_requests=1,
+            long_prompt_words=180,
+            prompt_eval_predict=4,
+            chat_history_words=280,
+            chat_turn_predict=8,
+        )
 
     def describe(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if not k.startswith("_")}
@@ -169,16 +304,21 @@ class Workload:
     def long_generate(self) -> Req:
         n = self.nonce()
         text = filler(self.long_prompt_words, self.seed + n)
-        return Req("generate", self.prompt_eval_predict,
-                   prompt=f"Report {n}.\n{text}\n\nIn one sentence, the report above is about", count_prompt=True)
+        return Req(
+            "generate",
+            self.prompt_eval_predict,
+            prompt=f"Report {n}.\n{text}\n\nIn one sentence, the report above is about",
+            count_prompt=True,
+        )
 
     def chat_first_turn(self) -> Req:
         n = self.nonce()
         messages = [{"role": "system", "content": f"Session {n}. You are a concise, helpful assistant."}]
         per_turn = max(20, self.chat_history_words // 8)
         for i in range(4):
-            messages.append({"role": "user", "content": "Please summarise this note: "
-                             + filler(per_turn, self.seed + n * 10 + i)})
+            messages.append(
+                {"role": "user", "content": "Please summarise this note: " + filler(per_turn, self.seed + n * 10 + i)}
+            )
             messages.append({"role": "assistant", "content": filler(per_turn, self.seed + n * 10 + i + 5)})
         messages.append({"role": "user", "content": "Now write a short story about the harbour town."})
         return Req("chat", self.chat_turn_predict, messages=messages)
@@ -192,6 +332,7 @@ class Workload:
 
 
 # ---- phases ---------------------------------------------------------------------------
+
 
 async def phase_single(peer: Runner, wl: Workload) -> list[Res]:
     """Sequential single-stream requests: decode tokens/s and short-prompt TTFT."""
@@ -257,6 +398,7 @@ async def phase_chat(peer: Runner, wl: Workload) -> list[Res]:
 
 
 # ---- figures ----------------------------------------------------------------------------
+
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""

@@ -117,6 +117,7 @@ def _table(rows: list[list[str]]) -> None:
 
 # ---- commands -----------------------------------------------------------------------
 
+
 def run_server(app: Any, settings: Settings) -> int:
     """Serve ``app`` with uvicorn on the settings' address until SIGTERM or SIGINT; return the exit code.
 
@@ -131,11 +132,19 @@ def run_server(app: Any, settings: Settings) -> int:
     """
     import uvicorn
 
-    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if settings.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=int(settings.shutdown_grace) + 5)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+    )
     server = _graceful_server(config, app.state.inflight, settings.shutdown_grace)
     server.run()
     if not server.started:
@@ -272,8 +281,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
     models = Client().request("GET", "/api/ps")["models"]
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in models:
-        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), "100% CPU", str(m.get("context_length", "")),
-                     until(m["expires_at"])])
+        rows.append(
+            [
+                m["name"],
+                m["digest"][:12],
+                human_bytes(m["size"]),
+                "100% CPU",
+                str(m.get("context_length", "")),
+                until(m["expires_at"]),
+            ]
+        )
     _table(rows)
     return 0
 
@@ -356,9 +373,13 @@ def _upload_tree(client: Client, path: Path) -> dict[str, str]:
     if path.is_file():
         targets = [(path.name, path)]
     else:
-        targets = [(p.relative_to(path).as_posix(), p) for p in sorted(path.rglob("*"))
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                   and p.suffix in (".safetensors", ".json", ".txt", ".model", ".gguf")]
+        targets = [
+            (p.relative_to(path).as_posix(), p)
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            and p.suffix in (".safetensors", ".json", ".txt", ".model", ".gguf")
+        ]
     for name, item in targets:
         digest = sha256_file(item)
         _out(f"uploading {name} ({human_bytes(item.stat().st_size)})")
@@ -409,8 +430,13 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     info = Client().request("POST", "/api/show", {"model": args.model, "verbose": args.verbose})
-    for flag, key in (("modelfile", "modelfile"), ("parameters", "parameters"), ("template", "template"),
-                      ("system", "system"), ("license", "license")):
+    for flag, key in (
+        ("modelfile", "modelfile"),
+        ("parameters", "parameters"),
+        ("template", "template"),
+        ("system", "system"),
+        ("license", "license"),
+    ):
         if getattr(args, flag):
             _out(info.get(key) or "")
             return 0
@@ -418,10 +444,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     mi = info.get("model_info", {})
     arch = mi.get("general.architecture", d.get("family", ""))
     _out("  Model")
-    for label, value in (("architecture", arch), ("parameters", d.get("parameter_size", "")),
-                         ("context length", mi.get(f"{arch}.context_length", "")),
-                         ("embedding length", mi.get(f"{arch}.embedding_length", "")),
-                         ("quantization", d.get("quantization_level", ""))):
+    for label, value in (
+        ("architecture", arch),
+        ("parameters", d.get("parameter_size", "")),
+        ("context length", mi.get(f"{arch}.context_length", "")),
+        ("embedding length", mi.get(f"{arch}.embedding_length", "")),
+        ("quantization", d.get("quantization_level", "")),
+    ):
         _out(f"    {label:<20}{value}")
     _out("\n  Capabilities")
     for cap in info.get("capabilities", []):
@@ -468,8 +497,13 @@ def _progress(stream: Any) -> None:
         if digest and status.get("total"):
             bar = bars.get(digest)
             if bar is None:
-                bar = bars[digest] = tqdm(total=status["total"], unit="B", unit_scale=True,
-                                          desc=f"{status.get('status', '')[:30]}", leave=True)
+                bar = bars[digest] = tqdm(
+                    total=status["total"],
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"{status.get('status', '')[:30]}",
+                    leave=True,
+                )
             bar.update(int(status.get("completed", 0)) - bar.n)
         else:
             _out(status.get("status", ""))
@@ -493,22 +527,40 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the server")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
-    s.add_argument("--no-auth", action="store_true",
-                   help="serve without API keys, even on a non-loopback address (CORRAL_NO_AUTH=1)")
-    s.add_argument("--origins", default=None,
-                   help="comma-separated extra CORS origins (CORRAL_ORIGINS / OLLAMA_ORIGINS; '*' for all)")
-    s.add_argument("--log-retention", type=_period, default=None, metavar="PERIOD",
-                   help="keep request-log rows this long, e.g. 30d (default), 12h; 0 keeps all "
-                        "(CORRAL_LOG_RETENTION)")
+    s.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without API keys, even on a non-loopback address (CORRAL_NO_AUTH=1)",
+    )
+    s.add_argument(
+        "--origins",
+        default=None,
+        help="comma-separated extra CORS origins (CORRAL_ORIGINS / OLLAMA_ORIGINS; '*' for all)",
+    )
+    s.add_argument(
+        "--log-retention",
+        type=_period,
+        default=None,
+        metavar="PERIOD",
+        help="keep request-log rows this long, e.g. 30d (default), 12h; 0 keeps all (CORRAL_LOG_RETENTION)",
+    )
     add_db_argument(s)
     s.set_defaults(func=cmd_serve)
     px = sub.add_parser("proxy", help="run the gateway in front of another Ollama or Corral (no local engine)")
-    px.add_argument("--upstream", action="append", default=None,
-                    help="a server to forward to (default http://127.0.0.1:11434); repeat it for a fleet, "
-                         "as [NAME=][KIND+]URL with KIND ollama, corral or openai")
+    px.add_argument(
+        "--upstream",
+        action="append",
+        default=None,
+        help="a server to forward to (default http://127.0.0.1:11434); repeat it for a fleet, "
+        "as [NAME=][KIND+]URL with KIND ollama, corral or openai",
+    )
     px.add_argument("--fleet", default=None, help="a fleet file (TOML): upstreams, routing, health settings")
-    px.add_argument("--routing", choices=["cache-aware", "least-loaded", "round-robin"], default=None,
-                    help="how the fleet picks an upstream (default cache-aware)")
+    px.add_argument(
+        "--routing",
+        choices=["cache-aware", "least-loaded", "round-robin"],
+        default=None,
+        help="how the fleet picks an upstream (default cache-aware)",
+    )
     px.add_argument("--upstream-key", default=None, help="Bearer key to send upstream instead of the client's")
     px.add_argument("--host", default="127.0.0.1")
     px.add_argument("--port", type=int, default=11435, help="default 11435, the seeds' ollama_logger port")

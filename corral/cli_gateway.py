@@ -45,6 +45,7 @@ def _table(rows: list[list[str]]) -> None:
 
 def _guarded(fn: Command) -> Command:
     """Turn the gateway's errors into ``Error: ...`` on stderr and exit status 1."""
+
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
@@ -52,6 +53,7 @@ def _guarded(fn: Command) -> Command:
         except (CorralError, DatabaseError) as exc:
             sys.stderr.write(f"Error: {exc}\n")
             return 1
+
     return run
 
 
@@ -65,9 +67,13 @@ def _open_db(args: argparse.Namespace) -> Database:
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, metavar="URL",
-                        help="the gateway database: postgresql://user:pass@host/db (shared by several gateways) "
-                             "or a SQLite file path (CORRAL_DB; default $CORRAL_HOME/corral.db)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="the gateway database: postgresql://user:pass@host/db (shared by several gateways) "
+        "or a SQLite file path (CORRAL_DB; default $CORRAL_HOME/corral.db)",
+    )
 
 
 def _period(text: str) -> float:
@@ -104,13 +110,18 @@ def _clip(value: Any, width: int) -> str:
 
 # ---- keys ---------------------------------------------------------------------------
 
+
 @_guarded
 def cmd_keys_create(args: argparse.Namespace) -> int:
     models = args.models.split(",") if args.models is not None else None
-    key, secret = KeyStore(_open_db(args)).create(args.name, admin=args.admin, models=models, rpm=args.rpm, tpm=args.tpm)
+    key, secret = KeyStore(_open_db(args)).create(
+        args.name, admin=args.admin, models=models, rpm=args.rpm, tpm=args.tpm
+    )
     _out(f'Created {key.scope} key "{key.name}" (prefix {key.prefix})')
-    _out(f"  models: {', '.join(key.models) if key.models else 'all'}"
-         f"   rpm: {key.rpm or 'unlimited'}   tpm: {key.tpm or 'unlimited'}")
+    _out(
+        f"  models: {', '.join(key.models) if key.models else 'all'}"
+        f"   rpm: {key.rpm or 'unlimited'}   tpm: {key.tpm or 'unlimited'}"
+    )
     _out("Save it now: Corral stores only its hash and cannot show it again.")
     _out(secret)
     return 0
@@ -124,8 +135,18 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return 0
     rows = [["NAME", "SCOPE", "PREFIX", "CREATED", "LAST USED", "MODELS", "RPM", "TPM"]]
     for k in keys:
-        rows.append([k.name, k.scope, k.prefix, _when(k.created_at), _when(k.last_used_at),
-                     ",".join(k.models) if k.models else "all", str(k.rpm or "-"), str(k.tpm or "-")])
+        rows.append(
+            [
+                k.name,
+                k.scope,
+                k.prefix,
+                _when(k.created_at),
+                _when(k.last_used_at),
+                ",".join(k.models) if k.models else "all",
+                str(k.rpm or "-"),
+                str(k.tpm or "-"),
+            ]
+        )
     _table(rows)
     return 0
 
@@ -148,9 +169,18 @@ _LOG_HEADER = ("TIME", "KEY", "METHOD", "PATH", "MODEL", "STATUS", "TOTAL", "TTF
 def _log_line(row: dict[str, Any]) -> str:
     when = datetime.fromtimestamp(row["ts"]).strftime("%Y-%m-%d %H:%M:%S")
     return _LOG_FORMAT.format(
-        when, _clip(row["key_name"], 12), _clip(row["method"], 6), _clip(row["path"], 22), _clip(row["model"], 20),
-        row["status"], _ms(row["total_ms"]), _ms(row["ttft_ms"]), _clip(row["prompt_tokens"], 6),
-        _clip(row["output_tokens"], 6), _clip(row["error"], 80) if row["error"] else "").rstrip()
+        when,
+        _clip(row["key_name"], 12),
+        _clip(row["method"], 6),
+        _clip(row["path"], 22),
+        _clip(row["model"], 20),
+        row["status"],
+        _ms(row["total_ms"]),
+        _ms(row["ttft_ms"]),
+        _clip(row["prompt_tokens"], 6),
+        _clip(row["output_tokens"], 6),
+        _clip(row["error"], 80) if row["error"] else "",
+    ).rstrip()
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -186,6 +216,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 # ---- stats --------------------------------------------------------------------------
 
+
 @_guarded
 def cmd_stats(args: argparse.Namespace) -> int:
     stats = RequestLog(_open_db(args)).stats(since=time.time() - args.since, key_name=args.key)
@@ -197,8 +228,18 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if stats["models"]:
         rows = [["MODEL", "TURNS", "OK", "AVG", "P50", "P95", "PROMPT Σ", "REPLY Σ"]]
         for m in stats["models"]:
-            rows.append([m["model"], str(m["turns"]), str(m["ok"]), _ms(m["avg_ms"]), _ms(m["p50_ms"]),
-                         _ms(m["p95_ms"]), str(m["prompt_tokens"]), str(m["output_tokens"])])
+            rows.append(
+                [
+                    m["model"],
+                    str(m["turns"]),
+                    str(m["ok"]),
+                    _ms(m["avg_ms"]),
+                    _ms(m["p50_ms"]),
+                    _ms(m["p95_ms"]),
+                    str(m["prompt_tokens"]),
+                    str(m["output_tokens"]),
+                ]
+            )
         _table(rows)
     if stats["statuses"]:
         _out()
@@ -212,6 +253,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 # ---- registration -------------------------------------------------------------------
+
 
 def add_gateway_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``keys``, ``logs`` and ``stats`` to ``corral``'s subcommands."""

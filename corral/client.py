@@ -58,7 +58,9 @@ class Client:
         try:
             r = self.http.request(method, path, json=body)
         except httpx.ConnectError as exc:
-            raise ClientError(f"could not connect to the server at {self.http.base_url}: is `corral serve` running?") from exc
+            raise ClientError(
+                f"could not connect to the server at {self.http.base_url}: is `corral serve` running?"
+            ) from exc
         self._raise(r)
         return r.json() if r.content and r.headers.get("content-type", "").startswith("application/json") else None
 
@@ -74,7 +76,9 @@ class Client:
                         raise ClientError(str(item["error"]))
                     yield item
         except httpx.ConnectError as exc:
-            raise ClientError(f"could not connect to the server at {self.http.base_url}: is `corral serve` running?") from exc
+            raise ClientError(
+                f"could not connect to the server at {self.http.base_url}: is `corral serve` running?"
+            ) from exc
 
     def has_blob(self, digest: str) -> bool:
         r = self.http.head(f"/api/blobs/{digest}")

@@ -66,11 +66,14 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 def _int_in_range(name: str, value: int) -> int:
     if not _INT64[0] <= value <= _INT64[1]:
-        raise BadRequest(f"json: cannot unmarshal number {value} into Go struct field Options.{name} of type int",
-                         param=f"options.{name}")
+        raise BadRequest(
+            f"json: cannot unmarshal number {value} into Go struct field Options.{name} of type int",
+            param=f"options.{name}",
+        )
     if name == "num_ctx" and value < 1:
-        raise BadRequest(f"invalid option num_ctx {value}: the context length must be at least 1",
-                         param="options.num_ctx")
+        raise BadRequest(
+            f"invalid option num_ctx {value}: the context length must be at least 1", param="options.num_ctx"
+        )
     return value
 
 

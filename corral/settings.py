@@ -62,15 +62,26 @@ def parse_host(value: str | None, default_port: int = DEFAULT_PORT) -> tuple[str
     return scheme, host, port
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2,
-               "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+}
 
 
 def parse_size(value: str) -> int:
     """``"33554432"``, ``"32MiB"``, ``"32m"``, ``"50MB"`` -> bytes."""
     text = value.strip().lower().replace(" ", "")
     digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = text[len(digits):]
+    unit = text[len(digits) :]
     if not digits or unit not in _SIZE_UNITS:
         raise ValueError(f"invalid size {value!r}: use bytes or a unit such as 32MiB")
     return int(float(digits) * _SIZE_UNITS[unit])

@@ -16,5 +16,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 bash scripts/install.sh "[test]"
 .venv/bin/ruff check corral tests bench
+.venv/bin/ruff format --check corral tests bench
 .venv/bin/mypy corral
 exec .venv/bin/python -m pytest -q "$@"

@@ -91,8 +91,9 @@ def launch(home: Path, env_extra: dict[str, str] | None = None, port: int | None
     env.update({"CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", "CORRAL_NUM_THREADS": "2"})
     env.update(env_extra or {})
     log = home / f"server-{port}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "corral", "serve"], cwd=ROOT, env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "serve"], cwd=ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -112,7 +113,9 @@ REAL_SERVER_FIXTURES = {"server", "base_url", "start_server", "q8_server", "regi
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "real_server: starts corral serve or bench processes (set by conftest for the real-server fixtures)")
+    config.addinivalue_line(
+        "markers", "real_server: starts corral serve or bench processes (set by conftest for the real-server fixtures)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -186,10 +189,20 @@ class AsgiStream:
             await self.gone.wait()
             return {"type": "http.disconnect"}
 
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": self.method,
-                 "scheme": "http", "path": self.path, "raw_path": self.path.encode(), "query_string": b"",
-                 "root_path": "", "headers": [(b"content-type", b"application/json"), (b"host", b"corral.test")],
-                 "server": ("corral.test", 80), "client": ("127.0.0.1", 50000)}
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": self.method,
+            "scheme": "http",
+            "path": self.path,
+            "raw_path": self.path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"corral.test")],
+            "server": ("corral.test", 80),
+            "client": ("127.0.0.1", 50000),
+        }
         self.task = asyncio.ensure_future(self.app(scope, receive, self.messages.put))
         start = await self._next()
         assert start["type"] == "http.response.start", start
@@ -261,8 +274,7 @@ class InProc:
         return list(r.json()["models"])
 
     async def generate(self, model: str = TINY, prompt: str = "hi", **body: Any) -> httpx.Response:
-        return await self.client.post("/api/generate", json={"model": model, "prompt": prompt, "stream": False,
-                                                             **body})
+        return await self.client.post("/api/generate", json={"model": model, "prompt": prompt, "stream": False, **body})
 
     def stream(self, path: str, body: Any, method: str = "POST") -> AsgiStream:
         return AsgiStream(self.app, method, path, body)
@@ -289,8 +301,13 @@ async def make_app(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[MakeApp]:
     async with AsyncExitStack() as stack:
         count = 0
 
-        async def make(env: dict[str, str] | None = None, *, engine: FakeEngine | None = None,
-                       models: tuple[str, ...] = (TINY,), **overrides: Any) -> InProc:
+        async def make(
+            env: dict[str, str] | None = None,
+            *,
+            engine: FakeEngine | None = None,
+            models: tuple[str, ...] = (TINY,),
+            **overrides: Any,
+        ) -> InProc:
             nonlocal count
             count += 1
             home = tmp_path / f"inproc-{count}"
@@ -303,8 +320,9 @@ async def make_app(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[MakeApp]:
             engine = engine or FakeEngine()
             app = create_app(settings, engine=engine)
             await stack.enter_async_context(app.router.lifespan_context(app))
-            client = await stack.enter_async_context(httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://corral.test", timeout=30))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://corral.test", timeout=30)
+            )
             inproc = InProc(app, client, engine, settings, store, digest)
             for name in models:
                 inproc.add_model(name)
@@ -317,6 +335,8 @@ async def make_app(tmp_path: Path, tiny_gguf: Path) -> AsyncIterator[MakeApp]:
 async def inproc(make_app: MakeApp) -> InProc:
     """The default in-process app: default settings, the tiny model, a fake engine echoing the prompt."""
     return await make_app()
+
+
 # ---- the gateway database on both backends ------------------------------------------
 
 BACKENDS = ("sqlite", "postgresql")

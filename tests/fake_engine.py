@@ -144,8 +144,13 @@ class FakeModel:
                 yield TokenEvent(text[sent:])
             now = time.monotonic_ns()
             done = True
-            yield DoneEvent(reason, prompt_tokens=n_prompt, prompt_eval_ns=max(1, prompt_done - start),
-                            eval_count=count, eval_ns=max(1, now - prompt_done))
+            yield DoneEvent(
+                reason,
+                prompt_tokens=n_prompt,
+                prompt_eval_ns=max(1, prompt_done - start),
+                eval_count=count,
+                eval_ns=max(1, now - prompt_done),
+            )
         except (GeneratorExit, asyncio.CancelledError):  # closed early: the client went away
             if not done:
                 engine.cancelled += 1
@@ -182,8 +187,15 @@ class FakeEngine:
 
     name = "fake"
 
-    def __init__(self, *, reply: str | None = None, endless: bool = False, token_delay: float = 0.0,
-                 load_delay: float = 0.0, embed_dim: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        reply: str | None = None,
+        endless: bool = False,
+        token_delay: float = 0.0,
+        load_delay: float = 0.0,
+        embed_dim: int = 8,
+    ) -> None:
         self.reply = reply
         self.endless = endless
         self.token_delay = token_delay

@@ -21,8 +21,13 @@ from tests.conftest import free_port
 
 MODELS = [
     {"id": "chat-model", "object": "model", "created": 1_700_000_000, "owned_by": "vllm", "max_model_len": 4096},
-    {"id": "tool-model", "object": "model", "created": 1_700_000_100, "owned_by": "llamacpp",
-     "meta": {"n_ctx_train": 8192, "size": 123456}},
+    {
+        "id": "tool-model",
+        "object": "model",
+        "created": 1_700_000_100,
+        "owned_by": "llamacpp",
+        "meta": {"n_ctx_train": 8192, "size": 123456},
+    },
     {"id": "cut", "object": "model", "created": 1, "owned_by": "vllm"},
     {"id": "errmid", "object": "model", "created": 1, "owned_by": "vllm"},
     {"id": "broken", "object": "model", "created": 1, "owned_by": "vllm"},
@@ -32,8 +37,13 @@ USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
 
 
 def chat_script(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -42,18 +52,50 @@ def chat_script(body: dict[str, Any]) -> list[dict[str, Any]]:
     if model == "tool-model":
         return [
             _chunk({"role": "assistant", "content": ""}),
-            _chunk({"tool_calls": [{"index": 0, "id": "call_abc", "type": "function",
-                                    "function": {"name": "get_weather", "arguments": ""}}]}),
+            _chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_abc",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ]
+                }
+            ),
             _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
             _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
-            _chunk({"tool_calls": [{"index": 1, "id": "call_def", "type": "function",
-                                    "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}]}),
-            _chunk({}, "tool_calls"), usage]
+            _chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 1,
+                            "id": "call_def",
+                            "type": "function",
+                            "function": {"name": "get_time", "arguments": '{"tz": "CET"}'},
+                        }
+                    ]
+                }
+            ),
+            _chunk({}, "tool_calls"),
+            usage,
+        ]
     if body.get("max_tokens") == 2:
-        return [_chunk({"role": "assistant", "content": "Hel"}), _chunk({"content": "lo"}), _chunk({}, "length"),
-                {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}}]
-    return [_chunk({"role": "assistant", "reasoning_content": "Let me think."}), _chunk({"content": "Hel"}),
-            _chunk({"content": "lo"}), _chunk({"content": " world"}), _chunk({}, "stop"), usage]
+        return [
+            _chunk({"role": "assistant", "content": "Hel"}),
+            _chunk({"content": "lo"}),
+            _chunk({}, "length"),
+            {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}},
+        ]
+    return [
+        _chunk({"role": "assistant", "reasoning_content": "Let me think."}),
+        _chunk({"content": "Hel"}),
+        _chunk({"content": "lo"}),
+        _chunk({"content": " world"}),
+        _chunk({}, "stop"),
+        usage,
+    ]
 
 
 class FakeUpstream:
@@ -117,11 +159,21 @@ class FakeUpstream:
         if model == "broken":
             return web.json_response({"error": {"message": "CUDA out of memory", "type": "server_error"}}, status=500)
         if model == "picky":
-            return web.json_response({"error": {"code": 400, "type": "invalid_request_error",
-                                                "message": "'temperature' must be <= 2"}}, status=400)
+            return web.json_response(
+                {"error": {"code": 400, "type": "invalid_request_error", "message": "'temperature' must be <= 2"}},
+                status=400,
+            )
         if model not in {m["id"] for m in MODELS}:
-            return web.json_response({"object": "error", "message": f"The model `{model}` does not exist.",
-                                      "type": "NotFoundError", "param": None, "code": 404}, status=404)
+            return web.json_response(
+                {
+                    "object": "error",
+                    "message": f"The model `{model}` does not exist.",
+                    "type": "NotFoundError",
+                    "param": None,
+                    "code": 404,
+                },
+                status=404,
+            )
         return None
 
     async def _sse(self, request: web.Request, events: list[Any], *, cut: bool = False) -> web.StreamResponse:
@@ -151,8 +203,9 @@ class FakeUpstream:
         if body["model"] == "cut":
             return await self._sse(request, [_chunk({"role": "assistant", "content": "partial"})], cut=True)
         if body["model"] == "errmid":
-            return await self._sse(request, [_chunk({"content": "x"}),
-                                             {"error": {"message": "engine died", "code": 500}}])
+            return await self._sse(
+                request, [_chunk({"content": "x"}), {"error": {"message": "engine died", "code": 500}}]
+            )
         if body.get("max_tokens") == 1000:  # a long answer, for a client that stops reading
             return await self._sse(request, [_chunk({"content": f"t{i} "}) for i in range(1000)])
         return await self._sse(request, chat_script(body))
@@ -161,8 +214,10 @@ class FakeUpstream:
         body: Any = request[BODY]
         if (refusal := await self._refuse(body["model"])) is not None:
             return refusal
-        chunks = [{"choices": [{"index": 0, "text": text, "finish_reason": None, "logprobs": None}]}
-                  for text in ("raw:", body["prompt"])]
+        chunks = [
+            {"choices": [{"index": 0, "text": text, "finish_reason": None, "logprobs": None}]}
+            for text in ("raw:", body["prompt"])
+        ]
         chunks.append({"choices": [{"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}]})
         chunks.append({"choices": [], "usage": USAGE})
         return await self._sse(request, chunks)
@@ -171,9 +226,14 @@ class FakeUpstream:
         body: Any = request[BODY]
         if (refusal := await self._refuse(body["model"])) is not None:
             return refusal
-        return web.json_response({"object": "list", "model": body["model"], "usage": {"prompt_tokens": 5},
-                                  "data": [{"index": 1, "embedding": [0.0, 2.0]},
-                                           {"index": 0, "embedding": [3.0, 4.0]}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body["model"],
+                "usage": {"prompt_tokens": 5},
+                "data": [{"index": 1, "embedding": [0.0, 2.0]}, {"index": 0, "embedding": [3.0, 4.0]}],
+            }
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": MODELS})

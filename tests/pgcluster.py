@@ -45,12 +45,25 @@ class PgCluster:
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, timeout=60)
 
     def start(self) -> None:
-        self._run(str(pg_bin() / "pg_ctl"), "-D", str(self.folder / "data"), "-l", str(self.folder / "log"), "-w",
-                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._run(
+            str(pg_bin() / "pg_ctl"),
+            "-D",
+            str(self.folder / "data"),
+            "-l",
+            str(self.folder / "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
 
     def stop(self) -> None:
-        subprocess.run([*self.as_user, str(pg_bin() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "fast",
-                        "-w", "stop"], capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [*self.as_user, str(pg_bin() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
     def create_database(self, name: str) -> str:
         import psycopg

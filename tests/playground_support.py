@@ -18,12 +18,20 @@ from tests.conftest import ROOT, SMOLLM, ServerProc
 from tests.test_gateway_auth import bearer
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-quic", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
 SHOTS = Path(os.environ.get("CORRAL_SCREENSHOTS") or ROOT / "docs" / "screenshots")
 STATIC = ROOT / "corral" / "playground" / "static"
 SLOW = 180_000  # ms: a reply on a busy 2-core box
 KEY_ITEM = "corral.playground.apiKey"
+
 
 @dataclass
 class Playground:
@@ -101,7 +109,7 @@ CRAFTED = [
     "Here is **bold** text, a list:\n\n- one\n- two\n\n",
     "An image tag: <img src=x onerror=\"window.__pwned='img'\"> and ",
     "a script: <script>window.__pwned='script'</script>\n\n",
-    "<a href=\"#\" onclick=\"window.__pwned='click'\">a link with a handler</a>, ",
+    '<a href="#" onclick="window.__pwned=\'click\'">a link with a handler</a>, ',
     "[a javascript link](javascript:window.__pwned='link'), ![a tracking pixel](http://127.0.0.1:9/pixel.png) ",
     "and <svg onload=\"window.__pwned='svg'\"></svg>.\n\n",
     "```python\ndef add(a, b):\n    return a + b  # <script>window.__pwned='code'</script>\n```\n",
@@ -109,27 +117,55 @@ CRAFTED = [
 
 
 def crafted_stream(route: Route) -> None:
-    lines = [{"model": SMOLLM, "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant", "content": piece},
-              "done": False} for piece in CRAFTED]
-    lines.append({"model": SMOLLM, "created_at": "2026-01-01T00:00:01Z", "message": {"role": "assistant", "content": ""},
-                  "done": True, "done_reason": "stop", "prompt_eval_count": 9, "eval_count": len(CRAFTED),
-                  "corral_timing": {"auth": 0.1, "queue": 0.2, "ttft": 40.0, "generation": 120.0, "total": 170.0}})
-    route.fulfill(status=200, content_type="application/x-ndjson", body="".join(json.dumps(x) + "\n" for x in lines),
-                  headers={"Server-Timing": "auth;dur=0.1, queue;dur=0.2, ttft;dur=40.0",
-                           "X-SDL-Proxy-Timing": "auth;dur=0.1, queue;dur=0.2, ttft;dur=40.0"})
+    lines = [
+        {
+            "model": SMOLLM,
+            "created_at": "2026-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": piece},
+            "done": False,
+        }
+        for piece in CRAFTED
+    ]
+    lines.append(
+        {
+            "model": SMOLLM,
+            "created_at": "2026-01-01T00:00:01Z",
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "prompt_eval_count": 9,
+            "eval_count": len(CRAFTED),
+            "corral_timing": {"auth": 0.1, "queue": 0.2, "ttft": 40.0, "generation": 120.0, "total": 170.0},
+        }
+    )
+    route.fulfill(
+        status=200,
+        content_type="application/x-ndjson",
+        body="".join(json.dumps(x) + "\n" for x in lines),
+        headers={
+            "Server-Timing": "auth;dur=0.1, queue;dur=0.2, ttft;dur=40.0",
+            "X-SDL-Proxy-Timing": "auth;dur=0.1, queue;dur=0.2, ttft;dur=40.0",
+        },
+    )
 
 
 TIMELINE = ["Time", "OK", "HTTP", "Proxy", "Stream↑", "Output", "Total", "Model", "In", "Out", "Client I/O", "Error"]
 
 
-def open_page(browser: Browser, pg: Playground, secret: str | None, width: int, height: int,
-              hash_: str) -> tuple[BrowserContext, Tab]:
+def open_page(
+    browser: Browser, pg: Playground, secret: str | None, width: int, height: int, hash_: str
+) -> tuple[BrowserContext, Tab]:
     """A fresh context (own localStorage, ``secret`` saved there first) with the page open on ``#hash_``."""
-    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True,
-                                  permissions=["clipboard-read", "clipboard-write"])
+    context = browser.new_context(
+        viewport={"width": width, "height": height},
+        accept_downloads=True,
+        permissions=["clipboard-read", "clipboard-write"],
+    )
     if secret:
-        context.add_init_script(f"if (!localStorage.getItem({KEY_ITEM!r})) "
-                                f"localStorage.setItem({KEY_ITEM!r}, {json.dumps(json.dumps(secret))});")
+        context.add_init_script(
+            f"if (!localStorage.getItem({KEY_ITEM!r})) "
+            f"localStorage.setItem({KEY_ITEM!r}, {json.dumps(json.dumps(secret))});"
+        )
     console = Console()
     page = context.new_page()
     page.on("console", console.on_console)

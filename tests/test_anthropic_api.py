@@ -35,9 +35,11 @@ from tests.test_responses_api import CITY, TOOLS_MODEL, TOOLS_TEMPLATE
 GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0}}
 HELLO = [{"role": "user", "content": "Say hello."}]
 WEATHER = {"name": "get_weather", "description": "Get the weather for a city", "input_schema": CITY}
-CLOCK = {"name": "get_time", "description": "Get the time in a time zone",
-         "input_schema": {"type": "object", "properties": {"tz": {"type": "string", "enum": ["UTC"]}},
-                          "required": ["tz"]}}
+CLOCK = {
+    "name": "get_time",
+    "description": "Get the time in a time zone",
+    "input_schema": {"type": "object", "properties": {"tz": {"type": "string", "enum": ["UTC"]}}, "required": ["tz"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +54,21 @@ def oai(base_url: str) -> OpenAI:
 
 @pytest.fixture(scope="module")
 def tools_model(base_url: str) -> str:
-    r = httpx.post(base_url + "/api/create", json={"model": TOOLS_MODEL, "from": SMOLLM, "template": TOOLS_TEMPLATE,
-                                                   "stream": False}, timeout=120)
+    r = httpx.post(
+        base_url + "/api/create",
+        json={"model": TOOLS_MODEL, "from": SMOLLM, "template": TOOLS_TEMPLATE, "stream": False},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     return TOOLS_MODEL
 
 
 def _twin(oai: OpenAI, model: str, messages: list[dict[str, Any]], max_tokens: int = 8, **kwargs: Any) -> Any:
-    return oai.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens,
-                                       **kwargs)
+    return oai.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=max_tokens, **kwargs)
 
 
 # ---- create and stream ----------------------------------------------------------------
+
 
 def test_create(client: Anthropic, oai: OpenAI) -> None:
     m = client.messages.create(model=SMOLLM, max_tokens=8, system="You are terse.", messages=HELLO, **GREEDY)
@@ -74,15 +79,27 @@ def test_create(client: Anthropic, oai: OpenAI) -> None:
     twin = _twin(oai, SMOLLM, [{"role": "system", "content": "You are terse."}, *HELLO])
     assert block.text == twin.choices[0].message.content and m.usage.input_tokens == twin.usage.prompt_tokens
     # System as blocks and multi-turn block content: the same conversation as the chat messages.
-    m = client.messages.create(model=SMOLLM, max_tokens=8, system=[{"type": "text", "text": "You are terse."}],
-                               messages=[
-                                   {"role": "user", "content": [{"type": "text", "text": "Hi, I'm Bob."}]},
-                                   {"role": "assistant", "content": [{"type": "text", "text": "Hello Bob."}]},
-                                   {"role": "user", "content": "What's my name?"}], **GREEDY)
-    twin = _twin(oai, SMOLLM, [{"role": "system", "content": "You are terse."},
-                               {"role": "user", "content": "Hi, I'm Bob."},
-                               {"role": "assistant", "content": "Hello Bob."},
-                               {"role": "user", "content": "What's my name?"}])
+    m = client.messages.create(
+        model=SMOLLM,
+        max_tokens=8,
+        system=[{"type": "text", "text": "You are terse."}],
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "Hi, I'm Bob."}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Hello Bob."}]},
+            {"role": "user", "content": "What's my name?"},
+        ],
+        **GREEDY,
+    )
+    twin = _twin(
+        oai,
+        SMOLLM,
+        [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi, I'm Bob."},
+            {"role": "assistant", "content": "Hello Bob."},
+            {"role": "user", "content": "What's my name?"},
+        ],
+    )
     assert m.content[0].text == twin.choices[0].message.content
     assert m.usage.input_tokens == twin.usage.prompt_tokens
 
@@ -93,20 +110,29 @@ SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging
 def test_stop_reasons(client: Anthropic) -> None:
     # The starter has no default system prompt (as Ollama's library model): give it SmolLM2's own, which
     # keeps its answer to one word.
-    done = client.messages.create(model=SMOLLM, max_tokens=32, system=SMOLLM_SYSTEM, messages=[
-        {"role": "user", "content": "Reply with one word: yes or no. Is the sky blue?"}], **GREEDY)
+    done = client.messages.create(
+        model=SMOLLM,
+        max_tokens=32,
+        system=SMOLLM_SYSTEM,
+        messages=[{"role": "user", "content": "Reply with one word: yes or no. Is the sky blue?"}],
+        **GREEDY,
+    )
     assert done.stop_reason == "end_turn" and done.usage.output_tokens < 32
     count = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
     full = client.messages.create(model=SMOLLM, max_tokens=32, system=SMOLLM_SYSTEM, messages=count, **GREEDY)
     assert "5" in full.content[0].text
-    stopped = client.messages.create(model=SMOLLM, max_tokens=32, system=SMOLLM_SYSTEM, messages=count,
-                                     stop_sequences=["5", "never"], **GREEDY)
+    stopped = client.messages.create(
+        model=SMOLLM, max_tokens=32, system=SMOLLM_SYSTEM, messages=count, stop_sequences=["5", "never"], **GREEDY
+    )
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "5"
     assert full.content[0].text.startswith(stopped.content[0].text) and "5" not in stopped.content[0].text
-    sampled = client.messages.create(model=SMOLLM, max_tokens=8, messages=HELLO,
-                                     extra_body={"temperature": 0.7, "top_p": 0.9, "top_k": 1})
-    assert sampled.content[0].text == client.messages.create(model=SMOLLM, max_tokens=8, messages=HELLO,
-                                                             **GREEDY).content[0].text  # top_k 1 is greedy
+    sampled = client.messages.create(
+        model=SMOLLM, max_tokens=8, messages=HELLO, extra_body={"temperature": 0.7, "top_p": 0.9, "top_k": 1}
+    )
+    assert (
+        sampled.content[0].text
+        == client.messages.create(model=SMOLLM, max_tokens=8, messages=HELLO, **GREEDY).content[0].text
+    )  # top_k 1 is greedy
     # max_tokens 0 warms the model and generates nothing.
     warm = client.messages.create(model=SMOLLM, max_tokens=0, messages=HELLO)
     assert warm.content[0].text == "" and warm.stop_reason == "max_tokens"
@@ -122,17 +148,28 @@ def test_stream(client: Anthropic, base_url: str) -> None:
     assert text == whole.content[0].text == final.content[0].text
     assert final.stop_reason == "max_tokens" and final.usage == whole.usage
     # The wire: SSE events named by their data's type, in Anthropic's order.
-    r = httpx.post(base_url + "/v1/messages", json={"model": SMOLLM, "max_tokens": 3, "stream": True,
-                                                    "messages": HELLO, "temperature": 0}, timeout=60)
+    r = httpx.post(
+        base_url + "/v1/messages",
+        json={"model": SMOLLM, "max_tokens": 3, "stream": True, "messages": HELLO, "temperature": 0},
+        timeout=60,
+    )
     assert r.headers["content-type"].startswith("text/event-stream")
     events = []
     for block in filter(None, r.text.split("\n\n")):
         name, data = block.split("\n")
-        events.append(json.loads(data[len("data: "):]))
-        assert events[-1]["type"] == name[len("event: "):]
-    assert [e["type"] for e in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
-                                           "content_block_delta", "content_block_delta", "content_block_stop",
-                                           "message_delta", "message_stop"]
+        events.append(json.loads(data[len("data: ") :]))
+        assert events[-1]["type"] == name[len("event: ") :]
+    assert [e["type"] for e in events] == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert events[0]["message"]["content"] == [] and events[2]["content_block"] == {"type": "text", "text": ""}
     assert events[-2]["delta"] == {"stop_reason": "max_tokens", "stop_sequence": None}
     assert events[-2]["usage"]["output_tokens"] == 3 and events[-2]["usage"]["input_tokens"] > 0
@@ -144,8 +181,13 @@ class Pick(BaseModel):
 
 
 def test_structured_output(client: Anthropic) -> None:
-    m = client.messages.parse(model=SMOLLM, max_tokens=32, output_format=Pick,
-                              messages=[{"role": "user", "content": "Pick a color and a count."}], **GREEDY)
+    m = client.messages.parse(
+        model=SMOLLM,
+        max_tokens=32,
+        output_format=Pick,
+        messages=[{"role": "user", "content": "Pick a color and a count."}],
+        **GREEDY,
+    )
     assert isinstance(m.parsed_output, Pick), m.content
 
 
@@ -161,11 +203,19 @@ def test_count_tokens(client: Anthropic, tools_model: str) -> None:
 
 
 def test_thinking_blocks(client: Anthropic, base_url: str) -> None:
-    r = httpx.post(base_url + "/api/create", json={"model": THINK_MODEL, "from": SMOLLM, "template": THINK_TEMPLATE,
-                                                   "stream": False}, timeout=120)
+    r = httpx.post(
+        base_url + "/api/create",
+        json={"model": THINK_MODEL, "from": SMOLLM, "template": THINK_TEMPLATE, "stream": False},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
-    ask: dict[str, Any] = {"model": THINK_MODEL, "max_tokens": 30, "thinking": {"type": "enabled", "budget_tokens": 1024},
-                           "messages": [{"role": "user", "content": "What is 6+1?"}], **GREEDY}
+    ask: dict[str, Any] = {
+        "model": THINK_MODEL,
+        "max_tokens": 30,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "What is 6+1?"}],
+        **GREEDY,
+    }
     m = client.messages.create(**ask)
     thinking, text = m.content
     assert thinking.type == "thinking" and thinking.thinking and text.type == "text" and "<think>" not in text.text
@@ -173,49 +223,100 @@ def test_thinking_blocks(client: Anthropic, base_url: str) -> None:
         final = stream.get_final_message()
     assert [b.model_dump(exclude={"parsed_output"}) for b in final.content] == [b.model_dump() for b in m.content]
     # "adaptive" leaves it to the model: no 400 from a model that cannot think.
-    plain = client.messages.create(model=SMOLLM, max_tokens=4, messages=HELLO, thinking={"type": "adaptive"},
-                                   **GREEDY)
+    plain = client.messages.create(model=SMOLLM, max_tokens=4, messages=HELLO, thinking={"type": "adaptive"}, **GREEDY)
     assert [b.type for b in plain.content] == ["text"]
 
 
 # ---- tools ---------------------------------------------------------------------------------
 
+
 def test_forced_tool_choice_and_round_trip(client: Anthropic, oai: OpenAI, tools_model: str) -> None:
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
-    m = client.messages.create(model=tools_model, max_tokens=32, messages=ask, tools=[WEATHER, CLOCK],
-                               tool_choice={"type": "any"}, **GREEDY)
+    m = client.messages.create(
+        model=tools_model, max_tokens=32, messages=ask, tools=[WEATHER, CLOCK], tool_choice={"type": "any"}, **GREEDY
+    )
     assert m.stop_reason == "tool_use" and [b.type for b in m.content] == ["tool_use"]
     assert m.content[0].name in ("get_weather", "get_time")
-    m = client.messages.create(model=tools_model, max_tokens=32, messages=ask, tools=[WEATHER, CLOCK],
-                               tool_choice={"type": "tool", "name": "get_weather"}, **GREEDY)
+    m = client.messages.create(
+        model=tools_model,
+        max_tokens=32,
+        messages=ask,
+        tools=[WEATHER, CLOCK],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        **GREEDY,
+    )
     (use,) = m.content
     assert m.stop_reason == "tool_use" and use.type == "tool_use" and use.name == "get_weather"
     assert use.input == {"city": "Paris"} and use.id
     # The tool_use block and a tool_result block go back; the model answers in text.
-    history: list[Any] = [*ask, {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
-                          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
-                                                        "content": "18 degrees and sunny"}]}]
+    history: list[Any] = [
+        *ask,
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 degrees and sunny"}],
+        },
+    ]
     answer = client.messages.create(model=tools_model, max_tokens=8, messages=history, tools=[WEATHER], **GREEDY)
     assert answer.content[0].type == "text" and answer.stop_reason in ("end_turn", "max_tokens")
-    twin = _twin(oai, tools_model, [
-        *ask, {"role": "assistant", "content": None, "tool_calls": [
-            {"id": use.id, "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(use.input)}}]},
-        {"role": "tool", "tool_call_id": use.id, "content": "18 degrees and sunny"}],
-        tools=[{"type": "function", "function": {"name": "get_weather", "description": "Get the weather for a city",
-                                                 "parameters": CITY}}])
+    twin = _twin(
+        oai,
+        tools_model,
+        [
+            *ask,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": use.id,
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": json.dumps(use.input)},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": use.id, "content": "18 degrees and sunny"},
+        ],
+        tools=[
+            {
+                "type": "function",
+                "function": {"name": "get_weather", "description": "Get the weather for a city", "parameters": CITY},
+            }
+        ],
+    )
     assert answer.content[0].text == twin.choices[0].message.content
     assert answer.usage.input_tokens == twin.usage.prompt_tokens
     # tool_result content given as blocks reads the same.
-    blocks = [*history[:2], {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": [
-        {"type": "text", "text": "18 degrees and sunny"}]}]}]
-    assert client.messages.create(model=tools_model, max_tokens=8, messages=blocks, tools=[WEATHER],
-                                  **GREEDY).content[0].text == answer.content[0].text
+    blocks = [
+        *history[:2],
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": use.id,
+                    "content": [{"type": "text", "text": "18 degrees and sunny"}],
+                }
+            ],
+        },
+    ]
+    assert (
+        client.messages.create(model=tools_model, max_tokens=8, messages=blocks, tools=[WEATHER], **GREEDY)
+        .content[0]
+        .text
+        == answer.content[0].text
+    )
 
 
 def test_forced_tool_call_streamed(client: Anthropic, tools_model: str) -> None:
-    with client.messages.stream(model=tools_model, max_tokens=32, tools=[WEATHER],
-                                tool_choice={"type": "tool", "name": "get_weather"},
-                                messages=[{"role": "user", "content": "Weather in London?"}], **GREEDY) as stream:
+    with client.messages.stream(
+        model=tools_model,
+        max_tokens=32,
+        tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "Weather in London?"}],
+        **GREEDY,
+    ) as stream:
         events = list(stream)
         final = stream.get_final_message()
     kinds = [e.type for e in events]
@@ -230,27 +331,37 @@ def test_forced_tool_call_streamed(client: Anthropic, tools_model: str) -> None:
 def test_tool_choice_none_drops_tools(client: Anthropic, base_url: str) -> None:
     # A model whose template has no tools section refuses tools, unless tool_choice none drops them.
     plain = "smol-no-tools"
-    r = httpx.post(base_url + "/api/create", timeout=120, json={
-        "model": plain, "from": SMOLLM,
-        "template": "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"})
+    r = httpx.post(
+        base_url + "/api/create",
+        timeout=120,
+        json={
+            "model": plain,
+            "from": SMOLLM,
+            "template": "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n",
+        },
+    )
     assert r.status_code == 200
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(model=plain, max_tokens=4, messages=HELLO, tools=[WEATHER])
     assert "does not support tools" in err.value.message
-    m = client.messages.create(model=plain, max_tokens=4, messages=HELLO, tools=[WEATHER],
-                               tool_choice={"type": "none"}, **GREEDY)
+    m = client.messages.create(
+        model=plain, max_tokens=4, messages=HELLO, tools=[WEATHER], tool_choice={"type": "none"}, **GREEDY
+    )
     assert m.content[0].type == "text" and m.stop_reason == "max_tokens"
 
 
 # ---- errors ------------------------------------------------------------------------------------
+
 
 def test_error_shapes(client: Anthropic, base_url: str) -> None:
     for stream in (False, True):
         with pytest.raises(anthropic.NotFoundError) as err:
             client.messages.create(model="nope", max_tokens=4, messages=HELLO, stream=stream)
         assert err.value.status_code == 404
-        assert err.value.body == {"type": "error", "error": {"type": "not_found_error",
-                                                             "message": 'model "nope" not found'}}
+        assert err.value.body == {
+            "type": "error",
+            "error": {"type": "not_found_error", "message": 'model "nope" not found'},
+        }
     with pytest.raises(anthropic.NotFoundError):
         client.messages.count_tokens(model="nope", messages=HELLO)
     bad: list[Any] = [
@@ -260,8 +371,13 @@ def test_error_shapes(client: Anthropic, base_url: str) -> None:
         {"model": SMOLLM, "max_tokens": 4, "messages": []},
         {"model": SMOLLM, "max_tokens": 4, "messages": [{"role": "user", "content": [{"type": "telepathy"}]}]},
         {"model": SMOLLM, "max_tokens": 4, "messages": HELLO, "tool_choice": {"type": "sometimes"}},
-        {"model": SMOLLM, "max_tokens": 4, "messages": HELLO, "tools": [WEATHER],
-         "tool_choice": {"type": "tool", "name": "other"}},
+        {
+            "model": SMOLLM,
+            "max_tokens": 4,
+            "messages": HELLO,
+            "tools": [WEATHER],
+            "tool_choice": {"type": "tool", "name": "other"},
+        },
         {"model": SMOLLM, "max_tokens": 4, "messages": HELLO, "tools": [{"name": "x", "type": "bash_20250124"}]},
         [1, 2],
     ]
@@ -274,8 +390,16 @@ def test_error_shapes(client: Anthropic, base_url: str) -> None:
     r = httpx.post(base_url + "/v1/messages", content=b"{not json", timeout=30)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError) as bad_err:
-        client.messages.create(model=SMOLLM, max_tokens=4, messages=[{"role": "user", "content": [
-            {"type": "image", "source": {"type": "url", "url": "https://x.test/cat.png"}}]}])
+        client.messages.create(
+            model=SMOLLM,
+            max_tokens=4,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "source": {"type": "url", "url": "https://x.test/cat.png"}}],
+                }
+            ],
+        )
     assert bad_err.value.body["error"]["type"] == "invalid_request_error"
 
 
@@ -286,8 +410,10 @@ class _StandIn:  # the chat part of a Backend
         from corral.errors import EngineError, Forbidden, ServerBusy, TooManyRequests, Unauthorized
 
         self.errors: dict[str, Exception] = {
-            "unauthorized": Unauthorized("invalid api key"), "forbidden": Forbidden("model not allowed"),
-            "limited": TooManyRequests("slow down"), "crash": EngineError("engine error: boom"),
+            "unauthorized": Unauthorized("invalid api key"),
+            "forbidden": Forbidden("model not allowed"),
+            "limited": TooManyRequests("slow down"),
+            "crash": EngineError("engine error: boom"),
             "busy": ServerBusy("server busy, please try again.  maximum pending requests exceeded"),
         }
 
@@ -328,11 +454,13 @@ def stand_in(tmp_path: Path) -> Iterator[Anthropic]:
 
 
 def test_error_classes_map_to_sdk_exceptions(stand_in: Anthropic) -> None:
-    expected = {"unauthorized": (anthropic.AuthenticationError, 401, "authentication_error"),
-                "forbidden": (anthropic.PermissionDeniedError, 403, "permission_error"),
-                "limited": (anthropic.RateLimitError, 429, "rate_limit_error"),
-                "crash": (anthropic.InternalServerError, 500, "api_error"),
-                "busy": (anthropic.ServiceUnavailableError, 503, "overloaded_error")}
+    expected = {
+        "unauthorized": (anthropic.AuthenticationError, 401, "authentication_error"),
+        "forbidden": (anthropic.PermissionDeniedError, 403, "permission_error"),
+        "limited": (anthropic.RateLimitError, 429, "rate_limit_error"),
+        "crash": (anthropic.InternalServerError, 500, "api_error"),
+        "busy": (anthropic.ServiceUnavailableError, 503, "overloaded_error"),
+    }
     for model, (exc_type, status, err_type) in expected.items():
         for stream in (False, True):
             with pytest.raises(exc_type) as err:
@@ -344,8 +472,10 @@ def test_error_classes_map_to_sdk_exceptions(stand_in: Anthropic) -> None:
             for text in stream.text_stream:
                 assert text == "Hello"
         assert stream.current_message_snapshot.content[0].text == "Hello"
-    assert mid.value.body == {"type": "error", "error": {"type": "api_error",
-                                                         "message": "engine error: crashed mid-stream"}}
+    assert mid.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "engine error: crashed mid-stream"},
+    }
 
 
 def test_api_keys_in_x_api_key_and_the_request_log(start_server: Any, tmp_path: Path) -> None:

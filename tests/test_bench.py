@@ -37,10 +37,25 @@ from bench.workload import (
 ROOT = Path(__file__).resolve().parent.parent
 CI_PEERS = ("corral", "llama-server", "inproc", "corral[defaults]")
 FIGURES = {
-    "decode_tps_single", "ttft_s", "prompt_tokens", "prompt_eval_tps", "prompt_eval_ttft_s", "aggregate_tps",
-    "latency_p50_s", "latency_p99_s", "starvation_ratio", "min_tokens_per_request", "chat_history_tokens",
-    "chat_ttft_turn1_s", "chat_ttft_turn2_s", "chat_turn2_over_turn1", "peak_rss_mb", "complete_share",
-    "goodput_tps", "aggregate_tps_worst", "per_repeat",
+    "decode_tps_single",
+    "ttft_s",
+    "prompt_tokens",
+    "prompt_eval_tps",
+    "prompt_eval_ttft_s",
+    "aggregate_tps",
+    "latency_p50_s",
+    "latency_p99_s",
+    "starvation_ratio",
+    "min_tokens_per_request",
+    "chat_history_tokens",
+    "chat_ttft_turn1_s",
+    "chat_ttft_turn2_s",
+    "chat_turn2_over_turn1",
+    "peak_rss_mb",
+    "complete_share",
+    "goodput_tps",
+    "aggregate_tps_worst",
+    "per_repeat",
 }
 
 
@@ -57,7 +72,11 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, An
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--peers", ",".join(CI_PEERS), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(out.read_text()), proc.stdout
@@ -65,8 +84,19 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, An
 
 def test_quick_mode_json_shape(quick_report: tuple[dict[str, Any], str]) -> None:
     report, _ = quick_report
-    for key in ("date", "mode", "command", "machine", "model", "settings", "workload", "peers", "ratios",
-                "targets", "table_markdown"):
+    for key in (
+        "date",
+        "mode",
+        "command",
+        "machine",
+        "model",
+        "settings",
+        "workload",
+        "peers",
+        "ratios",
+        "targets",
+        "table_markdown",
+    ):
         assert key in report, key
     assert report["mode"] == "quick"
     assert report["machine"]["nproc"] >= 1 and report["machine"]["cpu_model"]
@@ -77,8 +107,15 @@ def test_quick_mode_json_shape(quick_report: tuple[dict[str, Any], str]) -> None
         assert peer["gateway_overhead"] == rp.GATEWAY_PLACEHOLDER
         figures = peer["figures"]
         assert set(figures) == FIGURES, name
-        for key in ("aggregate_tps", "aggregate_tps_worst", "latency_p50_s", "latency_p99_s", "starvation_ratio",
-                    "complete_share", "goodput_tps"):
+        for key in (
+            "aggregate_tps",
+            "aggregate_tps_worst",
+            "latency_p50_s",
+            "latency_p99_s",
+            "starvation_ratio",
+            "complete_share",
+            "goodput_tps",
+        ):
             assert set(figures[key]) == levels, (name, key)
         for where, value in _leaves(figures) + _leaves(peer["median_figures"]):
             assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, where, value)
@@ -108,11 +145,14 @@ def test_quick_mode_prints_markdown_table(quick_report: tuple[dict[str, Any], st
 
 # ---- helpers, no servers -----------------------------------------------------------------
 
+
 def test_percentile_and_aggregate() -> None:
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([float(x) for x in range(1, 101)], 99) == 99.0
-    batch = [Res(t_start=0.0, t_first=0.1, t_last=1.0, t_end=1.0, n_tokens=10, n_chunks=10),
-             Res(t_start=0.0, t_first=0.1, t_last=2.0, t_end=2.0, n_tokens=10, n_chunks=10)]
+    batch = [
+        Res(t_start=0.0, t_first=0.1, t_last=1.0, t_end=1.0, n_tokens=10, n_chunks=10),
+        Res(t_start=0.0, t_first=0.1, t_last=2.0, t_end=2.0, n_tokens=10, n_chunks=10),
+    ]
     assert aggregate_tps(batch) == 10.0
     assert batch[0].decode_tps == pytest.approx(9 / 0.9)
     # 8 requests, 4 slots: two waves, the second finishing at twice the first -> 1.0
@@ -157,18 +197,24 @@ def test_line_parsers() -> None:
     assert parse_ollama(b'{"response":"hi","done":false}') == ("hi", None)
     assert parse_ollama(b'{"message":{"content":"yo"},"done":false}') == ("yo", None)
     assert parse_ollama(b'{"response":"","done":true,"eval_count":96,"prompt_eval_count":20}') == (
-        None, {"n_tokens": 96, "prompt_tokens": 20})
+        None,
+        {"n_tokens": 96, "prompt_tokens": 20},
+    )
     with pytest.raises(RuntimeError):
         parse_ollama(b'{"error":"boom"}')
     assert parse_llama_server(b'data: {"content":" a","stop":false}') == (" a", None)
     assert parse_llama_server(b'data: {"content":"","stop":true,"tokens_predicted":5,"tokens_evaluated":19}') == (
-        None, {"n_tokens": 5, "prompt_tokens": 19})
+        None,
+        {"n_tokens": 5, "prompt_tokens": 19},
+    )
     chat_final = b'data: {"choices":[{"delta":{}}],"timings":{"predicted_n":3,"prompt_n":2,"cache_n":10}}'
     assert parse_llama_server(chat_final) == (None, {"n_tokens": 3, "prompt_tokens": 12})
     assert parse_llama_server(b"data: [DONE]") == (None, None)
     assert parse_openai(b'data: {"choices":[{"text":"x","finish_reason":null}]}') == ("x", None)
     assert parse_openai(b'data: {"choices":[{"text":"","finish_reason":"length"}]}') == (
-        None, {"finish_reason": "length"})
+        None,
+        {"finish_reason": "length"},
+    )
 
 
 def test_stream_lines_dechunks() -> None:
@@ -237,6 +283,7 @@ def test_concurrency_phase_is_a_closed_loop_over_a_window() -> None:
 
 def test_concurrency_window_waits_for_every_client_s_first_answer() -> None:
     """A peer slower than the window is still measured: it closes only once every client got an answer."""
+
     class Slow:
         async def run(self, req: Req) -> Res:
             res = Res(t_start=time.perf_counter())
@@ -261,13 +308,21 @@ def test_saved_run_resummarizes_to_the_same_table(quick_report: tuple[dict[str, 
 def test_ratios_against_llama_server_are_also_paired_per_repeat() -> None:
     def peer(single: list[float], at4: list[float]) -> dict[str, Any]:
         per_repeat = {"decode_tps_single": single, "aggregate_tps": {"4": at4}}
-        return {"figures": {"decode_tps_single": max(single), "aggregate_tps": {"4": max(at4)},
-                            "aggregate_tps_worst": {"4": min(at4)}, "per_repeat": per_repeat}}
+        return {
+            "figures": {
+                "decode_tps_single": max(single),
+                "aggregate_tps": {"4": max(at4)},
+                "aggregate_tps_worst": {"4": min(at4)},
+                "per_repeat": per_repeat,
+            }
+        }
 
     # Corral's best repeat came in a quiet moment llama-server missed: the best-of flatters it,
     # the per-repeat ratios (each repeat runs the peers back to back) do not.
-    peers = {"corral": peer([110.0, 80.0, 82.0], [100.0, 90.0, 91.0]),
-             "llama-server": peer([90.0, 88.0, 86.0], [99.0, 100.0, 98.0])}
+    peers = {
+        "corral": peer([110.0, 80.0, 82.0], [100.0, 90.0, 91.0]),
+        "llama-server": peer([90.0, 88.0, 86.0], [99.0, 100.0, 98.0]),
+    }
     by_name = {t["target"]: t for t in rp.targets(peers, 100 * 2**20, 4)}
     single = by_name["single-stream decode tok/s: corral / llama-server"]
     assert single["value"] == pytest.approx(110 / 90) and single["met"] is True
@@ -296,9 +351,28 @@ def test_rising_target_tolerates_noise_but_not_a_real_fall() -> None:
 def test_paired_rounds_run_both_peers_and_report_paired_ratios(tmp_path: Path) -> None:
     out = tmp_path / "paired.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.paired", "--peers", "corral,llama-server", "--mode", "single", "--rounds", "2",
-         "--n-predict", "8", "--threads", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench.paired",
+            "--peers",
+            "corral,llama-server",
+            "--mode",
+            "single",
+            "--rounds",
+            "2",
+            "--n-predict",
+            "8",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -306,7 +380,8 @@ def test_paired_rounds_run_both_peers_and_report_paired_ratios(tmp_path: Path) -
     assert (corral["peer"], server["peer"]) == ("corral", "llama-server")
     assert len(corral["values"]) == len(server["values"]) == 2 and min(corral["values"] + server["values"]) > 0
     assert corral["ratio_median"] == pytest.approx(
-        statistics.median(a / b for a, b in zip(corral["values"], server["values"])))
+        statistics.median(a / b for a, b in zip(corral["values"], server["values"]))
+    )
     assert server["ratio_median"] == 1.0
     assert report["table_markdown"] in proc.stdout
 
@@ -324,9 +399,27 @@ def test_bootstrap_interval_brackets_the_median() -> None:
 def test_overhead_harness_measures_corral_against_the_stub(tmp_path: Path) -> None:
     out = tmp_path / "overhead.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.overhead", "--rounds", "1", "--seconds", "1", "--streams", "1,2",
-         "--tokens", "8", "--floor", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench.overhead",
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--streams",
+            "1,2",
+            "--tokens",
+            "8",
+            "--floor",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -341,17 +434,37 @@ def test_overhead_harness_measures_corral_against_the_stub(tmp_path: Path) -> No
 def test_gateway_bench_runs_and_reports_added_latency(tmp_path: Path) -> None:
     out = tmp_path / "gateway.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.gateway", "--requests", "10", "--concurrency", "1,2", "--tokens", "4",
-         "--no-litellm", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench.gateway",
+            "--requests",
+            "10",
+            "--concurrency",
+            "1,2",
+            "--tokens",
+            "4",
+            "--no-litellm",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     for name in ("direct", "corral-proxy", "corral-proxy+keys"):
         rows = report["targets"][name]
         assert rows["/api/chat@1"]["n"] == 10 and rows["/v1/chat/completions@2"]["tokens_complete"]
-    assert set(report["added"]["corral-proxy"]) == {"/api/chat@1", "/api/chat@2", "/v1/chat/completions@1",
-                                                    "/v1/chat/completions@2"}
+    assert set(report["added"]["corral-proxy"]) == {
+        "/api/chat@1",
+        "/api/chat@2",
+        "/v1/chat/completions@1",
+        "/v1/chat/completions@2",
+    }
     assert report["targets"]["litellm"] == {"skipped": "not requested (--no-litellm)"}
     assert "| corral-proxy |" in proc.stdout
 
@@ -360,7 +473,11 @@ def test_fleet_bench_runs_both_modes_and_reports_the_ratios(tmp_path: Path) -> N
     out = tmp_path / "fleet.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.fleet", "--mode", "all", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -371,8 +488,15 @@ def test_fleet_bench_runs_both_modes_and_reports_the_ratios(tmp_path: Path) -> N
     assert [w["policy"] for w in routing["windows"]] == ["cache-aware", "least-loaded", "round-robin"]
     for policy, row in routing["summary"].items():
         assert row["errors"] == 0 and row["n_turns_later"] >= 2, (policy, row)
-        for key in ("ttft_later_mean_s", "ttft_later_p95_s", "ttft_first_mean_s", "ttft_all_mean_s", "turns_per_s",
-                    "tokens_per_s", "cold_ms_per_prompt_token"):
+        for key in (
+            "ttft_later_mean_s",
+            "ttft_later_p95_s",
+            "ttft_first_mean_s",
+            "ttft_all_mean_s",
+            "turns_per_s",
+            "tokens_per_s",
+            "cold_ms_per_prompt_token",
+        ):
             assert row[key] > 0, (policy, key)
         assert 0 <= row["hit_rate_prefill"] <= 1 and 0 <= row["hit_rate_sticky"] <= 1
     for window in routing["windows"]:

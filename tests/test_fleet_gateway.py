@@ -31,8 +31,16 @@ OPTS = {"temperature": 0, "num_predict": 6}
 
 
 def write_fleet(path: Path, upstreams: list[tuple[str, str, str]], **settings: Any) -> Path:
-    lines = [f"{k} = {json.dumps(v)}" for k, v in {"refresh_interval": 1.0, "health_interval": 0.5,
-                                                    "failure_threshold": 2, "cooldown": 2.0, **settings}.items()]
+    lines = [
+        f"{k} = {json.dumps(v)}"
+        for k, v in {
+            "refresh_interval": 1.0,
+            "health_interval": 0.5,
+            "failure_threshold": 2,
+            "cooldown": 2.0,
+            **settings,
+        }.items()
+    ]
     for name, url, kind in upstreams:
         lines += ["", "[[upstream]]", f'name = "{name}"', f'url = "{url}"', f'kind = "{kind}"']
     path.write_text("\n".join(lines) + "\n")
@@ -43,9 +51,24 @@ def write_fleet(path: Path, upstreams: list[tuple[str, str, str]], **settings: A
 def llama_server() -> Iterator[str]:
     model = smollm2_gguf()
     assert model is not None
-    proc = subprocess.Popen([sys.executable, "-m", "bench.llama_server_proc", str(model), "--ctx-per-slot", "2048",
-                             "--parallel", "1", "--threads", "1"], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.llama_server_proc",
+            str(model),
+            "--ctx-per-slot",
+            "2048",
+            "--parallel",
+            "1",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     assert line.startswith("LISTENING "), line
@@ -61,8 +84,15 @@ def fleet(server: ServerProc, llama_server: str, tmp_path_factory: pytest.TempPa
     u3 = launch(base / "u3", {"CORRAL_NUM_THREADS": "1"})
     assert httpx.post(u3.url + "/api/copy", json={"source": SMOLLM, "destination": "solo"}).status_code == 200
     oa_model = httpx.get(llama_server + "/v1/models").json()["data"][0]["id"]
-    config = write_fleet(base / "fleet.toml", [("u1", server.url, "corral"), ("u2", u2.url, "corral"),
-                                               ("u3", u3.url, "corral"), ("oa", llama_server, "openai")])
+    config = write_fleet(
+        base / "fleet.toml",
+        [
+            ("u1", server.url, "corral"),
+            ("u2", u2.url, "corral"),
+            ("u3", u3.url, "corral"),
+            ("oa", llama_server, "openai"),
+        ],
+    )
     gw = launch_proxy("unused", base / "gw", "--fleet", str(config))
     yield {"gw": gw, "u1": server, "u2": u2, "u3": u3, "oa_model": oa_model}
     gw.stop()
@@ -71,8 +101,11 @@ def fleet(server: ServerProc, llama_server: str, tmp_path_factory: pytest.TempPa
 
 
 def _chat(url: str, model: str, messages: list[dict[str, str]], **extra: Any) -> httpx.Response:
-    return httpx.post(url + "/api/chat", timeout=120,
-                      json={"model": model, "messages": messages, "stream": False, "options": OPTS, **extra})
+    return httpx.post(
+        url + "/api/chat",
+        timeout=120,
+        json={"model": model, "messages": messages, "stream": False, "options": OPTS, **extra},
+    )
 
 
 def test_tags_merge_every_upstream_and_name_who_serves_each_model(fleet: dict[str, Any]) -> None:
@@ -154,8 +187,13 @@ def small_fleet(tmp_path: Path) -> Iterator[Callable[[], dict[str, Any]]]:
         a = launch(tmp_path / "a", {"CORRAL_NUM_THREADS": "1"})
         b = launch(tmp_path / "b", {"CORRAL_NUM_THREADS": "1"})
         # No active health checks in the window of a test: failures are found by the requests themselves.
-        config = write_fleet(tmp_path / "fleet.toml", [("a", a.url, "corral"), ("b", b.url, "corral")],
-                             routing="round-robin", health_interval=600.0, refresh_interval=600.0)
+        config = write_fleet(
+            tmp_path / "fleet.toml",
+            [("a", a.url, "corral"), ("b", b.url, "corral")],
+            routing="round-robin",
+            health_interval=600.0,
+            refresh_interval=600.0,
+        )
         gw = launch_proxy("unused", tmp_path / "gw", "--fleet", str(config))
         made.extend([gw, a, b])
         return {"gw": gw, "a": a, "b": b}
@@ -188,8 +226,12 @@ def test_failover_ejection_and_recovery(small_fleet: Callable[[], dict[str, Any]
 def test_an_upstream_dying_mid_stream_ends_the_stream_with_an_error(small_fleet: Callable[[], dict[str, Any]]) -> None:
     f = small_fleet()
     lines = []
-    with httpx.stream("POST", f["gw"].url + "/api/generate", timeout=60, json={
-            "model": SMOLLM, "prompt": "Tell me a long story.", "options": {"num_predict": 4000}}) as r:
+    with httpx.stream(
+        "POST",
+        f["gw"].url + "/api/generate",
+        timeout=60,
+        json={"model": SMOLLM, "prompt": "Tell me a long story.", "options": {"num_predict": 4000}},
+    ) as r:
         assert r.status_code == 200
         victim = f[r.headers["x-corral-upstream"]]
         for line in r.iter_lines():

@@ -48,6 +48,7 @@ def backend(url: str, **kw: Any) -> AbstractAsyncContextManager[OpenAIBackend]:
             yield b
         finally:
             await b.close()
+
     return opened()
 
 
@@ -58,9 +59,23 @@ async def events(stream: AsyncIterator[Piece | Final]) -> tuple[list[Piece], Fin
 
 
 async def test_streamed_chat_gives_thinking_content_and_one_final_with_usage(upstream: FakeUpstream) -> None:
-    call = ChatCall(model="chat-model", messages=HI, format="json", think=True,
-                    options={"temperature": 0.2, "top_p": 0.9, "top_k": 5, "num_predict": 50, "stop": "END",
-                             "seed": 7, "presence_penalty": 0.1, "frequency_penalty": 0.3, "num_ctx": 8192})
+    call = ChatCall(
+        model="chat-model",
+        messages=HI,
+        format="json",
+        think=True,
+        options={
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "top_k": 5,
+            "num_predict": 50,
+            "stop": "END",
+            "seed": 7,
+            "presence_penalty": 0.1,
+            "frequency_penalty": 0.3,
+            "num_ctx": 8192,
+        },
+    )
     async with backend(upstream.url) as b:
         pieces, final = await events(b.chat(call))
     assert [(p.thinking, p.content) for p in pieces] == [("Let me think.", ""), ("", "Hel"), ("", "lo"), ("", " world")]
@@ -69,39 +84,65 @@ async def test_streamed_chat_gives_thinking_content_and_one_final_with_usage(ups
     assert final.tool_calls == [] and final.content == ""
     sent = upstream.bodies("/v1/chat/completions")[-1]
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
-    assert {k: sent[k] for k in ("temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "presence_penalty",
-                                 "frequency_penalty")} == {"temperature": 0.2, "top_p": 0.9, "top_k": 5,
-                                                           "max_tokens": 50, "stop": ["END"], "seed": 7,
-                                                           "presence_penalty": 0.1, "frequency_penalty": 0.3}
+    assert {
+        k: sent[k]
+        for k in (
+            "temperature",
+            "top_p",
+            "top_k",
+            "max_tokens",
+            "stop",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+        )
+    } == {
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "top_k": 5,
+        "max_tokens": 50,
+        "stop": ["END"],
+        "seed": 7,
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.3,
+    }
     assert "num_ctx" not in sent and sent["response_format"] == {"type": "json_object"}
     assert sent["chat_template_kwargs"] == {"enable_thinking": True} and sent["messages"] == HI
 
 
 async def test_tool_call_deltas_become_ollama_tool_calls_and_history_goes_out_in_openai_shape(
-        upstream: FakeUpstream) -> None:
+    upstream: FakeUpstream,
+) -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     history = [
         {"role": "user", "content": "Weather in Paris?", "images": ["iVBORw0KGgo="]},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"function": {"name": "get_time", "arguments": {"tz": "CET"}}},
-            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"function": {"name": "get_time", "arguments": {"tz": "CET"}}},
+                {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            ],
+        },
         {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
         {"role": "tool", "content": "12:00"},
     ]
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     async with backend(upstream.url) as b:
-        pieces, final = await events(b.chat(ChatCall(model="tool-model", messages=history, tools=tools,
-                                                     format=schema)))
+        pieces, final = await events(b.chat(ChatCall(model="tool-model", messages=history, tools=tools, format=schema)))
     assert pieces == []
     assert final.tool_calls == [
         {"id": "call_abc", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}},
-        {"id": "call_def", "function": {"index": 1, "name": "get_time", "arguments": {"tz": "CET"}}}]
+        {"id": "call_def", "function": {"index": 1, "name": "get_time", "arguments": {"tz": "CET"}}},
+    ]
     sent = upstream.bodies("/v1/chat/completions")[-1]
     assert sent["tools"] == tools
     assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
     user, assistant, weather, time_ = sent["messages"]
-    assert user["content"] == [{"type": "text", "text": "Weather in Paris?"},
-                               {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    assert user["content"] == [
+        {"type": "text", "text": "Weather in Paris?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
     time_id, weather_id = (c["id"] for c in assistant["tool_calls"])
     assert assistant["tool_calls"][1]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     assert weather["tool_call_id"] == weather_id and time_["tool_call_id"] == time_id  # by name, then by order
@@ -117,16 +158,22 @@ async def test_a_length_stop_is_done_reason_length(upstream: FakeUpstream) -> No
     assert (got.content, got.final.done_reason, got.final.eval_count) == ("Hello", "length", 2)
 
 
-@pytest.mark.parametrize(("model", "kind", "status", "words"), [
-    ("no-such-model", ModelNotFound, 404, 'model "no-such-model" not found'),
-    ("picky", BadRequest, 400, "'temperature' must be <= 2"),
-    ("broken", BadGateway, 502, "upstream vllm failed: CUDA out of memory"),
-])
-async def test_error_answers_raise_before_any_event(upstream: FakeUpstream, model: str, kind: type[CorralError],
-                                                    status: int, words: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "kind", "status", "words"),
+    [
+        ("no-such-model", ModelNotFound, 404, 'model "no-such-model" not found'),
+        ("picky", BadRequest, 400, "'temperature' must be <= 2"),
+        ("broken", BadGateway, 502, "upstream vllm failed: CUDA out of memory"),
+    ],
+)
+async def test_error_answers_raise_before_any_event(
+    upstream: FakeUpstream, model: str, kind: type[CorralError], status: int, words: str
+) -> None:
     async with backend(upstream.url) as b:
-        for stream in (b.chat(ChatCall(model=model, messages=HI)),
-                       b.generate(GenerateCall(model=model, prompt="x", raw=True))):
+        for stream in (
+            b.chat(ChatCall(model=model, messages=HI)),
+            b.generate(GenerateCall(model=model, prompt="x", raw=True)),
+        ):
             with pytest.raises(kind) as err:
                 await anext(stream)
             assert err.value.status == status and words in err.value.message
@@ -164,15 +211,18 @@ async def test_a_client_that_stops_reading_closes_the_upstream_request(upstream:
 
 async def test_generate_raw_is_a_completion_and_templated_is_a_chat(upstream: FakeUpstream) -> None:
     async with backend(upstream.url) as b:
-        raw = await collect(b.generate(GenerateCall(model="chat-model", prompt="Once upon", raw=True,
-                                                    options={"num_predict": -1})))
+        raw = await collect(
+            b.generate(GenerateCall(model="chat-model", prompt="Once upon", raw=True, options={"num_predict": -1}))
+        )
         assert (raw.content, raw.final.prompt_eval_count, raw.final.done_reason) == ("raw:Once upon", 12, "stop")
         sent = upstream.bodies("/v1/completions")[-1]
         assert sent["prompt"] == "Once upon" and "max_tokens" not in sent and sent["stream"] is True
         templated = await collect(b.generate(GenerateCall(model="chat-model", prompt="Hi", system="Be brief.")))
         assert templated.content == "Hello world"
         assert upstream.bodies("/v1/chat/completions")[-1]["messages"] == [
-            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+        ]
         with pytest.raises(BadRequest, match="template"):
             b.generate(GenerateCall(model="chat-model", prompt="Hi", template="{{ .Prompt }}"))
         with pytest.raises(BadRequest, match="context"):
@@ -184,8 +234,12 @@ async def test_embed_orders_by_index_and_normalises(upstream: FakeUpstream) -> N
         out = await b.embed(EmbedCall("chat-model", ["a", "b"], dimensions=2))
     assert out.vectors == [pytest.approx([0.6, 0.8]), pytest.approx([0.0, 1.0])]
     assert out.prompt_tokens == 5 and out.total_ns > 0
-    assert upstream.bodies("/v1/embeddings")[-1] == {"model": "chat-model", "input": ["a", "b"],
-                                                     "encoding_format": "float", "dimensions": 2}
+    assert upstream.bodies("/v1/embeddings")[-1] == {
+        "model": "chat-model",
+        "input": ["a", "b"],
+        "encoding_format": "float",
+        "dimensions": 2,
+    }
 
 
 async def test_the_catalog_is_v1_models(upstream: FakeUpstream) -> None:
@@ -240,8 +294,11 @@ def test_ollama_routes_over_the_backend_speak_ollama(upstream: FakeUpstream, tmp
         assert lines[-1]["done"] and lines[-1]["eval_count"] == USAGE["completion_tokens"]
         assert lines[-1]["eval_duration"] > 0 and lines[-1]["prompt_eval_duration"] > 0
         tools = client.post("/api/chat", json={"model": "tool-model", "messages": HI, "stream": False}).json()
-        assert tools["message"]["tool_calls"][0]["function"] == {"index": 0, "name": "get_weather",
-                                                                 "arguments": {"city": "Paris"}}
+        assert tools["message"]["tool_calls"][0]["function"] == {
+            "index": 0,
+            "name": "get_weather",
+            "arguments": {"city": "Paris"},
+        }
         assert [m["name"] for m in client.get("/api/tags").json()["models"]][:2] == ["chat-model", "tool-model"]
         assert client.post("/api/show", json={"model": "tool-model"}).json()["details"]["format"] == "openai"
         assert client.get("/api/ps").json()["models"][0]["expires_at"].startswith("9999-12-31")

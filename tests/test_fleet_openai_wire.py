@@ -9,12 +9,14 @@ import pytest
 from corral.errors import BadGateway, BadRequest, ModelNotFound, TooManyRequests
 from corral.fleet.openai_wire import SSEDecoder, StreamFolder, response_format, sampling, upstream_error
 
-EVENTS = (b'data: {"a": 1}\n\n'
-          b": a comment line\r\n"
-          b'data: {"b":\r\ndata: 2}\r\n\r\n'  # CRLF, and one event's data over two lines
-          b'event: message\ndata:{"c": 3}\n\n'  # no space after the colon
-          b'error: {"message": "boom"}\n\n'
-          b"data: [DONE]\n\n")
+EVENTS = (
+    b'data: {"a": 1}\n\n'
+    b": a comment line\r\n"
+    b'data: {"b":\r\ndata: 2}\r\n\r\n'  # CRLF, and one event's data over two lines
+    b'event: message\ndata:{"c": 3}\n\n'  # no space after the colon
+    b'error: {"message": "boom"}\n\n'
+    b"data: [DONE]\n\n"
+)
 
 
 @pytest.mark.parametrize("step", [1, 2, 5, 13, 1000])
@@ -22,10 +24,15 @@ def test_sse_events_cut_at_any_byte_arrive_whole(step: int) -> None:
     decoder = SSEDecoder()
     out: list[bytes] = []
     for i in range(0, len(EVENTS), step):
-        out += decoder.feed(EVENTS[i:i + step])
+        out += decoder.feed(EVENTS[i : i + step])
     out += decoder.finish()
     assert [json.loads(p) if p != b"[DONE]" else p for p in out] == [
-        {"a": 1}, {"b": 2}, {"c": 3}, {"error": {"message": "boom"}}, b"[DONE]"]
+        {"a": 1},
+        {"b": 2},
+        {"c": 3},
+        {"error": {"message": "boom"}},
+        b"[DONE]",
+    ]
 
 
 def test_an_event_without_its_blank_line_is_kept_at_the_end() -> None:
@@ -36,8 +43,18 @@ def test_an_event_without_its_blank_line_is_kept_at_the_end() -> None:
 
 def test_tool_arguments_that_are_no_json_object_come_back_as_content() -> None:
     folder = StreamFolder("m", "up")
-    folder.chunk({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c1", "function": {
-        "name": "f", "arguments": "{not json"}}]}, "finish_reason": "tool_calls"}]})
+    folder.chunk(
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{not json"}}]
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ]
+        }
+    )
     final = folder.final()
     assert final.tool_calls == [] and json.loads(final.content) == {"name": "f", "arguments": "{not json"}
     assert final.eval_count == 0 and final.prompt_eval_ns > 0  # no usage chunk: nothing counted, timings positive
@@ -45,13 +62,30 @@ def test_tool_arguments_that_are_no_json_object_come_back_as_content() -> None:
 
 def test_completion_logprobs_become_chat_style_entries_and_usage_can_ride_the_last_chunk() -> None:
     folder = StreamFolder("m", "up")
-    piece = folder.chunk({"choices": [{"text": "Hi", "logprobs": {
-        "tokens": ["Hi"], "token_logprobs": [-0.5], "top_logprobs": [{"Hi": -0.5, "Hey": -1.0}]}}]})
+    piece = folder.chunk(
+        {
+            "choices": [
+                {
+                    "text": "Hi",
+                    "logprobs": {
+                        "tokens": ["Hi"],
+                        "token_logprobs": [-0.5],
+                        "top_logprobs": [{"Hi": -0.5, "Hey": -1.0}],
+                    },
+                }
+            ]
+        }
+    )
     assert piece is not None and piece.logprobs == [
-        {"token": "Hi", "logprob": -0.5, "top_logprobs": [{"token": "Hi", "logprob": -0.5},
-                                                          {"token": "Hey", "logprob": -1.0}]}]
-    folder.chunk({"choices": [{"text": "", "finish_reason": "length"}],
-                  "usage": {"prompt_tokens": 4, "completion_tokens": 1}})
+        {
+            "token": "Hi",
+            "logprob": -0.5,
+            "top_logprobs": [{"token": "Hi", "logprob": -0.5}, {"token": "Hey", "logprob": -1.0}],
+        }
+    ]
+    folder.chunk(
+        {"choices": [{"text": "", "finish_reason": "length"}], "usage": {"prompt_tokens": 4, "completion_tokens": 1}}
+    )
     final = folder.final()
     assert (final.done_reason, final.prompt_eval_count, final.eval_count) == ("length", 4, 1)
 

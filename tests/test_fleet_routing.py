@@ -19,11 +19,20 @@ SYSTEM = {"role": "system", "content": "You are a patient tutor."}
 DOCUMENT = {"role": "system", "content": "Answer from this manual only. " + "The pump primes in ten seconds. " * 60}
 
 
-def make(names: str = "abc", *, routing: Routing = "cache-aware", loaded: str | None = None, margin: float = 4,
-         weights: dict[str, float] | None = None) -> tuple[FleetState, Router]:
+def make(
+    names: str = "abc",
+    *,
+    routing: Routing = "cache-aware",
+    loaded: str | None = None,
+    margin: float = 4,
+    weights: dict[str, float] | None = None,
+) -> tuple[FleetState, Router]:
     specs = tuple(UpstreamSpec(n, f"http://{n}:1", weight=(weights or {}).get(n, 1.0)) for n in names)
-    fleet = FleetState(FleetConfig(upstreams=specs, routing=routing, load_margin=margin, block_size=32,
-                                   failure_threshold=1, cooldown=10))
+    fleet = FleetState(
+        FleetConfig(
+            upstreams=specs, routing=routing, load_margin=margin, block_size=32, failure_threshold=1, cooldown=10
+        )
+    )
     for state in fleet:
         state.set_catalog([{"name": MODEL, "model": MODEL}, {"name": "other:1b", "model": "other:1b"}], 0.0)
         if loaded is None or state.name in loaded:

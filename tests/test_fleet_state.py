@@ -103,8 +103,11 @@ def test_failures_eject_and_say_why_in_the_snapshot() -> None:
 def test_catalog_matching_and_the_models_restriction() -> None:
     fs = fleet(UpstreamSpec("a", "http://a:1"), UpstreamSpec("b", "http://b:1", models=("llama3", "qwen:7b")))
     a, b = fs.get("a"), fs.get("b")
-    tags = [{"name": "llama3:latest", "model": "llama3:latest"}, {"name": "qwen:7b", "model": "qwen:7b"},
-            {"name": "phi:2b", "model": "phi:2b"}]
+    tags = [
+        {"name": "llama3:latest", "model": "llama3:latest"},
+        {"name": "qwen:7b", "model": "qwen:7b"},
+        {"name": "phi:2b", "model": "phi:2b"},
+    ]
     a.set_catalog(tags, 1.0)
     b.set_catalog(tags, 1.0)
     a.set_running([{"name": "phi:2b", "model": "phi:2b"}], 1.0)

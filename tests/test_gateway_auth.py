@@ -34,10 +34,19 @@ from tests.conftest import ROOT, SMOLLM, ServerProc, free_port, launch
 OPTS = {"temperature": 0, "num_predict": 4}
 
 # The policy, written out: any route not named here must be a user route.
-OPEN = {("/", "GET"), ("/", "HEAD"), ("/api/version", "GET"), ("/api/version", "HEAD"),
-        # the API description and the playground page (a browser cannot send a key for a page or a script)
-        ("/api/openapi.json", "GET"), ("/api/openapi.json", "HEAD"), ("/playground", "GET"), ("/playground", "HEAD"),
-        ("/playground/{path:path}", "GET"), ("/playground/{path:path}", "HEAD")}
+OPEN = {
+    ("/", "GET"),
+    ("/", "HEAD"),
+    ("/api/version", "GET"),
+    ("/api/version", "HEAD"),
+    # the API description and the playground page (a browser cannot send a key for a page or a script)
+    ("/api/openapi.json", "GET"),
+    ("/api/openapi.json", "HEAD"),
+    ("/playground", "GET"),
+    ("/playground", "HEAD"),
+    ("/playground/{path:path}", "GET"),
+    ("/playground/{path:path}", "HEAD"),
+}
 ADMIN_PATHS = {"/api/create", "/api/copy", "/api/delete", "/api/blobs/{digest}", "/api/pull", "/api/push", "/metrics"}
 V2_READS = {"/v2/", "/v2", "/v2/{namespace}/{model}/manifests/{reference}", "/v2/{namespace}/{model}/blobs/{digest}"}
 
@@ -52,8 +61,15 @@ def expected_scope(path: str, method: str) -> str:
     return "user"
 
 
-PARAMS = {"digest": "sha256:" + "0" * 64, "namespace": "library", "model": "smollm2", "reference": "latest",
-          "upload_id": "no-such-upload", "path": "nothing", "response_id": "resp_nothing"}
+PARAMS = {
+    "digest": "sha256:" + "0" * 64,
+    "namespace": "library",
+    "model": "smollm2",
+    "reference": "latest",
+    "upload_id": "no-such-upload",
+    "path": "nothing",
+    "response_id": "resp_nothing",
+}
 
 
 def concrete(route: Route) -> str:
@@ -100,8 +116,11 @@ def keyed(server: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def test_every_route_declares_the_scope_the_policy_gives_it(tmp_path: Path) -> None:
     routes = app_routes(tmp_path)
     assert len(routes) > 30
-    wrong = [(r.path, m, route_scope(r), expected_scope(r.path, m)) for r, m in routes
-             if route_scope(r) != expected_scope(r.path, m)]
+    wrong = [
+        (r.path, m, route_scope(r), expected_scope(r.path, m))
+        for r, m in routes
+        if route_scope(r) != expected_scope(r.path, m)
+    ]
     assert wrong == []
 
 
@@ -113,8 +132,9 @@ def test_every_route_enforces_its_scope(keyed: tuple[ServerProc, str, str], tmp_
             path, scope = concrete(route), route_scope(route)
             body = b"{}" if method in ("POST", "PUT", "PATCH", "DELETE") else None
 
-            def call(headers: dict[str, str], path: str = path, method: str = method,
-                     body: bytes | None = body) -> httpx.Response:
+            def call(
+                headers: dict[str, str], path: str = path, method: str = method, body: bytes | None = body
+            ) -> httpx.Response:
                 return http.request(method, path, content=body, headers=headers)
 
             anonymous, as_user, as_admin = call({}), call(bearer(user_key)), call({"x-api-key": admin_key})
@@ -141,9 +161,14 @@ def test_every_route_enforces_its_scope(keyed: tuple[ServerProc, str, str], tmp_
         # a path no route claims needs a key too; a CORS preflight never does
         assert http.get("/api/nothing").status_code == 401
         assert http.get("/api/nothing", headers=bearer(user_key)).status_code == 404
-        preflight = http.options("/api/chat", headers={"Origin": "http://localhost:3000",
-                                                       "Access-Control-Request-Method": "POST",
-                                                       "Access-Control-Request-Headers": "authorization"})
+        preflight = http.options(
+            "/api/chat",
+            headers={
+                "Origin": "http://localhost:3000",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
         assert preflight.status_code == 200
         assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
     assert len(seen) == len(set(seen)) > 30
@@ -156,12 +181,20 @@ def corral_cli(home: Path, *args: str, env: dict[str, str] | None = None) -> sub
     full = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     full["CORRAL_HOME"] = str(home)
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "corral", *args], cwd=ROOT, env=full, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-def test_key_lifecycle_through_the_cli_on_a_running_server(server: ServerProc,
-                                                            start_server: Callable[..., ServerProc]) -> None:
+def test_key_lifecycle_through_the_cli_on_a_running_server(
+    server: ServerProc, start_server: Callable[..., ServerProc]
+) -> None:
     srv = start_server({"OLLAMA_MODELS": str(server.home / "models"), "CORRAL_STARTER_MODELS": "0"})
     home, url = srv.home, srv.url
     assert httpx.get(url + "/api/tags").status_code == 200  # no key yet, loopback: open, as Ollama
@@ -279,8 +312,14 @@ def serve(home: Path, *args: str) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env.update({"CORRAL_HOME": str(home), "CORRAL_HOST": f"0.0.0.0:{port}", "CORRAL_STARTER_MODELS": "0"})
-    proc = subprocess.Popen([sys.executable, "-m", "corral", "serve", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral", "serve", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     return proc, port
 
 
@@ -297,8 +336,9 @@ def test_public_bind_starts_with_no_auth_and_serve_flags(tmp_path: Path) -> None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=1,
-                              headers={"Origin": "https://play.example"})
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/api/tags", timeout=1, headers={"Origin": "https://play.example"}
+                )
             except httpx.HTTPError:
                 time.sleep(0.3)
                 continue

@@ -35,8 +35,10 @@ def test_open_database_picks_the_backend(tmp_path: Path) -> None:
         db = open_database(url)
         assert isinstance(db, PostgresDatabase) and db.remote
         assert "secret" not in db.display
-    assert redact_url("postgresql://u:secret@db:5432/corral?sslmode=require") == \
-        "postgresql://u:***@db:5432/corral?sslmode=require"
+    assert (
+        redact_url("postgresql://u:secret@db:5432/corral?sslmode=require")
+        == "postgresql://u:***@db:5432/corral?sslmode=require"
+    )
     assert redact_url("postgresql://db/corral") == "postgresql://db/corral"
 
 
@@ -47,6 +49,7 @@ def test_unreachable_postgres_is_a_database_error() -> None:
 
 
 # ---- connections ---------------------------------------------------------------------
+
 
 def test_rows_placeholders_and_errors(db: Database) -> None:
     conn = db.conn
@@ -59,7 +62,7 @@ def test_rows_placeholders_and_errors(db: Database) -> None:
     with pytest.raises(DatabaseError):
         conn.execute("SELEKT 1")
     assert conn.execute("SELECT 1").one()[0] == 1  # the connection is still good after an error
-    KeyStoreRow = ("INSERT INTO keys(name, scope, prefix, hash, created_at) VALUES (?, ?, ?, ?, ?)")
+    KeyStoreRow = "INSERT INTO keys(name, scope, prefix, hash, created_at) VALUES (?, ?, ?, ?, ?)"
     conn.execute(KeyStoreRow, ("a", "user", "p1", "h", "now"))
     with pytest.raises(IntegrityError):
         conn.execute(KeyStoreRow, ("b", "user", "p1", "h", "now"))  # the prefix is unique
@@ -86,8 +89,7 @@ def test_transactions_commit_or_roll_back(db: Database) -> None:
 
 def test_timestamps_and_counters_keep_their_precision(db: Database) -> None:
     ts = time.time()
-    db.conn.execute("INSERT INTO rate_events(key_name, ts, requests, tokens) VALUES (?, ?, ?, ?)",
-                    ("k", ts, 1, 2**40))
+    db.conn.execute("INSERT INTO rate_events(key_name, ts, requests, tokens) VALUES (?, ?, ?, ?)", ("k", ts, 1, 2**40))
     row = db.conn.execute("SELECT ts, tokens FROM rate_events").one()
     assert row["ts"] == ts and row["tokens"] == 2**40
 
@@ -104,7 +106,8 @@ def test_a_dropped_postgres_connection_is_replaced(pg_url: str) -> None:
     killer = open_database(pg_url)
     killed = killer.conn.execute(  # as a server restart would: every other session of this database goes
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()").one()[0]
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).one()[0]
     assert killed >= 2  # this thread's connection and the log writer's
     with pytest.raises(DatabaseError):
         db.conn.execute("SELECT 1")
@@ -118,6 +121,7 @@ def test_a_dropped_postgres_connection_is_replaced(pg_url: str) -> None:
 
 
 # ---- migrations -----------------------------------------------------------------------
+
 
 def test_migrations_recorded_by_name_and_idempotent(db_url: str) -> None:
     db = open_database(db_url)
@@ -185,6 +189,7 @@ def test_concurrent_migrators_apply_each_step_once(db_url: str) -> None:
 
 
 # ---- stored /v1/responses -------------------------------------------------------------
+
 
 def test_response_store(db_url: str) -> None:
     store = ResponseStore.open(db_url)

@@ -29,8 +29,13 @@ def test_create_verify_and_list(db: Database) -> None:
     key, secret = store.create("ci", models=["smollm2:135m", "all-minilm"], rpm=10, tpm=1000)
     assert secret.startswith(KEY_PREFIX) and len(secret) >= 50
     assert key.prefix == secret[:PREFIX_LEN]
-    assert (key.scope, key.admin, key.models, key.rpm, key.tpm) == ("user", False, ("smollm2:135m", "all-minilm"),
-                                                                    10, 1000)
+    assert (key.scope, key.admin, key.models, key.rpm, key.tpm) == (
+        "user",
+        False,
+        ("smollm2:135m", "all-minilm"),
+        10,
+        1000,
+    )
     found = store.verify(secret)
     assert found is not None and found.name == "ci" and found.models == key.models
     admin, admin_secret = store.create("root", admin=True)
@@ -44,8 +49,15 @@ def test_wrong_or_malformed_secrets_are_refused(db: Database) -> None:
     store = KeyStore(db)
     _, secret = store.create("ci")
     flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
-    for bad in (flipped, secret + "x", secret[:PREFIX_LEN], "", "Bearer " + secret, secret.upper(),
-                KEY_PREFIX + "zzzzzzzz" + secret[PREFIX_LEN:]):
+    for bad in (
+        flipped,
+        secret + "x",
+        secret[:PREFIX_LEN],
+        "",
+        "Bearer " + secret,
+        secret.upper(),
+        KEY_PREFIX + "zzzzzzzz" + secret[PREFIX_LEN:],
+    ):
         assert store.verify(bad) is None, bad
 
 
@@ -165,7 +177,9 @@ def test_model_allowlist_treats_latest_tag_as_same_model(db: Database) -> None:
 def test_the_name_is_unique_among_active_keys_in_the_database_too(db: Database) -> None:
     KeyStore(db).create("ci")
     with pytest.raises(IntegrityError):
-        db.conn.execute("INSERT INTO keys(name, scope, prefix, hash, created_at) VALUES ('ci', 'user', 'p', 'h', 'now')")
+        db.conn.execute(
+            "INSERT INTO keys(name, scope, prefix, hash, created_at) VALUES ('ci', 'user', 'p', 'h', 'now')"
+        )
     db.conn.execute("UPDATE keys SET revoked_at = 'now'")
     db.conn.execute("INSERT INTO keys(name, scope, prefix, hash, created_at) VALUES ('ci', 'user', 'p', 'h', 'now')")
 

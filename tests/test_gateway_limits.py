@@ -134,6 +134,7 @@ def test_keys_are_independent_and_forget_resets(make_limiter: MakeLimiter) -> No
 
 # ---- shared windows -----------------------------------------------------------------
 
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated database URL on each backend, for limiters that stand for separate replicas."""

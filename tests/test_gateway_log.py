@@ -17,8 +17,16 @@ from corral.gateway.timing import STREAM_TIMING_FIELD, server_timing, stream_mar
 
 
 def rec(i: int, **fields: object) -> RequestRecord:
-    base: dict[str, object] = {"id": f"req{i}", "ts": time.time(), "method": "POST", "path": "/api/chat",
-                               "route": "/api/chat", "model": "m", "status": 200, "total_ms": 10.0}
+    base: dict[str, object] = {
+        "id": f"req{i}",
+        "ts": time.time(),
+        "method": "POST",
+        "path": "/api/chat",
+        "route": "/api/chat",
+        "model": "m",
+        "status": 200,
+        "total_ms": 10.0,
+    }
     base.update(fields)
     return RequestRecord(**base)  # type: ignore[arg-type]
 
@@ -29,19 +37,55 @@ def count(db: Database, table: str = "requests") -> int:
 
 # ---- writing ------------------------------------------------------------------------
 
+
 def test_rows_round_trip_with_every_field(db: Database) -> None:
     log = RequestLog(db, flush_interval=0.01)
     log.start()
-    full = rec(1, key_name="ci", client="127.0.0.1:5000", user_agent="ollama-python/0.6", dialect="ollama",
-               error=None, stream=True, done_reason="stop", prompt_tokens=12, output_tokens=34, bytes_in=100,
-               bytes_out=5_000_000_000, auth_ms=0.1, queue_ms=0.4, load_ms=5.0, prompt_eval_ms=20.0, ttft_ms=61.2,
-               generation_ms=300.0, client_io_ms=1.5, upstream_ms=None, total_ms=412.9, upstream=None)
+    full = rec(
+        1,
+        key_name="ci",
+        client="127.0.0.1:5000",
+        user_agent="ollama-python/0.6",
+        dialect="ollama",
+        error=None,
+        stream=True,
+        done_reason="stop",
+        prompt_tokens=12,
+        output_tokens=34,
+        bytes_in=100,
+        bytes_out=5_000_000_000,
+        auth_ms=0.1,
+        queue_ms=0.4,
+        load_ms=5.0,
+        prompt_eval_ms=20.0,
+        ttft_ms=61.2,
+        generation_ms=300.0,
+        client_io_ms=1.5,
+        upstream_ms=None,
+        total_ms=412.9,
+        upstream=None,
+    )
     log.submit(full)
     log.close()
     (row,) = log.query()
     assert row["rowid"] == 1
-    for name in ("id", "ts", "key_name", "client", "user_agent", "dialect", "stream", "done_reason", "prompt_tokens",
-                 "output_tokens", "bytes_in", "bytes_out", "ttft_ms", "total_ms", "upstream_ms"):
+    for name in (
+        "id",
+        "ts",
+        "key_name",
+        "client",
+        "user_agent",
+        "dialect",
+        "stream",
+        "done_reason",
+        "prompt_tokens",
+        "output_tokens",
+        "bytes_in",
+        "bytes_out",
+        "ttft_ms",
+        "total_ms",
+        "upstream_ms",
+    ):
         assert row[name] == getattr(full, name), name
     assert row["stream"] is True
     assert full.phases()["ttft"] == 61.2 and full.phases()["upstream"] is None
@@ -146,6 +190,7 @@ def test_retention_prune(db: Database) -> None:
 
 # ---- reading ------------------------------------------------------------------------
 
+
 @pytest.fixture
 def filled(db: Database) -> RequestLog:
     now = time.time()
@@ -193,16 +238,25 @@ def test_stats_percentiles_on_known_data(db: Database) -> None:
     log = RequestLog(db)
     now = time.time()
     for i in range(1, 101):  # model "m": total 1..100 ms, two of them failed
-        log.submit(rec(i, ts=now - 10, total_ms=float(i), status=500 if i in (7, 8) else 200,
-                       prompt_tokens=2, output_tokens=3))
+        log.submit(
+            rec(i, ts=now - 10, total_ms=float(i), status=500 if i in (7, 8) else 200, prompt_tokens=2, output_tokens=3)
+        )
     log.submit(rec(200, ts=now - 10, model="n", total_ms=40.0, status=200, error="stream broke"))
     log.submit(rec(201, ts=now - 10, model="n", total_ms=None, status=429))
     log.submit(rec(300, ts=now - 10 * 86400, model="m", total_ms=99999.0))  # outside the window
     log.close()
     stats = log.stats(since=now - 86400)
     m, n = stats["models"]
-    assert m == {"model": "m", "turns": 100, "ok": 98, "avg_ms": 50.5, "p50_ms": 50.0, "p95_ms": 95.0,
-                 "prompt_tokens": 200, "output_tokens": 300}
+    assert m == {
+        "model": "m",
+        "turns": 100,
+        "ok": 98,
+        "avg_ms": 50.5,
+        "p50_ms": 50.0,
+        "p95_ms": 95.0,
+        "prompt_tokens": 200,
+        "output_tokens": 300,
+    }
     assert (n["model"], n["turns"], n["ok"], n["avg_ms"], n["p50_ms"], n["p95_ms"]) == ("n", 2, 0, 40.0, 40.0, 40.0)
     assert stats["statuses"] == {"200": 99, "429": 1, "500": 2}
     assert stats["requests"] == 102
@@ -212,9 +266,11 @@ def test_stats_percentiles_on_known_data(db: Database) -> None:
 def test_beacons_are_stored_and_summarised(db: Database) -> None:
     log = RequestLog(db)
     log.start()
-    ok = parse_beacon(b'{"event": "chat_turn", "model": "m", "timings": {"ttft": 61.2, "total": 412.9},'
-                      b' "status": 200, "clientProfile": {"userAgent": "Firefox", "screen": "1920x1080",'
-                      b' "timezone": "Europe/Paris", "language": "fr", "dpr": 2}, "deviceId": "abc"}')
+    ok = parse_beacon(
+        b'{"event": "chat_turn", "model": "m", "timings": {"ttft": 61.2, "total": 412.9},'
+        b' "status": 200, "clientProfile": {"userAgent": "Firefox", "screen": "1920x1080",'
+        b' "timezone": "Europe/Paris", "language": "fr", "dpr": 2}, "deviceId": "abc"}'
+    )
     failed = parse_beacon(b'{"event": "chat_turn", "model": "m", "status": 502, "error": "bad gateway"}')
     log.record_beacon(beacon_dict(ok), "alice")
     log.record_beacon(beacon_dict(failed), "bob")
@@ -235,11 +291,15 @@ def test_beacon_validation() -> None:
     with pytest.raises(PayloadTooLarge) as too_big:
         parse_beacon(b'{"event": "x", "error": "' + b"a" * MAX_BEACON_BYTES + b'"}')
     assert too_big.value.status == 413
-    for body, message in ((b"{not json", "invalid JSON"), (b"[1, 2]", "invalid analytics event"),
-                          (b'{"model": "m"}', "event"), (b'{"event": "x", "status": "teapot"}', "status"),
-                          (b'{"event": "x", "timings": {"ttft": "fast"}}', "timings"),
-                          (b'{"event": "x", "timings": {"ttft": NaN}}', "timings"),
-                          (b'{"event": "x", ' + b", ".join(b'"f%d": 1' % i for i in range(40)) + b"}", "extra")):
+    for body, message in (
+        (b"{not json", "invalid JSON"),
+        (b"[1, 2]", "invalid analytics event"),
+        (b'{"model": "m"}', "event"),
+        (b'{"event": "x", "status": "teapot"}', "status"),
+        (b'{"event": "x", "timings": {"ttft": "fast"}}', "timings"),
+        (b'{"event": "x", "timings": {"ttft": NaN}}', "timings"),
+        (b'{"event": "x", ' + b", ".join(b'"f%d": 1' % i for i in range(40)) + b"}", "extra"),
+    ):
         with pytest.raises(BadRequest, match=message) as bad:
             parse_beacon(body)
         assert bad.value.status == 400

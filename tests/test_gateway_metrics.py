@@ -19,10 +19,26 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     return out
 
 
-def chat(model: str, status: int, total_ms: float | None, ttft_ms: float | None = None,
-         prompt: int | None = None, output: int | None = None, route: str = "/api/chat") -> RequestRecord:
-    return RequestRecord(id="r", ts=0.0, route=route, model=model, status=status, total_ms=total_ms, ttft_ms=ttft_ms,
-                         prompt_tokens=prompt, output_tokens=output)
+def chat(
+    model: str,
+    status: int,
+    total_ms: float | None,
+    ttft_ms: float | None = None,
+    prompt: int | None = None,
+    output: int | None = None,
+    route: str = "/api/chat",
+) -> RequestRecord:
+    return RequestRecord(
+        id="r",
+        ts=0.0,
+        route=route,
+        model=model,
+        status=status,
+        total_ms=total_ms,
+        ttft_ms=ttft_ms,
+        prompt_tokens=prompt,
+        output_tokens=output,
+    )
 
 
 def test_requests_latency_and_tokens() -> None:
@@ -50,9 +66,13 @@ def test_live_gauges_are_read_at_scrape_time() -> None:
     m = Metrics()
     depth = {"smollm2:135m": 3}
     backlog = [7]
-    m.set_sources(queue_depth=lambda: dict(depth), slots=lambda: {"smollm2:135m": (1, 4)},
-                  loaded=lambda: {"smollm2:135m": 98_000_000, "all-minilm": 45_000_000},
-                  log_backlog=lambda: backlog[0], log_dropped=lambda: 2)
+    m.set_sources(
+        queue_depth=lambda: dict(depth),
+        slots=lambda: {"smollm2:135m": (1, 4)},
+        loaded=lambda: {"smollm2:135m": 98_000_000, "all-minilm": 45_000_000},
+        log_backlog=lambda: backlog[0],
+        log_dropped=lambda: 2,
+    )
     s = samples(m)
     model = (("model", "smollm2:135m"),)
     assert s[("corral_queue_depth", model)] == 3
@@ -86,8 +106,10 @@ def test_private_registries_do_not_collide_or_touch_the_global_one() -> None:
     a.observe(chat("x", 200, 1.0))
     assert ("corral_requests_total", (("model", "x"), ("route", "/api/chat"), ("status", "200"))) in samples(a)
     assert not any(name == "corral_requests_total" for name, _ in samples(b))
-    assert REGISTRY.get_sample_value("corral_requests_total", {"route": "/api/chat", "model": "x",
-                                                                "status": "200"}) is None
+    assert (
+        REGISTRY.get_sample_value("corral_requests_total", {"route": "/api/chat", "model": "x", "status": "200"})
+        is None
+    )
 
 
 def test_model_label_values_are_capped() -> None:

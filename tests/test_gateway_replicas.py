@@ -25,21 +25,37 @@ from tests.test_proxy import launch_proxy
 def keys_cli(home: Path, db: str, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env["CORRAL_HOME"] = str(home)
-    out = subprocess.run([sys.executable, "-m", "corral", "keys", *args, "--db", db], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "corral", "keys", *args, "--db", db],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 
 
 def chat(url: str, key: str, agent: str) -> httpx.Response:
-    return httpx.post(url + "/api/chat", headers={"Authorization": f"Bearer {key}", "User-Agent": agent},
-                      json={"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}], "stream": False,
-                            "options": {"num_predict": 2, "temperature": 0}}, timeout=120)
+    return httpx.post(
+        url + "/api/chat",
+        headers={"Authorization": f"Bearer {key}", "User-Agent": agent},
+        json={
+            "model": SMOLLM,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "stream": False,
+            "options": {"num_predict": 2, "temperature": 0},
+        },
+        timeout=120,
+    )
 
 
 def logged_agents(url: str, admin: str) -> set[Any]:
-    r = httpx.get(url + "/api/admin/requests", params={"limit": 100},
-                  headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+    r = httpx.get(
+        url + "/api/admin/requests", params={"limit": 100}, headers={"Authorization": f"Bearer {admin}"}, timeout=30
+    )
     assert r.status_code == 200, r.text
     return {row["user_agent"] for row in r.json()["requests"]}
 
@@ -91,8 +107,15 @@ def test_serve_and_proxy_refuse_to_start_when_the_database_is_unreachable(tmp_pa
     env["CORRAL_HOME"] = str(tmp_path)
     bad = "postgresql://corral:hunter2@127.0.0.1:1/corral"
     for command in (["serve", "--port", "1"], ["proxy", "--port", "1"]):
-        out = subprocess.run([sys.executable, "-m", "corral", *command, "--db", bad], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=60, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "corral", *command, "--db", bad],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert out.returncode == 1, out.stderr
         assert "ERROR corral" in out.stderr and "127.0.0.1" in out.stderr and "Traceback" not in out.stderr
         assert "hunter2" not in out.stderr

@@ -72,8 +72,9 @@ def gw(server: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     db.migrate()
     keys = KeyStore(db)
     admin, user = keys.create("root", admin=True)[1], keys.create("alice")[1]
-    srv = launch(home, {"OLLAMA_MODELS": str(server.home / "models"), "CORRAL_STARTER_MODELS": "0",
-                        "OLLAMA_NUM_PARALLEL": "1"})
+    srv = launch(
+        home, {"OLLAMA_MODELS": str(server.home / "models"), "CORRAL_STARTER_MODELS": "0", "OLLAMA_NUM_PARALLEL": "1"}
+    )
     yield Gw(srv, admin, user)
     srv.stop()
 
@@ -112,8 +113,12 @@ def test_log_rows_and_phases_for_each_kind_of_request(gw: Gw) -> None:
     out = client.generate(model=SMOLLM, prompt="Say hi", options=OPTS)
     gen = gw.row(seen.last.headers["x-request-id"])
     assert gen["key_name"] == "alice" and gen["client"] == "127.0.0.1" and "ollama-python" in gen["user_agent"]
-    assert (gen["method"], gen["path"], gen["route"], gen["dialect"]) == ("POST", "/api/generate", "/api/generate",
-                                                                          "ollama")
+    assert (gen["method"], gen["path"], gen["route"], gen["dialect"]) == (
+        "POST",
+        "/api/generate",
+        "/api/generate",
+        "ollama",
+    )
     assert gen["model"] == SMOLLM and gen["status"] == 200 and gen["error"] is None and gen["stream"] is False
     assert gen["done_reason"] == out.done_reason
     assert (gen["prompt_tokens"], gen["output_tokens"]) == (out.prompt_eval_count, out.eval_count)
@@ -136,8 +141,12 @@ def test_log_rows_and_phases_for_each_kind_of_request(gw: Gw) -> None:
     assert emb["load_ms"] is not None
 
     oai_seen = Captured()
-    oai = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.user, max_retries=0,
-                        http_client=httpx.Client(event_hooks={"response": [oai_seen]}))
+    oai = openai.OpenAI(
+        base_url=gw.url + "/v1",
+        api_key=gw.user,
+        max_retries=0,
+        http_client=httpx.Client(event_hooks={"response": [oai_seen]}),
+    )
     reply = oai.chat.completions.create(model=SMOLLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     v1 = gw.row(oai_seen.last.headers["x-request-id"])
     assert (v1["dialect"], v1["route"], v1["model"], v1["status"]) == ("openai", "/v1/chat/completions", SMOLLM, 200)
@@ -159,22 +168,34 @@ def test_log_rows_and_phases_for_each_kind_of_request(gw: Gw) -> None:
 
 
 def test_timing_headers_on_every_response_and_exposed_to_browsers(gw: Gw) -> None:
-    r = httpx.post(gw.url + "/api/generate", headers=bearer(gw.user), timeout=120,
-                   json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": OPTS})
+    r = httpx.post(
+        gw.url + "/api/generate",
+        headers=bearer(gw.user),
+        timeout=120,
+        json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": OPTS},
+    )
     assert r.headers["server-timing"] == r.headers["x-sdl-proxy-timing"]
     whole = parse_timing(r.headers["server-timing"])
     assert {"auth", "queue", "load", "prompt_eval", "ttft", "generation", "total"} <= set(whole)
     assert r.json()[STREAM_TIMING_FIELD]["generation"] == whole["generation"]
 
-    with httpx.stream("POST", gw.url + "/api/generate", headers=bearer(gw.user), timeout=120,
-                      json={"model": SMOLLM, "prompt": "Hi", "options": OPTS}) as s:
+    with httpx.stream(
+        "POST",
+        gw.url + "/api/generate",
+        headers=bearer(gw.user),
+        timeout=120,
+        json={"model": SMOLLM, "prompt": "Hi", "options": OPTS},
+    ) as s:
         at_start = parse_timing(s.headers["x-sdl-proxy-timing"])
         lines = [json.loads(line) for line in s.iter_lines() if line]
     assert {"auth", "queue", "load", "ttft"} <= set(at_start) and "total" not in at_start  # known when it began
     assert lines[-1][STREAM_TIMING_FIELD]["total"] >= at_start["ttft"]
 
-    for response in (httpx.get(gw.url + "/api/tags"), httpx.get(gw.url + "/"),
-                     httpx.get(gw.url + "/api/tags", headers=bearer(gw.user))):
+    for response in (
+        httpx.get(gw.url + "/api/tags"),
+        httpx.get(gw.url + "/"),
+        httpx.get(gw.url + "/api/tags", headers=bearer(gw.user)),
+    ):
         assert "total" in parse_timing(response.headers["server-timing"])
         assert response.headers["x-sdl-proxy-timing"] == response.headers["server-timing"]
 
@@ -189,11 +210,17 @@ def test_done_objects_carry_the_stream_marker(gw: Gw) -> None:
     assert list(client.generate(model=SMOLLM, prompt="Hi", stream=True, options=OPTS))[-1].done
     assert client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Hi"}], options=OPTS).done
     # ... and the marker is in the final done object of each, streamed or not, as the raw NDJSON shows.
-    for path, body in (("/api/generate", {"prompt": "Hi"}), ("/api/chat", {"messages": [{"role": "user",
-                                                                                          "content": "Hi"}]})):
+    for path, body in (
+        ("/api/generate", {"prompt": "Hi"}),
+        ("/api/chat", {"messages": [{"role": "user", "content": "Hi"}]}),
+    ):
         for stream in (True, False):
-            r = httpx.post(gw.url + path, headers=bearer(gw.user), timeout=120,
-                           json={"model": SMOLLM, "stream": stream, "options": OPTS, **body})
+            r = httpx.post(
+                gw.url + path,
+                headers=bearer(gw.user),
+                timeout=120,
+                json={"model": SMOLLM, "stream": stream, "options": OPTS, **body},
+            )
             objects = [json.loads(line) for line in r.text.splitlines() if line]
             assert all(STREAM_TIMING_FIELD not in o for o in objects[:-1])
             done = objects[-1]
@@ -214,8 +241,7 @@ def scrape(gw: Gw) -> dict[str, Any]:
 
 
 def samples(family: Any, name: str, **labels: str) -> list[float]:
-    return [s.value for s in family.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    return [s.value for s in family.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
 
 
 def test_metrics_parse_and_count_requests(gw: Gw) -> None:
@@ -224,12 +250,30 @@ def test_metrics_parse_and_count_requests(gw: Gw) -> None:
     ollama.Client(host=gw.url, headers=bearer(gw.user)).generate(model=SMOLLM, prompt="Hi", options=OPTS)
     time.sleep(0.2)
     families = scrape(gw)
-    assert samples(families["corral_requests"], "corral_requests_total", route="/api/generate", model=SMOLLM,
-                   status="200")[0] >= 1
-    assert samples(families["corral_request_duration_seconds"], "corral_request_duration_seconds_count",
-                   route="/api/generate", model=SMOLLM)[0] >= 1
-    assert samples(families["corral_time_to_first_token_seconds"], "corral_time_to_first_token_seconds_count",
-                   route="/api/generate", model=SMOLLM)[0] >= 1
+    assert (
+        samples(
+            families["corral_requests"], "corral_requests_total", route="/api/generate", model=SMOLLM, status="200"
+        )[0]
+        >= 1
+    )
+    assert (
+        samples(
+            families["corral_request_duration_seconds"],
+            "corral_request_duration_seconds_count",
+            route="/api/generate",
+            model=SMOLLM,
+        )[0]
+        >= 1
+    )
+    assert (
+        samples(
+            families["corral_time_to_first_token_seconds"],
+            "corral_time_to_first_token_seconds_count",
+            route="/api/generate",
+            model=SMOLLM,
+        )[0]
+        >= 1
+    )
     assert samples(families["corral_prompt_tokens"], "corral_prompt_tokens_total", model=SMOLLM)[0] > 0
     assert samples(families["corral_output_tokens"], "corral_output_tokens_total", model=SMOLLM)[0] > 0
     assert samples(families["corral_model_loaded_bytes"], "corral_model_loaded_bytes", model=SMOLLM)[0] > 50e6
@@ -244,9 +288,13 @@ def test_queue_depth_rises_under_concurrent_load(gw: Gw) -> None:
     stop = threading.Event()
 
     def long_stream() -> None:
-        with httpx.stream("POST", gw.url + "/api/generate", headers=bearer(gw.user), timeout=120,
-                          json={"model": SMOLLM, "prompt": "Tell a long story.",
-                                "options": {"temperature": 0, "num_predict": 400}}) as r:
+        with httpx.stream(
+            "POST",
+            gw.url + "/api/generate",
+            headers=bearer(gw.user),
+            timeout=120,
+            json={"model": SMOLLM, "prompt": "Tell a long story.", "options": {"temperature": 0, "num_predict": 400}},
+        ) as r:
             for _ in r.iter_lines():
                 if stop.is_set():
                     break  # closing the stream frees the slot for the next one
@@ -291,18 +339,24 @@ def test_admin_api_shows_all_rows_to_admin_and_own_rows_to_a_user(gw: Gw) -> Non
     other = httpx.get(gw.url + "/api/admin/requests", params={"key": "root"}, headers=bearer(gw.user))
     assert other.status_code == 403
     # paging, over rows that no request of this test adds to (the admin API's own calls name no model)
-    by_model = httpx.get(gw.url + "/api/admin/requests", params={"model": SMOLLM, "limit": 500},
-                         headers=bearer(gw.admin)).json()["requests"]
+    by_model = httpx.get(
+        gw.url + "/api/admin/requests", params={"model": SMOLLM, "limit": 500}, headers=bearer(gw.admin)
+    ).json()["requests"]
     assert len(by_model) >= 3 and all(r["model"] == SMOLLM for r in by_model)
-    page = httpx.get(gw.url + "/api/admin/requests", params={"model": SMOLLM, "limit": 2, "offset": 1,
-                                                             "since": "1h"}, headers=bearer(gw.admin)).json()
+    page = httpx.get(
+        gw.url + "/api/admin/requests",
+        params={"model": SMOLLM, "limit": 2, "offset": 1, "since": "1h"},
+        headers=bearer(gw.admin),
+    ).json()
     assert (page["limit"], page["offset"]) == (2, 1)
     assert [r["id"] for r in page["requests"]] == [r["id"] for r in by_model[1:3]]
-    errors = httpx.get(gw.url + "/api/admin/requests", params={"status": "4xx", "limit": 500},
-                       headers=bearer(gw.admin)).json()["requests"]
+    errors = httpx.get(
+        gw.url + "/api/admin/requests", params={"status": "4xx", "limit": 500}, headers=bearer(gw.admin)
+    ).json()["requests"]
     assert errors and all(400 <= r["status"] < 500 for r in errors)
-    assert httpx.get(gw.url + "/api/admin/requests", params={"since": "soon"},
-                     headers=bearer(gw.admin)).status_code == 400
+    assert (
+        httpx.get(gw.url + "/api/admin/requests", params={"since": "soon"}, headers=bearer(gw.admin)).status_code == 400
+    )
 
     stats = httpx.get(gw.url + "/api/admin/stats", headers=bearer(gw.admin)).json()
     assert stats["requests"] >= len(everyone["requests"]) - 1 and stats["statuses"]["401"] >= 1
@@ -311,9 +365,13 @@ def test_admin_api_shows_all_rows_to_admin_and_own_rows_to_a_user(gw: Gw) -> Non
 
 
 def test_analytics_beacons_validated_capped_and_counted(gw: Gw) -> None:
-    event = {"event": "chat_turn", "model": SMOLLM, "timings": {"ttft": 80.5, "total": 900.0}, "status": 200,
-             "clientProfile": {"userAgent": "Mozilla/5.0", "screen": "1920x1080", "timezone": "UTC",
-                               "language": "en"}}
+    event = {
+        "event": "chat_turn",
+        "model": SMOLLM,
+        "timings": {"ttft": 80.5, "total": 900.0},
+        "status": 200,
+        "clientProfile": {"userAgent": "Mozilla/5.0", "screen": "1920x1080", "timezone": "UTC", "language": "en"},
+    }
     url = gw.url + "/api/playground/analytics"
     assert httpx.post(url, json=event).status_code == 401  # the API's auth
     ok = httpx.post(url, json=event, headers=bearer(gw.user))
@@ -324,8 +382,11 @@ def test_analytics_beacons_validated_capped_and_counted(gw: Gw) -> None:
     big = {**event, "padding": "x" * (64 * 1024)}
     too_big = httpx.post(url, json=big, headers=bearer(gw.user))
     assert too_big.status_code == 413 and "limit" in too_big.json()["error"]
-    chunked = httpx.post(url, content=iter([json.dumps(big).encode()[i:i + 8192]
-                                            for i in range(0, 70000, 8192)]), headers=bearer(gw.user))
+    chunked = httpx.post(
+        url,
+        content=iter([json.dumps(big).encode()[i : i + 8192] for i in range(0, 70000, 8192)]),
+        headers=bearer(gw.user),
+    )
     assert chunked.status_code == 413  # no Content-Length: counted while reading
     bad_json = httpx.post(url, content=b'{"event": "chat_turn",', headers=bearer(gw.user))
     assert bad_json.status_code == 400 and "invalid JSON" in bad_json.json()["error"]
@@ -345,8 +406,15 @@ def test_analytics_beacons_validated_capped_and_counted(gw: Gw) -> None:
 def corral(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env["CORRAL_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "corral", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_logs_and_stats_commands_read_the_running_servers_rows(gw: Gw) -> None:
@@ -361,7 +429,7 @@ def test_logs_and_stats_commands_read_the_running_servers_rows(gw: Gw) -> None:
     header, *rows = table.stdout.splitlines()
     assert header.split()[:6] == ["TIME", "KEY", "METHOD", "PATH", "MODEL", "STATUS"]
     assert any("/api/generate" in r and SMOLLM in r and "alice" in r for r in rows)
-    assert "model \"missing-model\" not found" in rows[-1]
+    assert 'model "missing-model" not found' in rows[-1]
 
     as_json = corral(gw.srv.home, "logs", "--json", "--model", SMOLLM, "--key", "alice", "-n", "3")
     parsed = [json.loads(line) for line in as_json.stdout.splitlines()]
@@ -382,8 +450,14 @@ def test_logs_and_stats_commands_read_the_running_servers_rows(gw: Gw) -> None:
 
 def test_sigterm_under_load_loses_no_log_rows(server: ServerProc, start_server: Callable[..., ServerProc]) -> None:
     # A long shutdown grace: on a loaded machine the queued generations still finish and are logged as 200.
-    srv = start_server({"OLLAMA_MODELS": str(server.home / "models"), "CORRAL_STARTER_MODELS": "0",
-                        "OLLAMA_NUM_PARALLEL": "2", "CORRAL_SHUTDOWN_GRACE": "60"})
+    srv = start_server(
+        {
+            "OLLAMA_MODELS": str(server.home / "models"),
+            "CORRAL_STARTER_MODELS": "0",
+            "OLLAMA_NUM_PARALLEL": "2",
+            "CORRAL_SHUTDOWN_GRACE": "60",
+        }
+    )
     httpx.post(srv.url + "/api/generate", json={"model": SMOLLM, "keep_alive": "5m"}, timeout=120)
     answered: dict[str, int] = {}  # request id -> status the client got
     lock = threading.Lock()
@@ -391,8 +465,10 @@ def test_sigterm_under_load_loses_no_log_rows(server: ServerProc, start_server: 
     def one() -> None:
         try:
             with httpx.Client(timeout=120) as http:  # a connection of its own
-                r = http.post(srv.url + "/api/generate", json={"model": SMOLLM, "prompt": "Count to ten",
-                                                               "stream": False, "options": {"num_predict": 16}})
+                r = http.post(
+                    srv.url + "/api/generate",
+                    json={"model": SMOLLM, "prompt": "Count to ten", "stream": False, "options": {"num_predict": 16}},
+                )
         except httpx.HTTPError:
             return  # refused or cut before it was read: never answered
         with lock:

@@ -35,8 +35,9 @@ GO_STREAM = "json: cannot unmarshal string into Go struct field {}.stream of typ
 
 
 def still_answers(url: str) -> None:
-    r = httpx.post(url + "/api/generate", timeout=120,
-                   json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": QUICK})
+    r = httpx.post(
+        url + "/api/generate", timeout=120, json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": QUICK}
+    )
     assert r.status_code == 200 and r.json()["done"] is True
 
 
@@ -58,15 +59,23 @@ def shared_env(server: ServerProc) -> dict[str, str]:
 
 # ---- types checked as strictly as Ollama's decoder checks them ---------------------------------------------
 
+
 def test_stream_given_as_a_string_is_400_not_a_stream(base_url: str) -> None:
     for path, body, struct in (
-            ("/api/generate", {"model": SMOLLM, "prompt": "Hi", "stream": "yes"}, "GenerateRequest"),
-            ("/api/chat", {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}], "stream": "yes"},
-             "ChatRequest")):
+        ("/api/generate", {"model": SMOLLM, "prompt": "Hi", "stream": "yes"}, "GenerateRequest"),
+        (
+            "/api/chat",
+            {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}], "stream": "yes"},
+            "ChatRequest",
+        ),
+    ):
         r = post(base_url, path, body)
         assert r.status_code == 400 and r.json() == {"error": GO_STREAM.format(struct)}
-    r = post(base_url, "/v1/chat/completions", {"model": SMOLLM, "stream": "yes",
-                                                 "messages": [{"role": "user", "content": "Hi"}]})
+    r = post(
+        base_url,
+        "/v1/chat/completions",
+        {"model": SMOLLM, "stream": "yes", "messages": [{"role": "user", "content": "Hi"}]},
+    )
     assert r.status_code == 400
     assert r.json()["error"]["message"] == GO_STREAM.format("ChatCompletionRequest")
     still_answers(base_url)
@@ -75,10 +84,14 @@ def test_stream_given_as_a_string_is_400_not_a_stream(base_url: str) -> None:
 def test_a_seed_beyond_64_bits_is_400(base_url: str) -> None:
     r = post(base_url, "/api/generate", {"model": SMOLLM, "prompt": "Hi", "options": {"seed": 2**64}})
     assert r.status_code == 400
-    assert r.json() == {"error": "json: cannot unmarshal number 18446744073709551616 into Go struct field "
-                                 "Options.seed of type int"}
-    r = post(base_url, "/v1/chat/completions", {"model": SMOLLM, "seed": -(2**63) - 1,
-                                                 "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.json() == {
+        "error": "json: cannot unmarshal number 18446744073709551616 into Go struct field Options.seed of type int"
+    }
+    r = post(
+        base_url,
+        "/v1/chat/completions",
+        {"model": SMOLLM, "seed": -(2**63) - 1, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     assert r.status_code == 400
     still_answers(base_url)
 
@@ -87,46 +100,87 @@ def test_invalid_base64_images_are_400_whatever_the_model(base_url: str) -> None
     for model in (SMOLLM, "all-minilm"):  # neither has vision: the images are refused first for what they are
         r = post(base_url, "/api/generate", {"model": model, "prompt": "What is this?", "images": ["abc!def"]})
         assert r.status_code == 400 and r.json() == {"error": "illegal base64 data at input byte 3"}
-        r = post(base_url, "/api/chat", {"model": model, "messages": [
-            {"role": "user", "content": "What is this?", "images": ["aGVsbG8"]}]})
+        r = post(
+            base_url,
+            "/api/chat",
+            {"model": model, "messages": [{"role": "user", "content": "What is this?", "images": ["aGVsbG8"]}]},
+        )
         assert r.status_code == 400 and r.json() == {"error": "illegal base64 data at input byte 4"}
     still_answers(base_url)
 
 
 # ---- format ------------------------------------------------------------------------------------------------
 
+
 def test_format_with_an_invalid_json_schema_is_400_naming_the_problem(base_url: str) -> None:
-    r = post(base_url, "/api/generate", {"model": SMOLLM, "prompt": "Invent a person.", "stream": False,
-                                         "format": {"type": "notatype"}})
+    r = post(
+        base_url,
+        "/api/generate",
+        {"model": SMOLLM, "prompt": "Invent a person.", "stream": False, "format": {"type": "notatype"}},
+    )
     assert r.status_code == 400
-    assert r.json() == {"error": 'invalid JSON schema in format at /type: "notatype" is not a valid type (one of '
-                                 '"array", "boolean", "integer", "null", "number", "object", "string")'}
-    r = post(base_url, "/api/chat", {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}],
-                                     "format": {"type": "object", "properties": {"age": {"type": "int"}}}})
+    assert r.json() == {
+        "error": 'invalid JSON schema in format at /type: "notatype" is not a valid type (one of '
+        '"array", "boolean", "integer", "null", "number", "object", "string")'
+    }
+    r = post(
+        base_url,
+        "/api/chat",
+        {
+            "model": SMOLLM,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "format": {"type": "object", "properties": {"age": {"type": "int"}}},
+        },
+    )
     assert r.status_code == 400 and "at /properties/age/type" in r.json()["error"]
-    r = post(base_url, "/v1/chat/completions", {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}],
-                                                 "response_format": {"type": "json_schema", "json_schema": {
-                                                     "name": "x", "schema": {"properties": 5}}}})
+    r = post(
+        base_url,
+        "/v1/chat/completions",
+        {
+            "model": SMOLLM,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"properties": 5}}},
+        },
+    )
     assert r.status_code == 400
-    assert r.json()["error"]["message"] == ("invalid JSON schema in format at /properties: properties must be an "
-                                            "object of schemas, not a number")
+    assert r.json()["error"]["message"] == (
+        "invalid JSON schema in format at /properties: properties must be an object of schemas, not a number"
+    )
     # a valid schema stays enforced
-    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
-                                               "age": {"type": "integer", "maximum": 120}},
-              "required": ["name", "age"], "additionalProperties": False}
-    r = post(base_url, "/api/generate", {"model": SMOLLM, "prompt": "Invent a person.", "stream": False,
-                                         "format": schema, "options": {"temperature": 0, "num_predict": 48}})
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "maximum": 120}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    r = post(
+        base_url,
+        "/api/generate",
+        {
+            "model": SMOLLM,
+            "prompt": "Invent a person.",
+            "stream": False,
+            "format": schema,
+            "options": {"temperature": 0, "num_predict": 48},
+        },
+    )
     person = json.loads(r.json()["response"])
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
 
 
 # ---- body shape and size -----------------------------------------------------------------------------------
 
+
 def test_json_nested_10000_deep_is_400_on_api_and_v1(base_url: str) -> None:
     deep = "[" * 10_000 + "]" * 10_000
     deep_in_field = '{"model": "smollm2:135m", "prompt": "Hi", "format": ' + '{"a": ' * 10_000 + "1" + "}" * 10_001
-    for path, body in (("/api/generate", deep), ("/api/chat", deep_in_field), ("/api/embed", deep),
-                       ("/v1/chat/completions", deep), ("/v1/embeddings", deep_in_field)):
+    for path, body in (
+        ("/api/generate", deep),
+        ("/api/chat", deep_in_field),
+        ("/api/embed", deep),
+        ("/v1/chat/completions", deep),
+        ("/v1/embeddings", deep_in_field),
+    ):
         r = httpx.post(base_url + path, content=body, timeout=60)
         assert r.status_code == 400, (path, r.text)
         message = r.json()["error"]
@@ -148,14 +202,18 @@ def test_a_body_over_the_size_limit_is_413_and_is_not_held(server: ServerProc) -
 
 
 def test_NaN_and_Infinity_are_not_json(base_url: str) -> None:
-    r = httpx.post(base_url + "/api/generate", timeout=60,
-                   content='{"model": "smollm2:135m", "prompt": "Hi", "options": {"temperature": NaN}}')
+    r = httpx.post(
+        base_url + "/api/generate",
+        timeout=60,
+        content='{"model": "smollm2:135m", "prompt": "Hi", "options": {"temperature": NaN}}',
+    )
     assert r.status_code == 400
     assert r.json() == {"error": "invalid JSON in request body: invalid character 'N' looking for beginning of value"}
     still_answers(base_url)
 
 
 # ---- huge prompts and context sizes ------------------------------------------------------------------------
+
 
 def test_a_200k_character_chat_is_truncated_to_num_ctx_as_generate_is(base_url: str) -> None:
     client = ollama.Client(host=base_url, timeout=120)
@@ -174,8 +232,10 @@ def test_a_200k_character_chat_is_truncated_to_num_ctx_as_generate_is(base_url: 
 
 @pytest.mark.parametrize("num_ctx", [0, -1])
 def test_num_ctx_of_zero_or_less_is_400(base_url: str, num_ctx: int) -> None:
-    for path, body in (("/api/generate", {"model": SMOLLM, "prompt": "Hi"}),
-                       ("/api/chat", {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}]})):
+    for path, body in (
+        ("/api/generate", {"model": SMOLLM, "prompt": "Hi"}),
+        ("/api/chat", {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}]}),
+    ):
         r = post(base_url, path, {**body, "options": {"num_ctx": num_ctx}})
         assert r.status_code == 400
         assert r.json() == {"error": f"invalid option num_ctx {num_ctx}: the context length must be at least 1"}
@@ -184,39 +244,56 @@ def test_num_ctx_of_zero_or_less_is_400(base_url: str, num_ctx: int) -> None:
 
 # ---- keep_alive ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("keep_alive", ["10000000000h", 1e300, "NaN"])
 def test_keep_alive_that_overflows_is_400_as_a_bad_duration(base_url: str, keep_alive: Any) -> None:
     shown = keep_alive if isinstance(keep_alive, str) else "1e+300"
-    for path, body in (("/api/generate", {"model": SMOLLM, "prompt": "Hi"}),
-                       ("/api/generate", {"model": SMOLLM}),
-                       ("/api/chat", {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}]}),
-                       ("/api/embed", {"model": "all-minilm", "input": "Hi"})):
+    for path, body in (
+        ("/api/generate", {"model": SMOLLM, "prompt": "Hi"}),
+        ("/api/generate", {"model": SMOLLM}),
+        ("/api/chat", {"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}]}),
+        ("/api/embed", {"model": "all-minilm", "input": "Hi"}),
+    ):
         r = post(base_url, path, {**body, "keep_alive": keep_alive})
         assert r.status_code == 400 and r.json() == {"error": f'time: invalid duration "{shown}"'}
     # and the model can still be unloaded and reloaded with other options
     r = post(base_url, "/api/generate", {"model": SMOLLM, "keep_alive": 0})
     assert r.json()["done_reason"] == "unload"
     assert SMOLLM not in [m["name"] for m in httpx.get(base_url + "/api/ps").json()["models"]]
-    r = post(base_url, "/api/generate", {"model": SMOLLM, "prompt": "Hi", "stream": False,
-                                         "options": {**QUICK, "num_ctx": 2048}})
+    r = post(
+        base_url,
+        "/api/generate",
+        {"model": SMOLLM, "prompt": "Hi", "stream": False, "options": {**QUICK, "num_ctx": 2048}},
+    )
     assert r.status_code == 200
     still_answers(base_url)
 
 
 # ---- clients that go away ------------------------------------------------------------------------------------
 
+
 def test_a_non_streamed_request_whose_client_goes_away_frees_its_slot(
-        start_server: Callable[..., ServerProc], shared_env: dict[str, str]) -> None:
+    start_server: Callable[..., ServerProc], shared_env: dict[str, str]
+) -> None:
     srv = start_server({**shared_env, "OLLAMA_NUM_PARALLEL": "1"})
     still_answers(srv.url)
     endless = {"type": "array", "items": {"type": "integer"}, "minItems": 100000}  # no end of turn before that
-    for path, body in (("/api/generate", {"model": SMOLLM, "prompt": "Count.", "format": endless, "options": LONG}),
-                       ("/api/chat", {"model": SMOLLM, "messages": [{"role": "user", "content": "Count."}],
-                                      "format": endless, "options": LONG}),
-                       ("/v1/chat/completions", {"model": SMOLLM, "max_tokens": 100000,
-                                                 "messages": [{"role": "user", "content": "Count."}],
-                                                 "response_format": {"type": "json_schema", "json_schema": {
-                                                     "name": "n", "schema": endless}}})):
+    for path, body in (
+        ("/api/generate", {"model": SMOLLM, "prompt": "Count.", "format": endless, "options": LONG}),
+        (
+            "/api/chat",
+            {"model": SMOLLM, "messages": [{"role": "user", "content": "Count."}], "format": endless, "options": LONG},
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": SMOLLM,
+                "max_tokens": 100000,
+                "messages": [{"role": "user", "content": "Count."}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": endless}},
+            },
+        ),
+    ):
         with pytest.raises(httpx.ReadTimeout):  # the client gives up while the only slot generates
             httpx.post(srv.url + path, json={**body, "stream": False}, timeout=3)
         # The only slot was busy with an endless generation: it must be free well before that could end.
@@ -231,8 +308,11 @@ def test_a_client_dropping_mid_body_is_logged_in_one_line_without_traceback(serv
     host, port = server.url.removeprefix("http://").split(":")
     for path in ("/api/generate", "/api/blobs/sha256:" + "0" * 64):
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: 100000\r\n\r\n".encode() + b'{"model": "smollm2:135m", "prompt": "')
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 100000\r\n\r\n".encode()
+                + b'{"model": "smollm2:135m", "prompt": "'
+            )
             time.sleep(0.3)
         time.sleep(0.5)
     still_answers(server.url)
@@ -242,6 +322,7 @@ def test_a_client_dropping_mid_body_is_logged_in_one_line_without_traceback(serv
 
 
 # ---- every response goes through the gateway seam --------------------------------------------------------------
+
 
 class Recorder:
     def __init__(self) -> None:

@@ -50,11 +50,17 @@ def source(name: str) -> str:
     return (JINJA / name).read_text(encoding="utf-8")
 
 
-def render(name: str, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-           add_generation_prompt: bool = True) -> str:
+def render(
+    name: str,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
     bos, eos = TOKENS[name]
-    return render_jinja(source(name), messages, tools=tools, think=None, bos=bos, eos=eos,
-                        add_generation_prompt=add_generation_prompt)
+    return render_jinja(
+        source(name), messages, tools=tools, think=None, bos=bos, eos=eos, add_generation_prompt=add_generation_prompt
+    )
 
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
@@ -192,8 +198,7 @@ def test_llama31_system_multi_turn_generation_prompt() -> None:
 
 def test_llama31_without_system_message_keeps_the_dated_system_header() -> None:
     assert render(LLAMA31, [{"role": "user", "content": "Hello!"}], add_generation_prompt=False) == (
-        LLAMA31_SYSTEM_HEADER + "<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\nHello!<|eot_id|>"
+        LLAMA31_SYSTEM_HEADER + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHello!<|eot_id|>"
     )
 
 
@@ -217,8 +222,7 @@ def test_llama31_tools_call_and_result() -> None:
         "Given the following functions, please respond with a JSON for a function call "
         "with its proper arguments that best answers the given prompt.\n\n"
         'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.'
-        "Do not use variables.\n\n"
-        + WEATHER_TOOL_JSON_INDENT4 + "\n\n"
+        "Do not use variables.\n\n" + WEATHER_TOOL_JSON_INDENT4 + "\n\n"
         "What is the weather in Paris?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
         '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>'
@@ -231,8 +235,11 @@ def test_llama31_tools_call_and_result() -> None:
 def test_llama31_rejects_parallel_tool_calls_as_bad_request() -> None:
     msgs = [
         {"role": "user", "content": "Weather in Paris and London?"},
-        {"role": "assistant", "content": "",
-         "tool_calls": [call("get_weather", city="Paris"), call("get_weather", city="London")]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [call("get_weather", city="Paris"), call("get_weather", city="London")],
+        },
     ]
     with pytest.raises(BadRequest, match="only supports single tool-calls"):
         render(LLAMA31, msgs, tools=[WEATHER_TOOL])
@@ -297,8 +304,11 @@ def test_qwen25_tools_parallel_calls_and_results() -> None:
     msgs = [
         SYSTEM,
         {"role": "user", "content": "What is the weather in Paris and London?"},
-        {"role": "assistant", "content": "",
-         "tool_calls": [call("get_weather", city="Paris"), call("get_weather", city="London")]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [call("get_weather", city="Paris"), call("get_weather", city="London")],
+        },
         {"role": "tool", "content": "22°C and sunny", "tool_name": "get_weather"},
         {"role": "tool", "content": "15°C and rainy", "tool_name": "get_weather"},
     ]
@@ -324,8 +334,7 @@ def test_qwen25_tools_default_system_content_with_call_and_answer() -> None:
         {"role": "user", "content": "Thanks!"},
     ]
     assert render(QWEN25, msgs, tools=[WEATHER_TOOL], add_generation_prompt=False) == (
-        qwen_tools_system(QWEN_DEFAULT_SYSTEM)
-        + "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        qwen_tools_system(QWEN_DEFAULT_SYSTEM) + "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
         "<|im_start|>assistant\nLet me check.\n"
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
         '<|im_start|>user\n<tool_response>\n{"temperature": 22}\n</tool_response><|im_end|>\n'
@@ -341,8 +350,7 @@ def test_mistral_v3_system_goes_into_the_last_user_turn() -> None:
     # [INST] with a space after it; assistant replies follow [/INST] after one space
     # and end with </s>; no generation prompt exists (the prompt ends at [/INST]).
     assert render(MISTRAL_V3, [SYSTEM, *CHAT]) == (
-        "<s>[INST] Hello![/INST] Hi! How can I help?</s>"
-        "[INST] You are a helpful assistant.\n\nWhat is 2+2?[/INST]"
+        "<s>[INST] Hello![/INST] Hi! How can I help?</s>[INST] You are a helpful assistant.\n\nWhat is 2+2?[/INST]"
     )
 
 
@@ -387,8 +395,7 @@ def test_mistral_v3_tools_follow_up_user_turn() -> None:
         "<s>[INST] What is the weather in Paris?[/INST]"
         '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "abc123xyz"}]</s>'
         '[TOOL_RESULTS] {"content": {"temperature": 22}, "call_id": "abc123xyz"}[/TOOL_RESULTS]'
-        " It is 22°C in Paris.</s>"
-        + MISTRAL_V3_TOOLS + "[INST] You are a helpful assistant.\n\nThanks![/INST]"
+        " It is 22°C in Paris.</s>" + MISTRAL_V3_TOOLS + "[INST] You are a helpful assistant.\n\nThanks![/INST]"
     )
 
 
@@ -399,8 +406,11 @@ def test_mistral_v3_ollama_tool_calls_without_ids() -> None:
     # order) and link each result to its call (by tool_name, else first unanswered).
     msgs = [
         {"role": "user", "content": "Weather in Paris and London?"},
-        {"role": "assistant", "content": "",
-         "tool_calls": [call("get_weather", city="Paris"), call("get_time", city="London")]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [call("get_weather", city="Paris"), call("get_time", city="London")],
+        },
         {"role": "tool", "content": "12:00", "tool_name": "get_time"},
         {"role": "tool", "content": "22", "tool_name": "get_weather"},
     ]
@@ -419,8 +429,7 @@ def test_mistral_v3_ollama_tool_calls_without_ids() -> None:
 def test_mistral_nemo_system_multi_turn() -> None:
     # Tekken: no spaces around [INST] / [/INST], assistant content kept verbatim.
     assert render(MISTRAL_NEMO, [SYSTEM, *CHAT]) == (
-        "<s>[INST]Hello![/INST]Hi! How can I help?</s>"
-        "[INST]You are a helpful assistant.\n\nWhat is 2+2?[/INST]"
+        "<s>[INST]Hello![/INST]Hi! How can I help?</s>[INST]You are a helpful assistant.\n\nWhat is 2+2?[/INST]"
     )
 
 
@@ -435,8 +444,7 @@ def test_mistral_nemo_tools_call_and_result_with_ids() -> None:
         "<s>[INST]What is the weather in Paris?[/INST]"
         '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "abc123xyz"}]</s>'
         '[TOOL_RESULTS]{"content": {"temperature": 22}, "call_id": "abc123xyz"}[/TOOL_RESULTS]'
-        "It is 22°C in Paris.</s>"
-        + MISTRAL_NEMO_TOOLS + "[INST]You are a helpful assistant.\n\nThanks![/INST]"
+        "It is 22°C in Paris.</s>" + MISTRAL_NEMO_TOOLS + "[INST]You are a helpful assistant.\n\nThanks![/INST]"
     )
 
 

@@ -34,8 +34,15 @@ def _api_embed(base_url: str, text: str) -> list[float]:
 
 @pytest.fixture(scope="module")
 def chat_openai(base_url: str) -> ChatOpenAI:
-    return ChatOpenAI(model=SMOLLM, base_url=f"{base_url}/v1", api_key="x", temperature=0, max_tokens=8,
-                      stream_usage=True, max_retries=0)
+    return ChatOpenAI(
+        model=SMOLLM,
+        base_url=f"{base_url}/v1",
+        api_key="x",
+        temperature=0,
+        max_tokens=8,
+        stream_usage=True,
+        max_retries=0,
+    )
 
 
 def test_chat_openai_invoke_and_stream(chat_openai: ChatOpenAI) -> None:
@@ -55,8 +62,7 @@ class Person(BaseModel):
 
 
 def test_chat_openai_structured_output(base_url: str) -> None:
-    llm = ChatOpenAI(model=SMOLLM, base_url=f"{base_url}/v1", api_key="x", temperature=0, max_tokens=60,
-                     max_retries=0)
+    llm = ChatOpenAI(model=SMOLLM, base_url=f"{base_url}/v1", api_key="x", temperature=0, max_tokens=60, max_retries=0)
     structured = llm.with_structured_output(Person, method="json_schema")
     person = structured.invoke("Invent a person.")
     assert isinstance(person, Person) and person.name
@@ -69,13 +75,23 @@ def get_weather(city: str) -> str:
 
 
 def test_chat_openai_tool_calls(base_url: str) -> None:
-    r = httpx.post(base_url + "/api/create", json={"model": TOOLS_MODEL, "from": SMOLLM, "template": TOOLS_TEMPLATE,
-                                                   "stream": False}, timeout=120)
+    r = httpx.post(
+        base_url + "/api/create",
+        json={"model": TOOLS_MODEL, "from": SMOLLM, "template": TOOLS_TEMPLATE, "stream": False},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     # response_format goes in extra_body: LangChain would otherwise switch to the
     # SDK's parse(), which insists on strict tools. It forces the tiny model to call.
-    llm = ChatOpenAI(model=TOOLS_MODEL, base_url=f"{base_url}/v1", api_key="x", temperature=0, max_tokens=40,
-                     extra_body={"response_format": WEATHER_CALL}, max_retries=0).bind_tools([get_weather])
+    llm = ChatOpenAI(
+        model=TOOLS_MODEL,
+        base_url=f"{base_url}/v1",
+        api_key="x",
+        temperature=0,
+        max_tokens=40,
+        extra_body={"response_format": WEATHER_CALL},
+        max_retries=0,
+    ).bind_tools([get_weather])
     reply = llm.invoke("What is the weather in Paris?")
     assert reply.response_metadata["finish_reason"] == "tool_calls"
     (call,) = reply.tool_calls
@@ -88,8 +104,9 @@ def test_chat_openai_tool_calls(base_url: str) -> None:
 
 
 def test_openai_embeddings(base_url: str) -> None:
-    emb = OpenAIEmbeddings(model=SMOLLM, base_url=f"{base_url}/v1", api_key="x", check_embedding_ctx_length=False,
-                           max_retries=0)
+    emb = OpenAIEmbeddings(
+        model=SMOLLM, base_url=f"{base_url}/v1", api_key="x", check_embedding_ctx_length=False, max_retries=0
+    )
     query = emb.embed_query("The quick brown fox")
     assert len(query) == 576 and np.allclose(query, _api_embed(base_url, "The quick brown fox"), atol=1e-6)
     docs = emb.embed_documents(["cat", "dog"])

@@ -38,8 +38,9 @@ def reset_peak(pid: int) -> None:
 
 
 def still_answers(url: str) -> None:
-    r = httpx.post(url + "/api/generate", timeout=120,
-                   json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": QUICK})
+    r = httpx.post(
+        url + "/api/generate", timeout=120, json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": QUICK}
+    )
     assert r.status_code == 200 and r.json()["done"] is True
 
 
@@ -50,8 +51,10 @@ def shared_env(server: ServerProc) -> dict[str, str]:
 
 # ---- SIGTERM -------------------------------------------------------------------------------------------------
 
+
 def test_sigterm_ends_open_streams_within_the_grace_with_a_last_error_line_and_exits_0(
-        start_server: Callable[..., ServerProc], shared_env: dict[str, str]) -> None:
+    start_server: Callable[..., ServerProc], shared_env: dict[str, str]
+) -> None:
     srv = start_server({**shared_env, "OLLAMA_NUM_PARALLEL": "2", "CORRAL_SHUTDOWN_GRACE": "2"})
     still_answers(srv.url)
     bodies: dict[str, list[str]] = {"ollama": [], "openai": []}
@@ -59,13 +62,21 @@ def test_sigterm_ends_open_streams_within_the_grace_with_a_last_error_line_and_e
 
     def stream(kind: str) -> None:
         if kind == "ollama":
-            request = ("/api/generate", {"model": SMOLLM, "prompt": "Count.", "format": ENDLESS,
-                                         "options": {"num_predict": 100000}})
+            request = (
+                "/api/generate",
+                {"model": SMOLLM, "prompt": "Count.", "format": ENDLESS, "options": {"num_predict": 100000}},
+            )
         else:
-            request = ("/v1/chat/completions", {"model": SMOLLM, "stream": True, "max_tokens": 100000,
-                                                "messages": [{"role": "user", "content": "Count."}],
-                                                "response_format": {"type": "json_schema",
-                                                                    "json_schema": {"name": "n", "schema": ENDLESS}}})
+            request = (
+                "/v1/chat/completions",
+                {
+                    "model": SMOLLM,
+                    "stream": True,
+                    "max_tokens": 100000,
+                    "messages": [{"role": "user", "content": "Count."}],
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": ENDLESS}},
+                },
+            )
         with httpx.stream("POST", srv.url + request[0], json=request[1], timeout=60) as r:
             for i, line in enumerate(r.iter_lines()):
                 if line:
@@ -106,21 +117,31 @@ def test_sigterm_when_idle_exits_0_at_once(start_server: Callable[..., ServerPro
 def test_a_port_in_use_exits_3(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
-    env.update({"CORRAL_HOME": str(tmp_path / "busy"), "CORRAL_HOST": f"127.0.0.1:{port}",
-                "CORRAL_STARTER_MODELS": "0"})
+    env.update(
+        {"CORRAL_HOME": str(tmp_path / "busy"), "CORRAL_HOST": f"127.0.0.1:{port}", "CORRAL_STARTER_MODELS": "0"}
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        out = subprocess.run([sys.executable, "-m", "corral", "serve"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=60, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "corral", "serve"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert out.returncode == 3, out.stderr[-2000:]
     assert "address already in use" in out.stderr
 
 
 # ---- kill -9 leftovers -------------------------------------------------------------------------------------------
 
+
 def test_leftovers_of_a_kill_9_are_removed_at_the_next_start_and_a_recent_partial_pull_is_kept(
-        start_server: Callable[..., ServerProc], tmp_path: Path) -> None:
+    start_server: Callable[..., ServerProc], tmp_path: Path
+) -> None:
     home = tmp_path / "crashy"
     env = {"CORRAL_STARTER_MODELS": "0"}
     srv = start_server(env, home=home)
@@ -129,8 +150,10 @@ def test_leftovers_of_a_kill_9_are_removed_at_the_next_start_and_a_recent_partia
     # An upload cut off by the crash: a blob POST whose body never ends, and a registry upload session.
     host, port = srv.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
-    sock.sendall(f"POST /api/blobs/sha256:{'ab' * 32} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
-                 .encode() + b"x" * 70000)
+    sock.sendall(
+        f"POST /api/blobs/sha256:{'ab' * 32} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".encode()
+        + b"x" * 70000
+    )
     r = httpx.post(srv.url + "/v2/library/thing/blobs/uploads/", timeout=10)
     assert r.status_code == 202
     httpx.patch(r.headers["location"], content=b"y" * 1000, timeout=10)
@@ -172,11 +195,14 @@ def test_leftovers_of_a_kill_9_are_removed_at_the_next_start_and_a_recent_partia
 
 # ---- huge prompts and context sizes, with memory read from /proc ----------------------------------------------------
 
+
 def test_a_50_mb_prompt_is_truncated_to_num_ctx_with_bounded_memory_given_back_afterwards(
-        start_server: Callable[..., ServerProc], shared_env: dict[str, str]) -> None:
+    start_server: Callable[..., ServerProc], shared_env: dict[str, str]
+) -> None:
     # A context of 512 keeps the prompt evaluation of what is kept short on a shared CPU.
-    srv = start_server({**shared_env, "OLLAMA_NUM_PARALLEL": "1", "CORRAL_MAX_BODY": "64MiB",
-                        "OLLAMA_CONTEXT_LENGTH": "512"})
+    srv = start_server(
+        {**shared_env, "OLLAMA_NUM_PARALLEL": "1", "CORRAL_MAX_BODY": "64MiB", "OLLAMA_CONTEXT_LENGTH": "512"}
+    )
     pid = srv.proc.pid
     still_answers(srv.url)
     still_answers(srv.url)
@@ -184,8 +210,11 @@ def test_a_50_mb_prompt_is_truncated_to_num_ctx_with_bounded_memory_given_back_a
     reset_peak(pid)
     prompt = "The quick brown fox jumps over the lazy dog. " * (50_000_000 // 45)
     started = time.monotonic()
-    r = httpx.post(srv.url + "/api/generate", timeout=120,
-                   json={"model": SMOLLM, "prompt": prompt, "stream": False, "options": QUICK})
+    r = httpx.post(
+        srv.url + "/api/generate",
+        timeout=120,
+        json={"model": SMOLLM, "prompt": prompt, "stream": False, "options": QUICK},
+    )
     elapsed = time.monotonic() - started
     del prompt
     assert r.status_code == 200, r.text
@@ -203,12 +232,16 @@ def test_a_50_mb_prompt_is_truncated_to_num_ctx_with_bounded_memory_given_back_a
 
 
 def test_num_ctx_far_above_the_trained_context_is_clamped_to_it(
-        start_server: Callable[..., ServerProc], shared_env: dict[str, str]) -> None:
+    start_server: Callable[..., ServerProc], shared_env: dict[str, str]
+) -> None:
     srv = start_server({**shared_env, "OLLAMA_NUM_PARALLEL": "1"})
     still_answers(srv.url)
     baseline = status_kib(srv.proc.pid, "VmRSS")
-    r = httpx.post(srv.url + "/api/generate", timeout=120, json={
-        "model": SMOLLM, "prompt": "Hi", "stream": False, "options": {**QUICK, "num_ctx": 10**9}})
+    r = httpx.post(
+        srv.url + "/api/generate",
+        timeout=120,
+        json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": {**QUICK, "num_ctx": 10**9}},
+    )
     assert r.status_code == 200 and r.json()["done"]
     [running] = httpx.get(srv.url + "/api/ps", timeout=10).json()["models"]
     assert running["context_length"] == 8192  # SmolLM2's trained context

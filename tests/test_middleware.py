@@ -40,8 +40,11 @@ class CrashingBackend:
 
 
 def _client(tmp_path: Path, hook: Recorder) -> TestClient:
-    app = create_app(Settings(home=tmp_path, models_dir=tmp_path / "models"), engine=object(),  # type: ignore[arg-type]
-                     hooks=[hook])
+    app = create_app(
+        Settings(home=tmp_path, models_dir=tmp_path / "models"),
+        engine=object(),  # type: ignore[arg-type]
+        hooks=[hook],
+    )
     app.state.backend = CrashingBackend()
     return TestClient(app, raise_server_exceptions=False)
 

@@ -23,8 +23,16 @@ def test_minimal_from() -> None:
     assert mf.adapters == [] and mf.license == [] and mf.messages == []
 
 
-@pytest.mark.parametrize("source", ["./models/model-q4_0.gguf", "/abs/path/Qwen2.5-0.5B/", "~/weights/llama",
-                                    "hf.co/org/repo:Q4_K_M", "registry.example.com/ns/model:tag"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "./models/model-q4_0.gguf",
+        "/abs/path/Qwen2.5-0.5B/",
+        "~/weights/llama",
+        "hf.co/org/repo:Q4_K_M",
+        "registry.example.com/ns/model:tag",
+    ],
+)
 def test_from_keeps_the_string(source: str) -> None:
     assert parse(f"FROM {source}").from_ == source
 
@@ -88,7 +96,7 @@ def test_triple_quoted_is_verbatim() -> None:
 
 def test_triple_quoted_with_quote_at_the_end_and_inline_triple_quotes() -> None:
     # The block ends at the first """ that finishes its line (Ollama's rule).
-    assert parse('FROM m\nSYSTEM """say "hi\""""\n').system == 'say "hi"'
+    assert parse('FROM m\nSYSTEM """say "hi""""\n').system == 'say "hi"'
     assert parse('FROM m\nSYSTEM """a""" b"""\n').system == 'a""" b'
     assert parse('FROM m\nSYSTEM """"""\n').system == ""
 
@@ -121,10 +129,20 @@ def test_parameter_typing_covers_every_option() -> None:
         assert type(params[name]) is typ, name
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("temperature 1", 1.0), ("temperature -0.5", -0.5), ("temperature 1e-3", 0.001), ("top_p .9", 0.9),
-    ("num_predict -1", -1), ("seed +7", 7), ("use_mmap FALSE", False), ("use_mmap 1", True), ("use_mmap f", False),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("temperature 1", 1.0),
+        ("temperature -0.5", -0.5),
+        ("temperature 1e-3", 0.001),
+        ("top_p .9", 0.9),
+        ("num_predict -1", -1),
+        ("seed +7", 7),
+        ("use_mmap FALSE", False),
+        ("use_mmap 1", True),
+        ("use_mmap f", False),
+    ],
+)
 def test_parameter_value_forms(line: str, expected: object) -> None:
     name = line.split()[0]
     value = parse(f"FROM m\nPARAMETER {line}").parameters[name]
@@ -143,25 +161,28 @@ def test_deprecated_parameters_are_dropped_with_a_warning(caplog: pytest.LogCapt
     assert "mirostat" in caplog.text
 
 
-@pytest.mark.parametrize(("text", "line", "fragment"), [
-    ("FROM m\nSYSTEM hi\nFORM x\n", 3, 'unknown instruction "FORM"'),
-    ("# c\nFROM: llama3\n", 2, 'unknown instruction "FROM:"'),
-    ("SYSTEM hi\n", 0, "no FROM line"),
-    ("# only comments\n\n", 0, "no FROM line"),
-    ("FROM m\n\nPARAMETER temprature 0.5\n", 3, 'unknown parameter "temprature"'),
-    ("FROM m\nPARAMETER temperature abc\n", 2, 'invalid value for parameter "temperature"'),
-    ("FROM m\nPARAMETER num_ctx 4096.5\n", 2, 'invalid value for parameter "num_ctx"'),
-    ("FROM m\nPARAMETER use_mmap maybe\n", 2, 'invalid value for parameter "use_mmap"'),
-    ("FROM m\nPARAMETER seed\n", 2, "PARAMETER needs a name and a value"),
-    ('FROM m\nSYSTEM ok\nTEMPLATE """{{ .Prompt }}\n\nmore\n', 3, 'unterminated """'),
-    ('FROM m\nSYSTEM "never closed\n', 2, "unterminated quoted string"),
-    ('FROM m\nSYSTEM "closed" trailing\n', 2, "unexpected text after the closing quote"),
-    ("FROM m\nMESSAGE bot hello\n", 2, 'invalid MESSAGE role "bot"'),
-    ("FROM m\nMESSAGE user\n", 2, "MESSAGE needs a role and a content"),
-    ("FROM m\nSYSTEM\n", 2, "missing value for SYSTEM"),
-    ("FROM\n", 1, "missing value for FROM"),
-    ('FROM ""\n', 1, "missing value for FROM"),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("FROM m\nSYSTEM hi\nFORM x\n", 3, 'unknown instruction "FORM"'),
+        ("# c\nFROM: llama3\n", 2, 'unknown instruction "FROM:"'),
+        ("SYSTEM hi\n", 0, "no FROM line"),
+        ("# only comments\n\n", 0, "no FROM line"),
+        ("FROM m\n\nPARAMETER temprature 0.5\n", 3, 'unknown parameter "temprature"'),
+        ("FROM m\nPARAMETER temperature abc\n", 2, 'invalid value for parameter "temperature"'),
+        ("FROM m\nPARAMETER num_ctx 4096.5\n", 2, 'invalid value for parameter "num_ctx"'),
+        ("FROM m\nPARAMETER use_mmap maybe\n", 2, 'invalid value for parameter "use_mmap"'),
+        ("FROM m\nPARAMETER seed\n", 2, "PARAMETER needs a name and a value"),
+        ('FROM m\nSYSTEM ok\nTEMPLATE """{{ .Prompt }}\n\nmore\n', 3, 'unterminated """'),
+        ('FROM m\nSYSTEM "never closed\n', 2, "unterminated quoted string"),
+        ('FROM m\nSYSTEM "closed" trailing\n', 2, "unexpected text after the closing quote"),
+        ("FROM m\nMESSAGE bot hello\n", 2, 'invalid MESSAGE role "bot"'),
+        ("FROM m\nMESSAGE user\n", 2, "MESSAGE needs a role and a content"),
+        ("FROM m\nSYSTEM\n", 2, "missing value for SYSTEM"),
+        ("FROM\n", 1, "missing value for FROM"),
+        ('FROM ""\n', 1, "missing value for FROM"),
+    ],
+)
 def test_errors_name_the_line(text: str, line: int, fragment: str) -> None:
     with pytest.raises(ModelfileError) as info:
         parse(text)
@@ -181,9 +202,15 @@ def test_error_line_counts_multiline_values() -> None:
 
 def test_render_layout() -> None:
     text = render_modelfile(
-        from_="/models/blobs/sha256-abc", parameters={"temperature": 0.7, "stop": ["<|im_end|>", "<|im_start|>"]},
-        template="{{ .Prompt }}", system="Be nice.", license=["MIT"],
-        messages=[{"role": "user", "content": "hi"}], adapters=["/models/blobs/sha256-def"], name="qwen2.5:0.5b")
+        from_="/models/blobs/sha256-abc",
+        parameters={"temperature": 0.7, "stop": ["<|im_end|>", "<|im_start|>"]},
+        template="{{ .Prompt }}",
+        system="Be nice.",
+        license=["MIT"],
+        messages=[{"role": "user", "content": "hi"}],
+        adapters=["/models/blobs/sha256-def"],
+        name="qwen2.5:0.5b",
+    )
     assert text == (
         '# Modelfile generated by "corral show"\n'
         "# To build a new Modelfile based on this, replace FROM with:\n"
@@ -211,16 +238,29 @@ ROUND_TRIP_CASES = [
     Modelfile(from_="llama3.2"),
     Modelfile(
         from_="./path with spaces/model.gguf",
-        parameters={"num_ctx": 4096, "temperature": 0.8, "top_p": 1.0, "min_p": 1e-05, "use_mmap": False,
-                    "seed": -1, "stop": ["<|eot_id|>", " ", "User:", '"quoted"', "a\nb"]},
-        template='{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>'
-                 '\n{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n',
+        parameters={
+            "num_ctx": 4096,
+            "temperature": 0.8,
+            "top_p": 1.0,
+            "min_p": 1e-05,
+            "use_mmap": False,
+            "seed": -1,
+            "stop": ["<|eot_id|>", " ", "User:", '"quoted"', "a\nb"],
+        },
+        template="{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+        "\n{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
         system="  leading and trailing  ",
         adapters=["/a.gguf"],
-        license=["MIT", 'Multi\nline with """triple""" quotes and a \\ backslash', "ends with quote\n\""],
-        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": '"hello"\nthere'},
-                  {"role": "tool", "content": ""}],
-        draft="./d.gguf", renderer="r", parser="p", requires="0.12.1",
+        license=["MIT", 'Multi\nline with """triple""" quotes and a \\ backslash', 'ends with quote\n"'],
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": '"hello"\nthere'},
+            {"role": "tool", "content": ""},
+        ],
+        draft="./d.gguf",
+        renderer="r",
+        parser="p",
+        requires="0.12.1",
     ),
     Modelfile(from_="m", template="", system='"starts with a quote', license=['"""'], parameters={"stop": ["#"]}),
 ]
@@ -230,9 +270,24 @@ ROUND_TRIP_CASES = [
 def test_round_trip(mf: Modelfile) -> None:
     text = mf.render(name="some:tag")
     assert parse(text) == mf
-    assert parse(render_modelfile(mf.from_, mf.parameters, mf.template, mf.system, mf.license, mf.messages,
-                                  mf.adapters, draft=mf.draft, renderer=mf.renderer, parser=mf.parser,
-                                  requires=mf.requires)) == mf
+    assert (
+        parse(
+            render_modelfile(
+                mf.from_,
+                mf.parameters,
+                mf.template,
+                mf.system,
+                mf.license,
+                mf.messages,
+                mf.adapters,
+                draft=mf.draft,
+                renderer=mf.renderer,
+                parser=mf.parser,
+                requires=mf.requires,
+            )
+        )
+        == mf
+    )
 
 
 def test_round_trip_of_a_parsed_file() -> None:

@@ -93,36 +93,59 @@ def test_generate_context_continues_conversation(client: ollama.Client) -> None:
 
 
 def test_generate_raw_and_system(client: ollama.Client) -> None:
-    raw = client.generate(model=SMOLLM, prompt="<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", raw=True,
-                          options=OPTS)
+    raw = client.generate(
+        model=SMOLLM, prompt="<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", raw=True, options=OPTS
+    )
     assert raw.response and raw.context is None
     sysr = client.generate(model=SMOLLM, prompt="Hi", system="You only say the word banana.", options=OPTS)
     assert sysr.prompt_eval_count and sysr.response
 
 
 def test_generate_stop_sequences(client: ollama.Client) -> None:
-    r = client.generate(model=SMOLLM, prompt="List the numbers 1 to 10 separated by commas: 1,",
-                        raw=True, options={"temperature": 0, "num_predict": 40, "stop": ["5"]})
+    r = client.generate(
+        model=SMOLLM,
+        prompt="List the numbers 1 to 10 separated by commas: 1,",
+        raw=True,
+        options={"temperature": 0, "num_predict": 40, "stop": ["5"]},
+    )
     assert "5" not in r.response
     assert r.done_reason == "stop"
 
 
 def test_generate_format_json_and_schema(client: ollama.Client) -> None:
-    r = client.generate(model=SMOLLM, prompt="Give a JSON object with a key ok set to true.", format="json",
-                        options={"temperature": 0, "num_predict": 200})
+    r = client.generate(
+        model=SMOLLM,
+        prompt="Give a JSON object with a key ok set to true.",
+        format="json",
+        options={"temperature": 0, "num_predict": 200},
+    )
     assert isinstance(json.loads(r.response), dict)
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-              "required": ["name", "age"], "additionalProperties": False}
-    r = client.generate(model=SMOLLM, prompt="Invent a person.", format=schema,
-                        options={"temperature": 0, "num_predict": 100})
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    r = client.generate(
+        model=SMOLLM, prompt="Invent a person.", format=schema, options={"temperature": 0, "num_predict": 100}
+    )
     data = json.loads(r.response)
     assert isinstance(data["name"], str) and isinstance(data["age"], int)
 
 
 def test_generate_logprobs(base_url: str) -> None:
-    r = httpx.post(base_url + "/api/generate", json={
-        "model": SMOLLM, "prompt": "Hello", "stream": False, "logprobs": True, "top_logprobs": 3,
-        "options": {"temperature": 0, "num_predict": 4}}, timeout=60).json()
+    r = httpx.post(
+        base_url + "/api/generate",
+        json={
+            "model": SMOLLM,
+            "prompt": "Hello",
+            "stream": False,
+            "logprobs": True,
+            "top_logprobs": 3,
+            "options": {"temperature": 0, "num_predict": 4},
+        },
+        timeout=60,
+    ).json()
     assert len(r["logprobs"]) == 4
     first = r["logprobs"][0]
     assert isinstance(first["token"], str) and first["logprob"] <= 0
@@ -130,34 +153,47 @@ def test_generate_logprobs(base_url: str) -> None:
 
 
 def test_chat_non_streaming_and_history(client: ollama.Client) -> None:
-    r = client.chat(model=SMOLLM, messages=[
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "Hi, I'm Bob."},
-        {"role": "assistant", "content": "Hello Bob."},
-        {"role": "user", "content": "What's my name?"},
-    ], options=OPTS)
+    r = client.chat(
+        model=SMOLLM,
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi, I'm Bob."},
+            {"role": "assistant", "content": "Hello Bob."},
+            {"role": "user", "content": "What's my name?"},
+        ],
+        options=OPTS,
+    )
     assert r.message.role == "assistant" and r.message.content
     assert r.done and r.done_reason in ("stop", "length") and 0 < r.eval_count <= 12 and r.prompt_eval_count > 20
 
 
 def test_chat_streaming(client: ollama.Client) -> None:
-    chunks = list(client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Say hello"}], stream=True,
-                              options=OPTS))
+    chunks = list(
+        client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Say hello"}], stream=True, options=OPTS)
+    )
     assert chunks[-1].done and chunks[-1].eval_count
     assert "".join(c.message.content for c in chunks).strip()
 
 
 def test_chat_structured_output(client: ollama.Client) -> None:
-    schema = {"type": "object", "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]}},
-              "required": ["color"], "additionalProperties": False}
-    r = client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Pick a color."}], format=schema,
-                    options={"temperature": 0, "num_predict": 30})
+    schema = {
+        "type": "object",
+        "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]}},
+        "required": ["color"],
+        "additionalProperties": False,
+    }
+    r = client.chat(
+        model=SMOLLM,
+        messages=[{"role": "user", "content": "Pick a color."}],
+        format=schema,
+        options={"temperature": 0, "num_predict": 30},
+    )
     assert json.loads(r.message.content)["color"] in ("red", "green", "blue")
 
 
 TOOLS_TEMPLATE = (
     "{% if tools %}<|im_start|>system\nYou can call tools. Tools: {{ tools | tojson }}\n"
-    "Reply with <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>.<|im_end|>\n{% endif %}"
+    'Reply with <tool_call>{"name": ..., "arguments": ...}</tool_call>.<|im_end|>\n{% endif %}'
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
     "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -168,27 +204,55 @@ def test_chat_tool_calls_parsed(client: ollama.Client) -> None:
     for _ in client.create(model="smol-tools", from_=SMOLLM, template=TOOLS_TEMPLATE, stream=True):
         pass
     assert "tools" in client.show("smol-tools").capabilities
-    tool = {"type": "function", "function": {
-        "name": "get_weather", "description": "Get the weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
     # Constrain the reply to a tool call so the tiny model reliably makes one.
-    schema = {"type": "object", "properties": {
-        "name": {"const": "get_weather"},
-        "arguments": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris"]}},
-                      "required": ["city"]}}, "required": ["name", "arguments"]}
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"const": "get_weather"},
+            "arguments": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "enum": ["Paris"]}},
+                "required": ["city"],
+            },
+        },
+        "required": ["name", "arguments"],
+    }
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    r = client.chat(model="smol-tools", messages=messages, tools=[tool], format=schema,
-                    options={"temperature": 0, "num_predict": 40})
+    r = client.chat(
+        model="smol-tools",
+        messages=messages,
+        tools=[tool],
+        format=schema,
+        options={"temperature": 0, "num_predict": 40},
+    )
     assert r.message.tool_calls, r.message
     call = r.message.tool_calls[0]
     assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}
-    streamed = list(client.chat(model="smol-tools", messages=messages, tools=[tool], format=schema, stream=True,
-                                options={"temperature": 0, "num_predict": 40}))
+    streamed = list(
+        client.chat(
+            model="smol-tools",
+            messages=messages,
+            tools=[tool],
+            format=schema,
+            stream=True,
+            options={"temperature": 0, "num_predict": 40},
+        )
+    )
     calls = [c for chunk in streamed for c in (chunk.message.tool_calls or [])]
     assert calls and calls[0].function.name == "get_weather"
     # A tool result goes back in the history and the model answers.
-    history = messages + [{"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
-                          {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"}]
+    history = messages + [
+        {"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
+        {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"},
+    ]
     final = client.chat(model="smol-tools", messages=history, tools=[tool], options=OPTS)
     assert final.done
 
@@ -223,9 +287,22 @@ def test_context_overflow_truncates_prompt(client: ollama.Client) -> None:
     assert {m.model: m for m in client.ps().models}[SMOLLM].context_length == 4096
 
 
-ALL_OPTIONS = {"num_ctx": 1024, "num_predict": 8, "temperature": 0.5, "top_k": 20, "top_p": 0.8, "min_p": 0.05,
-               "typical_p": 0.9, "repeat_penalty": 1.2, "repeat_last_n": 32, "presence_penalty": 0.3,
-               "frequency_penalty": 0.2, "seed": 7, "stop": ["\n\n"], "num_keep": 8}
+ALL_OPTIONS = {
+    "num_ctx": 1024,
+    "num_predict": 8,
+    "temperature": 0.5,
+    "top_k": 20,
+    "top_p": 0.8,
+    "min_p": 0.05,
+    "typical_p": 0.9,
+    "repeat_penalty": 1.2,
+    "repeat_last_n": 32,
+    "presence_penalty": 0.3,
+    "frequency_penalty": 0.2,
+    "seed": 7,
+    "stop": ["\n\n"],
+    "num_keep": 8,
+}
 
 
 def test_every_option_reaches_llama_cpp(client: ollama.Client) -> None:
@@ -233,9 +310,21 @@ def test_every_option_reaches_llama_cpp(client: ollama.Client) -> None:
     from corral.engine.llamacpp import sampling_body
 
     body = sampling_body(CompletionRequest(["x"], dict(ALL_OPTIONS)))
-    expected = {"n_predict": 8, "temperature": 0.5, "top_k": 20, "top_p": 0.8, "min_p": 0.05, "typical_p": 0.9,
-                "repeat_penalty": 1.2, "repeat_last_n": 32, "presence_penalty": 0.3, "frequency_penalty": 0.2,
-                "seed": 7, "stop": ["\n\n"], "n_keep": 8}
+    expected = {
+        "n_predict": 8,
+        "temperature": 0.5,
+        "top_k": 20,
+        "top_p": 0.8,
+        "min_p": 0.05,
+        "typical_p": 0.9,
+        "repeat_penalty": 1.2,
+        "repeat_last_n": 32,
+        "presence_penalty": 0.3,
+        "frequency_penalty": 0.2,
+        "seed": 7,
+        "stop": ["\n\n"],
+        "n_keep": 8,
+    }
     assert {k: body[k] for k in expected} == expected
     a = client.generate(model=SMOLLM, prompt="Name a fruit.", options=ALL_OPTIONS)
     b = client.generate(model=SMOLLM, prompt="Name a fruit.", options=ALL_OPTIONS)
@@ -286,14 +375,18 @@ def test_embeddings_while_generating_match_embeddings_alone(client: ollama.Clien
 
 # ---- refused before the engine: in-process ------------------------------------------------------
 
+
 def _client(app: InProc) -> ollama.AsyncClient:
     return ollama.AsyncClient(host="http://corral.test", transport=httpx.ASGITransport(app=app.app))
 
 
 async def test_generate_unsupported_features_are_400(inproc: InProc) -> None:
     client = _client(inproc)
-    for kwargs, word in (({"suffix": "return x"}, "insert"), ({"images": ["aGVsbG8="]}, "vision"),
-                         ({"think": True}, "thinking")):
+    for kwargs, word in (
+        ({"suffix": "return x"}, "insert"),
+        ({"images": ["aGVsbG8="]}, "vision"),
+        ({"think": True}, "thinking"),
+    ):
         with pytest.raises(ollama.ResponseError) as err:
             await client.generate(model=TINY, prompt="def f(x):", **kwargs)
         assert err.value.status_code == 400 and word in err.value.error
@@ -308,13 +401,16 @@ async def test_chat_tools_rejected_without_tool_template(inproc: InProc) -> None
     assert inproc.engine.loads == []
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    ({"model": TINY, "prompt": 123}, "prompt"),
-    ({"model": TINY, "prompt": "x", "options": {"temperature": "hot"}}, "temperature"),
-    ({"prompt": "x"}, "model"),
-    ({"model": TINY, "prompt": "x", "keep_alive": "soon"}, "duration"),
-    ({"model": TINY, "prompt": "x", "format": "xml"}, "format"),
-])
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ({"model": TINY, "prompt": 123}, "prompt"),
+        ({"model": TINY, "prompt": "x", "options": {"temperature": "hot"}}, "temperature"),
+        ({"prompt": "x"}, "model"),
+        ({"model": TINY, "prompt": "x", "keep_alive": "soon"}, "duration"),
+        ({"model": TINY, "prompt": "x", "format": "xml"}, "format"),
+    ],
+)
 async def test_bad_input_is_400(inproc: InProc, payload: dict, fragment: str) -> None:
     r = await inproc.client.post("/api/generate", json=payload)
     assert r.status_code == 400, r.text
@@ -338,9 +434,11 @@ async def test_missing_model_is_404(inproc: InProc) -> None:
     assert err.value.status_code == 404
     r = await inproc.client.post("/api/chat", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 404 and r.json() == {"error": 'model "nope" not found'}
-    for path, body in (("/api/embed", {"model": "nope", "input": "x"}), ("/api/embeddings", {"model": "nope",
-                                                                                              "prompt": "x"}),
-                       ("/api/show", {"model": "nope"})):
+    for path, body in (
+        ("/api/embed", {"model": "nope", "input": "x"}),
+        ("/api/embeddings", {"model": "nope", "prompt": "x"}),
+        ("/api/show", {"model": "nope"}),
+    ):
         r = await inproc.client.post(path, json=body)
         assert r.status_code == 404 and r.json() == {"error": 'model "nope" not found'}, (path, r.text)
     assert inproc.engine.loads == []

@@ -24,7 +24,7 @@ from tests.conftest import ServerProc
 
 CHATML_GO = (
     "{{- range $i, $m := .Messages }}"
-    "{{- if and (eq $i 0) $.System (ne $m.Role \"system\") }}<|im_start|>system\n{{ $.System }}<|im_end|>\n{{ end }}"
+    '{{- if and (eq $i 0) $.System (ne $m.Role "system") }}<|im_start|>system\n{{ $.System }}<|im_end|>\n{{ end }}'
     "<|im_start|>{{ $m.Role }}\n{{ $m.Content }}<|im_end|>\n"
     "{{ end }}<|im_start|>assistant\n"
 )
@@ -46,19 +46,38 @@ def write_ollama_folder(root: Path) -> None:
     model = {"mediaType": "application/vnd.ollama.image.model", **_blob(blobs, data)}
     template = {"mediaType": "application/vnd.ollama.image.template", **_blob(blobs, CHATML_GO.encode())}
     system = {"mediaType": "application/vnd.ollama.image.system", **_blob(blobs, SYSTEM.encode())}
-    params = {"mediaType": "application/vnd.ollama.image.params",
-              **_blob(blobs, json.dumps({"stop": ["<|im_end|>"], "temperature": 0, "num_predict": 12}).encode())}
+    params = {
+        "mediaType": "application/vnd.ollama.image.params",
+        **_blob(blobs, json.dumps({"stop": ["<|im_end|>"], "temperature": 0, "num_predict": 12}).encode()),
+    }
     license_ = {"mediaType": "application/vnd.ollama.image.license", **_blob(blobs, b"Apache License 2.0")}
-    config = _blob(blobs, json.dumps({"model_format": "gguf", "model_family": "llama", "model_families": ["llama"],
-                                      "model_type": "135M", "file_type": "Q4_1", "architecture": "amd64",
-                                      "os": "linux"}).encode())
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
-        "layers": [model, template, system, params, license_],
-    }).encode()
-    for rel in ("registry.ollama.ai/library/ollama-smol/latest", "registry.ollama.ai/someone/smol/v2",
-                "models.example.com:5000/team/smol/q4"):
+    config = _blob(
+        blobs,
+        json.dumps(
+            {
+                "model_format": "gguf",
+                "model_family": "llama",
+                "model_families": ["llama"],
+                "model_type": "135M",
+                "file_type": "Q4_1",
+                "architecture": "amd64",
+                "os": "linux",
+            }
+        ).encode(),
+    )
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
+            "layers": [model, template, system, params, license_],
+        }
+    ).encode()
+    for rel in (
+        "registry.ollama.ai/library/ollama-smol/latest",
+        "registry.ollama.ai/someone/smol/v2",
+        "models.example.com:5000/team/smol/q4",
+    ):
         path = root / "manifests" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(manifest)
@@ -89,14 +108,16 @@ def test_existing_ollama_folder_works_as_is(start_server: Callable[..., ServerPr
     assert "temperature" in info.parameters and "<|im_end|>" in info.parameters
 
     templated = client.generate(model="someone/smol:v2", prompt="Name a color.")
-    by_hand = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nName a color.<|im_end|>\n"
-               "<|im_start|>assistant\n")
+    by_hand = (
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\n"
+    )
     raw = client.generate(model="someone/smol:v2", prompt=by_hand, raw=True)
     assert templated.prompt_eval_count == raw.prompt_eval_count
     assert templated.response == raw.response and templated.eval_count <= 12  # params layer applied
 
-    chat = client.chat(model="models.example.com:5000/team/smol:q4",
-                       messages=[{"role": "user", "content": "Name a color."}])
+    chat = client.chat(
+        model="models.example.com:5000/team/smol:q4", messages=[{"role": "user", "content": "Name a color."}]
+    )
     assert chat.message.content == raw.response
     assert _snapshot(ollama_folder) == before  # read-only use leaves the folder untouched
     assert os.access(ollama_folder, os.W_OK)

@@ -58,8 +58,9 @@ def test_every_route_is_in_the_document_and_documented(admin_routes: bool) -> No
 def test_no_doc_entry_outlives_its_route() -> None:
     served = route_methods(api_routes())  # type: ignore[arg-type]
     paths = {p for p, _ in served}
-    stale = [key for key in apidoc.OPS if not (key in {(m, p) for p, m in served} or
-                                                  (key[0] == "*" and key[1] in paths))]
+    stale = [
+        key for key in apidoc.OPS if not (key in {(m, p) for p, m in served} or (key[0] == "*" and key[1] in paths))
+    ]
     assert stale == []
 
 
@@ -108,18 +109,24 @@ def test_real_answers_match_the_documented_models(server: ServerProc) -> None:
         check(ollama.VersionResponse, http.get("/api/version").json())
         check(ollama.ListResponse, http.get("/api/tags").json())
         check(ollama.ShowResponse, http.post("/api/show", json={"model": SMOLLM}).json())
-        check(ollama.GenerateResponse, http.post("/api/generate", json={
-            "model": SMOLLM, "prompt": "Hi", "stream": False, "options": OPTS}).json())
-        with http.stream("POST", "/api/chat", json={"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}],
-                                                    "options": OPTS}) as r:
+        check(
+            ollama.GenerateResponse,
+            http.post("/api/generate", json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": OPTS}).json(),
+        )
+        with http.stream(
+            "POST",
+            "/api/chat",
+            json={"model": SMOLLM, "messages": [{"role": "user", "content": "Hi"}], "options": OPTS},
+        ) as r:
             lines = [json.loads(line) for line in r.iter_lines() if line]
         for line in lines:
             check(ollama.ChatResponse, line)
         assert lines[-1]["done"] and lines[-1]["corral_timing"]["total"] > 0
         check(ollama.ProcessResponse, http.get("/api/ps").json())
         check(ollama.EmbedResponse, http.post("/api/embed", json={"model": "all-minilm", "input": ["a", "b"]}).json())
-        check(ollama.EmbeddingResponse, http.post("/api/embeddings", json={"model": "all-minilm",
-                                                                           "prompt": "a"}).json())
+        check(
+            ollama.EmbeddingResponse, http.post("/api/embeddings", json={"model": "all-minilm", "prompt": "a"}).json()
+        )
         check(ollama.ErrorResponse, http.post("/api/show", json={"model": "no-such-model"}).json())
         check(apidoc.Whoami, http.get("/api/whoami").json())
         served = http.get("/api/openapi.json")
@@ -139,10 +146,16 @@ def keyed(server: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def test_whoami_names_the_key_and_its_scope(keyed: tuple[ServerProc, str, str]) -> None:
     srv, admin_key, user_key = keyed
     with httpx.Client(base_url=srv.url, timeout=30) as http:
-        assert http.get("/api/whoami", headers=bearer(admin_key)).json() == {"key": "root", "scope": "admin",
-                                                                             "auth": True}
-        assert http.get("/api/whoami", headers={"x-api-key": user_key}).json() == {"key": "alice", "scope": "user",
-                                                                                   "auth": True}
+        assert http.get("/api/whoami", headers=bearer(admin_key)).json() == {
+            "key": "root",
+            "scope": "admin",
+            "auth": True,
+        }
+        assert http.get("/api/whoami", headers={"x-api-key": user_key}).json() == {
+            "key": "alice",
+            "scope": "user",
+            "auth": True,
+        }
         wrong = http.get("/api/whoami", headers=bearer("corral-wrong"))
         assert wrong.status_code == 401 and wrong.json() == {"error": "invalid API key"}
         assert http.get("/api/whoami").status_code == 401
@@ -169,8 +182,13 @@ def test_a_browser_is_sent_to_the_playground_and_api_clients_are_not(keyed: tupl
         assert again.status_code == 304
         js = http.get("/playground/vendor/marked.esm.js")
         assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
-        for bad in ("/playground/nothing.js", "/playground/..%2f..%2fpyproject.toml", "/playground/%2e%2e/server/app.py",
-                    "/playground/js/", "/playground/.hidden"):
+        for bad in (
+            "/playground/nothing.js",
+            "/playground/..%2f..%2fpyproject.toml",
+            "/playground/%2e%2e/server/app.py",
+            "/playground/js/",
+            "/playground/.hidden",
+        ):
             assert http.get(bad).status_code == 404, bad
         # page assets are not API calls: no request-log rows for them
         rows = http.get("/api/admin/requests", params={"limit": 500}, headers=bearer(admin_key)).json()["requests"]
@@ -219,5 +237,6 @@ def test_page_sources_load_nothing_from_elsewhere_and_stay_small() -> None:
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), f"{path}: loads from another origin"
         assert not re.search(r"""import[^"']*["'](https?:)?//""", text), f"{path}: imports from another origin"
         # HTML strings reach the DOM only through markdown.js's sanitiser, which returns a fragment
-        assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function\(",
-                             text), f"{path}: writes HTML or evaluates code"
+        assert not re.search(
+            r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(|new Function\(", text
+        ), f"{path}: writes HTML or evaluates code"

@@ -28,19 +28,45 @@ from tests.conftest import ROOT, SMOLLM, ServerProc
 
 MINILM = "all-minilm"
 OPTS = {"temperature": 0, "num_predict": 8}
-TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
-           "eval_duration")
+TIMINGS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text())
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
-                   "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city"}},
+            "required": ["city"],
+        },
+    },
+}
 # A call forced by constraining the reply to the shape of one call (the 135M model rarely calls unprompted).
-ONE_CALL = {"type": "array", "minItems": 1, "maxItems": 1, "items": {
-    "type": "object", "required": ["name", "arguments"],
-    "properties": {"name": {"const": "get_weather"},
-                   "arguments": {"type": "object", "required": ["city"],
-                                 "properties": {"city": {"type": "string", "maxLength": 20}}}}}}
+ONE_CALL = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["name", "arguments"],
+        "properties": {
+            "name": {"const": "get_weather"},
+            "arguments": {
+                "type": "object",
+                "required": ["city"],
+                "properties": {"city": {"type": "string", "maxLength": 20}},
+            },
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +89,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 # ---- timing fields -----------------------------------------------------------------------------------------
 
+
 def assert_timings(final: Any) -> None:
     for name in TIMINGS:
         value = getattr(final, name)
@@ -71,7 +98,8 @@ def assert_timings(final: Any) -> None:
 
 
 def test_every_final_response_carries_six_positive_timings_and_load_duration_is_never_zero(
-        client: ollama.Client) -> None:
+    client: ollama.Client,
+) -> None:
     client.generate(model=SMOLLM, prompt="", keep_alive="5m")  # warm: load_duration is then scheduling only
     messages = [{"role": "user", "content": "Say hi."}]
     finals = [
@@ -90,18 +118,26 @@ def test_every_final_response_carries_six_positive_timings_and_load_duration_is_
 
 # ---- logprobs ----------------------------------------------------------------------------------------------
 
+
 def test_logprobs_without_top_logprobs_give_each_token_logprob_and_bytes_but_no_alternatives(
-        client: ollama.Client, base_url: str) -> None:
+    client: ollama.Client, base_url: str
+) -> None:
     messages = [{"role": "user", "content": "Count to three."}]
     for top in (None, 0):
         answers = [
             client.generate(model=SMOLLM, prompt="Count to three.", options=OPTS, logprobs=True, top_logprobs=top),
             client.chat(model=SMOLLM, messages=messages, options=OPTS, logprobs=True, top_logprobs=top),
         ]
-        streamed = [list(client.generate(model=SMOLLM, prompt="Count to three.", options=OPTS, logprobs=True,
-                                         top_logprobs=top, stream=True)),
-                    list(client.chat(model=SMOLLM, messages=messages, options=OPTS, logprobs=True,
-                                     top_logprobs=top, stream=True))]
+        streamed = [
+            list(
+                client.generate(
+                    model=SMOLLM, prompt="Count to three.", options=OPTS, logprobs=True, top_logprobs=top, stream=True
+                )
+            ),
+            list(
+                client.chat(model=SMOLLM, messages=messages, options=OPTS, logprobs=True, top_logprobs=top, stream=True)
+            ),
+        ]
         for chunks in streamed:
             tokens = [lp for c in chunks for lp in c.logprobs or []]
             assert len(tokens) == 8
@@ -109,14 +145,23 @@ def test_logprobs_without_top_logprobs_give_each_token_logprob_and_bytes_but_no_
         for answer in answers:
             assert len(answer.logprobs) == 8
             assert all(lp.top_logprobs is None and lp.logprob <= 0 for lp in answer.logprobs)
-    raw = httpx.post(base_url + "/api/generate", timeout=60, json={
-        "model": SMOLLM, "prompt": "Count to three.", "stream": False, "options": OPTS, "logprobs": True}).json()
+    raw = httpx.post(
+        base_url + "/api/generate",
+        timeout=60,
+        json={"model": SMOLLM, "prompt": "Count to three.", "stream": False, "options": OPTS, "logprobs": True},
+    ).json()
     for entry in raw["logprobs"]:
         assert "top_logprobs" not in entry
         assert bytes(entry["bytes"]).decode(errors="replace") == entry["token"]
     # top_logprobs alone does not ask for logprobs
-    assert "logprobs" not in httpx.post(base_url + "/api/generate", timeout=60, json={
-        "model": SMOLLM, "prompt": "Count to three.", "stream": False, "options": OPTS, "top_logprobs": 3}).json()
+    assert (
+        "logprobs"
+        not in httpx.post(
+            base_url + "/api/generate",
+            timeout=60,
+            json={"model": SMOLLM, "prompt": "Count to three.", "stream": False, "options": OPTS, "top_logprobs": 3},
+        ).json()
+    )
 
 
 def test_top_logprobs_n_gives_between_one_and_n_alternatives_sorted_by_logprob(client: ollama.Client) -> None:
@@ -126,8 +171,11 @@ def test_top_logprobs_n_gives_between_one_and_n_alternatives_sorted_by_logprob(c
         per_answer = [
             client.generate(model=SMOLLM, prompt="Count to three.", **kw).logprobs,
             client.chat(model=SMOLLM, messages=messages, **kw).logprobs,
-            [lp for c in client.generate(model=SMOLLM, prompt="Count to three.", stream=True, **kw)
-             for lp in c.logprobs or []],
+            [
+                lp
+                for c in client.generate(model=SMOLLM, prompt="Count to three.", stream=True, **kw)
+                for lp in c.logprobs or []
+            ],
             [lp for c in client.chat(model=SMOLLM, messages=messages, stream=True, **kw) for lp in c.logprobs or []],
         ]
         for tokens in per_answer:
@@ -147,12 +195,26 @@ def test_v1_logprobs_follow_top_logprobs(oai: OpenAI, base_url: str) -> None:
     assert [t.top_logprobs for t in bare.choices[0].logprobs.content] == [[]] * 6
     for stream in (False, True):
         if stream:
-            chunks = list(oai.chat.completions.create(model=SMOLLM, messages=messages, logprobs=True,
-                                                      top_logprobs=3, temperature=0, max_tokens=6, stream=True))
+            chunks = list(
+                oai.chat.completions.create(
+                    model=SMOLLM,
+                    messages=messages,
+                    logprobs=True,
+                    top_logprobs=3,
+                    temperature=0,
+                    max_tokens=6,
+                    stream=True,
+                )
+            )
             tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
         else:
-            tokens = oai.chat.completions.create(model=SMOLLM, messages=messages, logprobs=True, top_logprobs=3,
-                                                 temperature=0, max_tokens=6).choices[0].logprobs.content
+            tokens = (
+                oai.chat.completions.create(
+                    model=SMOLLM, messages=messages, logprobs=True, top_logprobs=3, temperature=0, max_tokens=6
+                )
+                .choices[0]
+                .logprobs.content
+            )
         assert len(tokens) == 6
         for t in tokens:
             alternatives = [a.logprob for a in t.top_logprobs]
@@ -163,6 +225,7 @@ def test_v1_logprobs_follow_top_logprobs(oai: OpenAI, base_url: str) -> None:
 
 
 # ---- embeddings --------------------------------------------------------------------------------------------
+
 
 def test_legacy_embeddings_are_the_raw_vector_and_embed_is_l2_normalised(client: ollama.Client) -> None:
     sentences, reference = REFERENCE["sentences"][:3], REFERENCE["embeddings"][:3]
@@ -188,7 +251,8 @@ def test_embed_truncates_each_input_to_num_ctx_keeping_special_tokens(client: ol
 
 
 def test_embed_with_truncate_false_and_a_long_input_is_400_the_input_length_exceeds_the_context_length(
-        client: ollama.Client) -> None:
+    client: ollama.Client,
+) -> None:
     with pytest.raises(ollama.ResponseError) as err:
         client.embed(model=MINILM, input="why is the sky blue?", truncate=False, options={"num_ctx": 3})
     assert err.value.status_code == 400
@@ -198,7 +262,8 @@ def test_embed_with_truncate_false_and_a_long_input_is_400_the_input_length_exce
 
 @pytest.mark.parametrize("num_ctx", [0, 1])
 def test_embed_num_ctx_too_small_for_the_special_tokens_is_400_cannot_be_truncated_further(
-        client: ollama.Client, num_ctx: int) -> None:
+    client: ollama.Client, num_ctx: int
+) -> None:
     with pytest.raises(ollama.ResponseError) as err:
         client.embed(model=MINILM, input="why is the sky blue?", options={"num_ctx": num_ctx})
     assert err.value.status_code == 400
@@ -214,8 +279,9 @@ def test_embed_prompt_eval_count_sums_the_tokens_evaluated_after_truncation(clie
     assert r.prompt_eval_count <= 90
 
 
-def test_v1_embeddings_truncate_to_the_context_and_count_the_tokens_embedded(oai: OpenAI,
-                                                                             client: ollama.Client) -> None:
+def test_v1_embeddings_truncate_to_the_context_and_count_the_tokens_embedded(
+    oai: OpenAI, client: ollama.Client
+) -> None:
     long_text = " ".join(REFERENCE["sentences"]) * 20  # well over all-minilm's 512 tokens
     r = oai.embeddings.create(model=MINILM, input=[long_text, "why"])
     assert r.usage.prompt_tokens == 512 + 3
@@ -227,39 +293,65 @@ def test_v1_embeddings_truncate_to_the_context_and_count_the_tokens_embedded(oai
 
 # ---- starter models as the library ships them ----------------------------------------------------------------
 
+
 def test_smollm2_is_tagged_for_tools_with_a_template_that_renders_tools_and_chatml_stop_words(
-        client: ollama.Client) -> None:
+    client: ollama.Client,
+) -> None:
     info = client.show(SMOLLM)
     assert info.capabilities == ["completion", "tools"]
     assert ".Tools" in info.template and ".ToolCalls" in info.template
-    assert info.parameters.splitlines() == ['stop                           "<|im_start|>"',
-                                            'stop                           "<|im_end|>"']
+    assert info.parameters.splitlines() == [
+        'stop                           "<|im_start|>"',
+        'stop                           "<|im_end|>"',
+    ]
 
 
 def test_chat_with_tools_is_200_and_a_forced_call_comes_back_parsed_into_tool_calls(client: ollama.Client) -> None:
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     plain = client.chat(model=SMOLLM, messages=messages, tools=[WEATHER_TOOL], options=OPTS)
     assert plain.done  # Open WebUI's default chat: tools sent with every message
-    forced = client.chat(model=SMOLLM, messages=messages, tools=[WEATHER_TOOL], format=ONE_CALL,
-                         options={"temperature": 0, "num_predict": 40})
+    forced = client.chat(
+        model=SMOLLM,
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        format=ONE_CALL,
+        options={"temperature": 0, "num_predict": 40},
+    )
     assert forced.message.content == ""
     [call] = forced.message.tool_calls
     assert call.function.name == "get_weather" and set(call.function.arguments) == {"city"}
-    chunks = list(client.chat(model=SMOLLM, messages=messages, tools=[WEATHER_TOOL], format=ONE_CALL, stream=True,
-                              options={"temperature": 0, "num_predict": 40}))
+    chunks = list(
+        client.chat(
+            model=SMOLLM,
+            messages=messages,
+            tools=[WEATHER_TOOL],
+            format=ONE_CALL,
+            stream=True,
+            options={"temperature": 0, "num_predict": 40},
+        )
+    )
     calls = [tc for c in chunks for tc in c.message.tool_calls or []]
     assert [c.function.name for c in calls] == ["get_weather"]
     # the call and its result go back into the conversation through the template's tools section
-    follow = client.chat(model=SMOLLM, tools=[WEATHER_TOOL], options=OPTS, messages=[
-        *messages, {"role": "assistant", "content": "", "tool_calls": [call]},
-        {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"}])
+    follow = client.chat(
+        model=SMOLLM,
+        tools=[WEATHER_TOOL],
+        options=OPTS,
+        messages=[
+            *messages,
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"},
+        ],
+    )
     assert follow.done
 
 
 def test_smollm2_has_no_default_system_prompt_tools_take_its_place_and_it_stops_at_the_end_of_its_turn(
-        client: ollama.Client) -> None:
-    r = client.generate(model=SMOLLM, prompt="What is the capital of France?", options={"temperature": 0,
-                                                                                      "num_predict": 32})
+    client: ollama.Client,
+) -> None:
+    r = client.generate(
+        model=SMOLLM, prompt="What is the capital of France?", options={"temperature": 0, "num_predict": 32}
+    )
     assert r.done_reason == "stop" and r.response.strip() and "<|im_" not in r.response
     hi = [{"role": "user", "content": "Hi!"}]
     system = [{"role": "system", "content": "You are a pirate. Always answer like a pirate."}]
@@ -268,11 +360,14 @@ def test_smollm2_has_no_default_system_prompt_tools_take_its_place_and_it_stops_
     assert bare < 15  # <|im_start|>user Hi!<|im_end|> <|im_start|>assistant: no default system prompt
     assert client.chat(model=SMOLLM, messages=system + hi, options=one).prompt_eval_count > bare + 8
     with_tools = client.chat(model=SMOLLM, messages=hi, tools=[WEATHER_TOOL], options=one).prompt_eval_count
-    assert client.chat(model=SMOLLM, messages=system + hi, tools=[WEATHER_TOOL],
-                       options=one).prompt_eval_count == with_tools  # as the library template: tools replace it
+    assert (
+        client.chat(model=SMOLLM, messages=system + hi, tools=[WEATHER_TOOL], options=one).prompt_eval_count
+        == with_tools
+    )  # as the library template: tools replace it
 
 
 # ---- corral ps ----------------------------------------------------------------------------------------------
+
 
 def test_ps_until_reads_as_ollama_prints_it() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
@@ -290,8 +385,15 @@ def test_ps_until_reads_as_ollama_prints_it() -> None:
 def corral_ps(server: ServerProc) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
     env["CORRAL_HOST"] = server.url.removeprefix("http://")
-    out = subprocess.run([sys.executable, "-m", "corral", "ps"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "corral", "ps"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return next(line for line in out.stdout.splitlines() if line.startswith(SMOLLM))
 
 
@@ -304,9 +406,17 @@ def test_corral_ps_prints_minutes_from_now_forever_and_stopping(server: ServerPr
     started = threading.Event()
 
     def long_stream() -> None:
-        with httpx.stream("POST", server.url + "/api/generate", timeout=60, json={
-                "model": SMOLLM, "prompt": "Tell a long story.", "keep_alive": 0,
-                "options": {"temperature": 0, "num_predict": 200}}) as r:
+        with httpx.stream(
+            "POST",
+            server.url + "/api/generate",
+            timeout=60,
+            json={
+                "model": SMOLLM,
+                "prompt": "Tell a long story.",
+                "keep_alive": 0,
+                "options": {"temperature": 0, "num_predict": 200},
+            },
+        ) as r:
             for _ in r.iter_lines():
                 started.set()
 

@@ -35,22 +35,27 @@ def test_unterminated_thinking_stays_thinking() -> None:
     assert feed_all(ThinkingSplitter(), ["<think>", "still going"]) == ("still going", "")
 
 
-@pytest.mark.parametrize("output", [
-    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
-    '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]',
-    '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
-    '{"name": "get_weather", "arguments": {"city": "Paris"}}',
-    '```json\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}\n```',
-])
+@pytest.mark.parametrize(
+    "output",
+    [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+        '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+        '```json\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}\n```',
+    ],
+)
 def test_tool_call_formats(output: str) -> None:
     calls = parse_tool_calls(output, {"get_weather"})
     assert calls == [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}, "index": 0}}]
 
 
 def test_multiple_calls_and_unknown_names() -> None:
-    out = ('<tool_call>{"name": "a", "arguments": {}}</tool_call>\n'
-           '<tool_call>{"name": "zzz", "arguments": {}}</tool_call>'
-           '<tool_call>{"name": "b", "arguments": {"x": 1}}</tool_call>')
+    out = (
+        '<tool_call>{"name": "a", "arguments": {}}</tool_call>\n'
+        '<tool_call>{"name": "zzz", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "b", "arguments": {"x": 1}}</tool_call>'
+    )
     calls = parse_tool_calls(out, {"a", "b"})
     assert [c["function"]["name"] for c in calls] == ["a", "b"]
     assert [c["function"]["index"] for c in calls] == [0, 1]
@@ -58,7 +63,9 @@ def test_multiple_calls_and_unknown_names() -> None:
 
 def test_streaming_parser_holds_back_tool_call() -> None:
     parser = ToolCallParser({"f"})
-    emitted = "".join(parser.feed(c) for c in chars('Sure. <tool_call>{"name": "f", "arguments": {"q": 1}}</tool_call>'))
+    emitted = "".join(
+        parser.feed(c) for c in chars('Sure. <tool_call>{"name": "f", "arguments": {"q": 1}}</tool_call>')
+    )
     assert emitted == "Sure. "
     rest, calls = parser.finish()
     assert rest == "" and calls[0]["function"]["arguments"] == {"q": 1}

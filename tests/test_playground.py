@@ -162,7 +162,8 @@ def test_streamed_chat_turn_stop_regenerate_and_copy(new_tab: Callable[..., Tab]
     page.locator("#chat-log .msg-assistant .msg-actions button", has_text="Copy").last.click()
     assert page.evaluate("navigator.clipboard.readText()") == page.evaluate(
         "JSON.parse(localStorage.getItem('corral.playground.chats.' + JSON.parse("
-        "localStorage.getItem('corral.playground.deviceId'))))[0].messages[1].content")
+        "localStorage.getItem('corral.playground.deviceId'))))[0].messages[1].content"
+    )
 
     page.fill("#chat-max-tokens", "4")
     page.locator("#chat-log button", has_text="Regenerate").click()
@@ -172,10 +173,13 @@ def test_streamed_chat_turn_stop_regenerate_and_copy(new_tab: Callable[..., Tab]
 
     # Stop mid-stream: a long answer, stopped once its first words are on screen
     send_chat(t, "Tell me a very long story about a dragon.", 400)
-    page.wait_for_function("""() => {
+    page.wait_for_function(
+        """() => {
         const c = document.querySelector('#chat-log .msg-assistant.streaming .content');
         return c && !c.querySelector('.typing') && c.textContent.trim().length > 0;
-    }""", timeout=SLOW)
+    }""",
+        timeout=SLOW,
+    )
     started = time.monotonic()
     page.click("#chat-stop")
     last_reply_done(t, 2)
@@ -183,8 +187,10 @@ def test_streamed_chat_turn_stop_regenerate_and_copy(new_tab: Callable[..., Tab]
     expect(page.locator("#chat-log .msg-assistant .meta").last).to_contain_text("stopped")
     stopped = page.locator("#chat-log .msg-assistant .content").last.inner_text()
     assert stopped.strip(), "the words that arrived before Stop are kept"
-    event = page.evaluate("JSON.parse(localStorage.getItem('corral.playground.events.' + "
-                          "JSON.parse(localStorage.getItem('corral.playground.deviceId')))).at(-1)")
+    event = page.evaluate(
+        "JSON.parse(localStorage.getItem('corral.playground.events.' + "
+        "JSON.parse(localStorage.getItem('corral.playground.deviceId')))).at(-1)"
+    )
     assert event["stopped"] is True and event["outputTokens"] is None and event["kind"] == "chat"
     # the server is free again at once: the aborted stream released its slot
     expect(page.locator("#chat-input")).to_be_focused()
@@ -206,7 +212,7 @@ def test_reply_html_and_script_never_run(new_tab: Callable[..., Tab]) -> None:
     for selector in ("img", "script", "svg", "[onerror]", "[onclick]", "[onload]", "[style]", "a[href^='javascript']"):
         assert reply.locator(selector).count() == 0, selector
     text = reply.inner_text()
-    assert '<img src=x onerror="window.__pwned=\'img\'">' in text  # shown as text, never parsed
+    assert "<img src=x onerror=\"window.__pwned='img'\">" in text  # shown as text, never parsed
     assert "<script>window.__pwned='script'</script>" in text
     assert "[image: a tracking pixel]" in text and not fetched  # images are links, never loaded
     expect(reply.locator("strong")).to_have_text("bold")
@@ -281,7 +287,9 @@ def test_api_reference_lists_every_route_and_try_it_streams(new_tab: Callable[..
     doc = httpx.get(t.pg.url + "/api/openapi.json").json()
     listed = {(m.upper(), p) for p, item in doc["paths"].items() for m in item if not (m == "head" and "get" in item)}
     expect(page.locator(".api-link")).to_have_count(len(listed))
-    shown = {tuple(b.split(" ", 1)) for b in page.eval_on_selector_all(".api-link", "els => els.map(e => e.dataset.op)")}
+    shown = {
+        tuple(b.split(" ", 1)) for b in page.eval_on_selector_all(".api-link", "els => els.map(e => e.dataset.op)")
+    }
     assert shown == listed
 
     page.fill("#api-filter", "tags")
@@ -293,7 +301,8 @@ def test_api_reference_lists_every_route_and_try_it_streams(new_tab: Callable[..
     expect(detail.locator("table.schema")).to_contain_text("models[].size")
     expect(detail.locator("table.schema")).to_contain_text("Size on disk in bytes")
     expect(detail.locator("pre.curl")).to_have_text(
-        f"curl -s \\\n  -H \"Authorization: Bearer YOUR_API_KEY\" \\\n  '{t.pg.url}/api/tags'")
+        f"curl -s \\\n  -H \"Authorization: Bearer YOUR_API_KEY\" \\\n  '{t.pg.url}/api/tags'"
+    )
     detail.locator("form.tryit button[type=submit]").click()
     expect(detail.locator(".status-line")).to_contain_text("HTTP 200", timeout=30_000)
     expect(detail.locator(".status-line")).to_contain_text("total")
@@ -337,7 +346,8 @@ def test_api_reference_lists_every_route_and_try_it_streams(new_tab: Callable[..
 
 
 def test_pull_with_progress_from_a_second_server_then_copy_delete_and_unload(
-        new_tab: Callable[..., Tab], start_server: Callable[..., ServerProc]) -> None:
+    new_tab: Callable[..., Tab], start_server: Callable[..., ServerProc]
+) -> None:
     registry = start_server()  # starter models, no keys: a registry anyone on loopback may pull from
     target = start_server({"CORRAL_STARTER_MODELS": "0"})  # empty, no keys
     t = new_tab()
@@ -383,8 +393,9 @@ def test_pull_with_progress_from_a_second_server_then_copy_delete_and_unload(
     assert [m["name"] for m in httpx.get(target.url + "/api/tags").json()["models"]] == [name]
 
     # What is loaded now, and Unload, back on the keyed server
-    httpx.post(t.pg.url + "/api/generate", json={"model": SMOLLM, "keep_alive": "30m"}, headers=bearer(t.pg.admin),
-               timeout=120).raise_for_status()
+    httpx.post(
+        t.pg.url + "/api/generate", json={"model": SMOLLM, "keep_alive": "30m"}, headers=bearer(t.pg.admin), timeout=120
+    ).raise_for_status()
     page.fill("#conn-url", t.pg.url)
     page.fill("#conn-key", t.pg.admin)
     page.click("#conn-connect")
@@ -468,9 +479,12 @@ def test_analytics_after_a_few_turns_with_the_timeline_filled(new_tab: Callable[
 def test_admin_sees_every_clients_requests_and_a_user_key_its_own(new_tab: Callable[..., Tab]) -> None:
     pg = new_tab().pg  # (only for the server; the views are opened below)
     for key in (pg.user, pg.admin):  # two clients' requests
-        httpx.post(pg.url + "/api/generate", json={"model": SMOLLM, "prompt": "Hi", "stream": False,
-                                                   "options": {"num_predict": 2}},
-                   headers=bearer(key), timeout=120).raise_for_status()
+        httpx.post(
+            pg.url + "/api/generate",
+            json={"model": SMOLLM, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}},
+            headers=bearer(key),
+            timeout=120,
+        ).raise_for_status()
     time.sleep(0.6)  # the request log is written off the request path
     t = new_tab(hash_="analytics")
     page = t.page
@@ -481,13 +495,24 @@ def test_admin_sees_every_clients_requests_and_a_user_key_its_own(new_tab: Calla
     assert rows.count() <= 50
     expect(page.locator("table.by-model")).to_contain_text(SMOLLM)
     assert page.locator("table.by-model thead th").all_inner_texts() == [
-        "Model", "Turns", "OK", "Avg latency", "p50", "p95", "Prompt Σ", "Reply Σ"]
+        "Model",
+        "Turns",
+        "OK",
+        "Avg latency",
+        "p50",
+        "p95",
+        "Prompt Σ",
+        "Reply Σ",
+    ]
     server_turns = {r["model"]: r["turns"] for r in admin_get(pg, "/api/admin/stats", since="1h")["models"]}
     shown = page.locator("table.by-model tbody tr", has_text=SMOLLM).locator("td").nth(1).inner_text()
     assert int(shown.replace(",", "")) == server_turns[SMOLLM]
     expect(card(page, "Server usage")).to_contain_text("requests")
-    alice = page.locator("table.events > tbody > tr:not(.detail)", has_text=SMOLLM).filter(
-        has=page.locator("td", has_text="200")).first
+    alice = (
+        page.locator("table.events > tbody > tr:not(.detail)", has_text=SMOLLM)
+        .filter(has=page.locator("td", has_text="200"))
+        .first
+    )
     expect(alice).to_be_visible()
     with_model = rows.count()
     assert "—" not in rows.locator("td:nth-child(8)").all_inner_texts()  # only requests naming a model
@@ -597,10 +622,13 @@ def test_phone_width_and_keyboard(new_tab: Callable[..., Tab]) -> None:
     page.keyboard.type("Tell me a long story.")
     page.keyboard.press("Enter")
     expect(page.locator("#chat-stop")).to_be_visible()
-    page.wait_for_function("""() => {
+    page.wait_for_function(
+        """() => {
         const c = document.querySelector('#chat-log .msg-assistant.streaming .content');
         return c && !c.querySelector('.typing');
-    }""", timeout=SLOW)
+    }""",
+        timeout=SLOW,
+    )
     page.keyboard.press("Escape")
     last_reply_done(t, 1)
     expect(page.locator("#chat-log .msg-assistant .meta")).to_contain_text("stopped")

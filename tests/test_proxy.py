@@ -38,8 +38,13 @@ def launch_proxy(upstream: str, home: Path, *extra: str) -> ServerProc:
     env["CORRAL_HOME"] = str(home)
     log = home / f"proxy-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(port),
-                                 *extra], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(port), *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -68,16 +73,26 @@ def proxy_to(tmp_path: Path) -> Iterator[Callable[..., ServerProc]]:
         srv.stop()
 
 
-def test_ollama_client_streams_through_the_proxy_chunk_by_chunk(server: ServerProc,
-                                                                proxy_to: Callable[..., ServerProc]) -> None:
+def test_ollama_client_streams_through_the_proxy_chunk_by_chunk(
+    server: ServerProc, proxy_to: Callable[..., ServerProc]
+) -> None:
     proxy = proxy_to(server.url)
     client = ollama.Client(host=proxy.url)
     assert [m.model for m in client.list().models] == [m.model for m in ollama.Client(host=server.url).list().models]
-    chunks = list(client.chat(model=SMOLLM, messages=[{"role": "user", "content": "Count to ten."}], stream=True,
-                              options={"num_predict": 12, "temperature": 0}))
+    chunks = list(
+        client.chat(
+            model=SMOLLM,
+            messages=[{"role": "user", "content": "Count to ten."}],
+            stream=True,
+            options={"num_predict": 12, "temperature": 0},
+        )
+    )
     assert len(chunks) > 3 and chunks[-1].done and chunks[-1].eval_count == 12
-    direct = ollama.Client(host=server.url).chat(model=SMOLLM, messages=[{"role": "user", "content": "Count to ten."}],
-                                                 options={"num_predict": 12, "temperature": 0})
+    direct = ollama.Client(host=server.url).chat(
+        model=SMOLLM,
+        messages=[{"role": "user", "content": "Count to ten."}],
+        options={"num_predict": 12, "temperature": 0},
+    )
     assert "".join(c.message.content for c in chunks) == direct.message.content
 
 
@@ -86,8 +101,13 @@ def test_openai_client_through_the_proxy(server: ServerProc, proxy_to: Callable[
     client = OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
     reply = client.chat.completions.create(model=SMOLLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
     assert reply.choices[0].message.content and reply.usage is not None and reply.usage.completion_tokens <= 8
-    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model=SMOLLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True) if c.choices]
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model=SMOLLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True
+        )
+        if c.choices
+    ]
     assert "".join(pieces)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
@@ -107,12 +127,17 @@ def test_unreachable_upstream_is_a_502_naming_it_in_each_dialect(proxy_to: Calla
 
 
 def test_upstream_killed_mid_stream_ends_the_stream_with_an_error_line(
-        start_server: Callable[..., ServerProc], proxy_to: Callable[..., ServerProc]) -> None:
+    start_server: Callable[..., ServerProc], proxy_to: Callable[..., ServerProc]
+) -> None:
     upstream = start_server({"CORRAL_STARTER_MODELS": "1"})
     proxy = proxy_to(upstream.url)
     lines = []
-    with httpx.stream("POST", proxy.url + "/api/generate", timeout=60, json={
-            "model": SMOLLM, "prompt": "Tell me a long story.", "options": {"num_predict": 4000}}) as r:
+    with httpx.stream(
+        "POST",
+        proxy.url + "/api/generate",
+        timeout=60,
+        json={"model": SMOLLM, "prompt": "Tell me a long story.", "options": {"num_predict": 4000}},
+    ) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             lines.append(json.loads(line))
@@ -122,12 +147,17 @@ def test_upstream_killed_mid_stream_ends_the_stream_with_an_error_line(
     assert not any(line.get("done") for line in lines)
 
 
-def test_client_going_away_closes_the_upstream_request(start_server: Callable[..., ServerProc],
-                                                       proxy_to: Callable[..., ServerProc]) -> None:
+def test_client_going_away_closes_the_upstream_request(
+    start_server: Callable[..., ServerProc], proxy_to: Callable[..., ServerProc]
+) -> None:
     upstream = start_server({"OLLAMA_NUM_PARALLEL": "1"})
     proxy = proxy_to(upstream.url)
-    with httpx.stream("POST", proxy.url + "/api/generate", timeout=60, json={
-            "model": SMOLLM, "prompt": "Tell me a long story.", "options": {"num_predict": 100000}}) as r:
+    with httpx.stream(
+        "POST",
+        proxy.url + "/api/generate",
+        timeout=60,
+        json={"model": SMOLLM, "prompt": "Tell me a long story.", "options": {"num_predict": 100000}},
+    ) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i == 2:
                 break
@@ -140,8 +170,10 @@ def test_client_going_away_closes_the_upstream_request(start_server: Callable[..
 def _echo_server() -> tuple[str, uvicorn.Server, threading.Thread]:
     async def echo(request: Request) -> JSONResponse:
         body = await request.body()
-        return JSONResponse({"headers": dict(request.headers), "body": body.decode(), "query": request.url.query},
-                            headers={"x-upstream": "yes"})
+        return JSONResponse(
+            {"headers": dict(request.headers), "body": body.decode(), "query": request.url.query},
+            headers={"x-upstream": "yes"},
+        )
 
     app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "DELETE", "HEAD"])])
     port = free_port()
@@ -158,17 +190,29 @@ def test_headers_and_body_pass_through_except_credentials(proxy_to: Callable[...
     try:
         plain = proxy_to(url)
         body = {"model": SMOLLM, "messages": [], "stream": False}
-        r = httpx.post(plain.url + "/api/chat?x=1", json=body, timeout=30,
-                       headers={"authorization": "Bearer client-secret", "x-api-key": "client-secret",
-                                "x-custom": "kept", "user-agent": "probe/1.0"})
+        r = httpx.post(
+            plain.url + "/api/chat?x=1",
+            json=body,
+            timeout=30,
+            headers={
+                "authorization": "Bearer client-secret",
+                "x-api-key": "client-secret",
+                "x-custom": "kept",
+                "user-agent": "probe/1.0",
+            },
+        )
         assert r.status_code == 200 and r.headers["x-upstream"] == "yes"
         seen = r.json()
         assert json.loads(seen["body"]) == body and seen["query"] == "x=1"
         assert seen["headers"]["x-custom"] == "kept" and seen["headers"]["user-agent"] == "probe/1.0"
         assert "authorization" not in seen["headers"] and "x-api-key" not in seen["headers"]
         keyed = proxy_to(url, "--upstream-key", "upstream-secret")
-        seen = httpx.post(keyed.url + "/api/show", json={"model": SMOLLM}, timeout=30,
-                          headers={"authorization": "Bearer client-secret"}).json()
+        seen = httpx.post(
+            keyed.url + "/api/show",
+            json={"model": SMOLLM},
+            timeout=30,
+            headers={"authorization": "Bearer client-secret"},
+        ).json()
         assert seen["headers"]["authorization"] == "Bearer upstream-secret"
     finally:
         echo.should_exit = True

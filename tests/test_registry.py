@@ -51,7 +51,7 @@ def snapshot(root: Path) -> set[str]:
 
 def check_no_invalid_blob(models: Path) -> None:
     for blob in (models / "blobs").glob("sha256-*"):
-        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name[len("sha256-"):], blob
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name[len("sha256-") :], blob
 
 
 class CountingProxy:
@@ -113,6 +113,7 @@ class CountingProxy:
 
 # ---- the round trip through the official client ---------------------------------------
 
+
 def test_pull_run_and_push_back(registry_a: ServerProc, start_server: Callable[..., ServerProc]) -> None:
     b = start_server(NO_STARTERS)
     pa = port_of(registry_a)
@@ -125,7 +126,9 @@ def test_pull_run_and_push_back(registry_a: ServerProc, start_server: Callable[.
     assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
     assert statuses.index("verifying sha256 digest") < statuses.index("writing manifest") < statuses.index("success")
     big = [e for e in events if e.digest == layer["digest"]]
-    assert big[0].status == f"pulling {str(layer['digest'])[7:19]}" and big[-1].completed == big[-1].total == layer["size"]
+    assert (
+        big[0].status == f"pulling {str(layer['digest'])[7:19]}" and big[-1].completed == big[-1].total == layer["size"]
+    )
     assert len(big) >= 3, "several progress updates for the model layer"
     assert (b.home / "models" / "manifests" / f"127.0.0.1:{pa}" / "library" / "smollm2" / "135m").is_file()
     check_no_invalid_blob(b.home / "models")
@@ -164,8 +167,10 @@ def test_pull_run_and_push_back(registry_a: ServerProc, start_server: Callable[.
 
 # ---- interrupted pull: crash safety and resume -------------------------------------------
 
-def test_killed_pull_leaves_no_manifest_and_resumes(registry_a: ServerProc,
-                                                      start_server: Callable[..., ServerProc]) -> None:
+
+def test_killed_pull_leaves_no_manifest_and_resumes(
+    registry_a: ServerProc, start_server: Callable[..., ServerProc]
+) -> None:
     proxy = CountingProxy(port_of(registry_a))
     proxy.rate = 8_000_000
     try:
@@ -213,15 +218,20 @@ def test_killed_pull_leaves_no_manifest_and_resumes(registry_a: ServerProc,
         proxy.close()
 
 
-def test_registry_lost_mid_pull_ends_stream_with_error(registry_a: ServerProc,
-                                                       start_server: Callable[..., ServerProc]) -> None:
+def test_registry_lost_mid_pull_ends_stream_with_error(
+    registry_a: ServerProc, start_server: Callable[..., ServerProc]
+) -> None:
     proxy = CountingProxy(port_of(registry_a))
     proxy.rate = 8_000_000
     b = start_server(NO_STARTERS)
     digest = str(model_layer(registry_a)["digest"])
     lines = []
-    with httpx.stream("POST", b.url + "/api/pull", timeout=120,
-                      json={"model": f"127.0.0.1:{proxy.port}/library/{SMOLLM}", "insecure": True}) as r:
+    with httpx.stream(
+        "POST",
+        b.url + "/api/pull",
+        timeout=120,
+        json={"model": f"127.0.0.1:{proxy.port}/library/{SMOLLM}", "insecure": True},
+    ) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             lines.append(json.loads(line))
@@ -237,6 +247,7 @@ def test_registry_lost_mid_pull_ends_stream_with_error(registry_a: ServerProc,
 
 
 # ---- errors -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def empty_b(start_server: Callable[..., ServerProc]) -> ServerProc:
@@ -276,12 +287,15 @@ def test_missing_model_and_dead_registry(registry_a: ServerProc, empty_b: Server
 
 # ---- Corral's own v2 registry ------------------------------------------------------------
 
+
 def test_v2_read_routes(registry_a: ServerProc) -> None:
     url = registry_a.url
     r = httpx.get(url + "/v2/")
     assert r.status_code == 200 and r.json() == {}
-    r = httpx.get(url + "/v2/library/smollm2/manifests/135m",
-                  headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    r = httpx.get(
+        url + "/v2/library/smollm2/manifests/135m",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
     assert r.status_code == 200
     assert r.headers["docker-content-digest"] == "sha256:" + hashlib.sha256(r.content).hexdigest()
     assert httpx.head(url + "/v2/library/smollm2/manifests/135m").status_code == 200

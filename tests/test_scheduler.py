@@ -43,6 +43,7 @@ async def _settle() -> None:
 
 # ---- queue and slots ---------------------------------------------------------------------------
 
+
 async def test_full_queue_answers_503(make_app: MakeApp) -> None:
     """OLLAMA_NUM_PARALLEL=1, OLLAMA_MAX_QUEUE=1: one request runs, one waits, the next is refused, in both dialects."""
     app = await make_app({"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_MAX_QUEUE": "1"}, engine=FakeEngine(reply="a b c d e"))
@@ -50,14 +51,16 @@ async def test_full_queue_answers_503(make_app: MakeApp) -> None:
     gate = app.engine.hold()
     first = asyncio.ensure_future(app.generate(prompt="Tell a long story."))
     await wait_until(lambda: app.engine.running == 1, what="the first request to hold the slot")
-    second = asyncio.ensure_future(app.client.post("/v1/completions", json={
-        "model": TINY, "prompt": "Once upon a time", "max_tokens": 4}))
+    second = asyncio.ensure_future(
+        app.client.post("/v1/completions", json={"model": TINY, "prompt": "Once upon a time", "max_tokens": 4})
+    )
     await _settle()
     assert not second.done() and app.engine.running == 1  # queued behind the first
 
     r = await app.generate(prompt="hi")
     assert r.status_code == 503 and r.json() == {
-        "error": "server busy, please try again.  maximum pending requests exceeded"}
+        "error": "server busy, please try again.  maximum pending requests exceeded"
+    }
     sdk = openai.AsyncOpenAI(base_url="http://corral.test/v1", api_key="x", max_retries=0, http_client=app.client)
     with pytest.raises(openai.InternalServerError) as err:
         await sdk.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
@@ -89,8 +92,9 @@ async def test_failed_load_is_500_and_frees_its_queue_place(make_app: MakeApp) -
     for _ in range(3):
         r = await app.generate()
         assert r.status_code == 500 and r.json() == {"error": "llama runner failed to load model: boom"}
-    r = await app.client.post("/v1/chat/completions", json={"model": TINY, "messages": [{"role": "user",
-                                                                                          "content": "x"}]})
+    r = await app.client.post(
+        "/v1/chat/completions", json={"model": TINY, "messages": [{"role": "user", "content": "x"}]}
+    )
     assert r.status_code == 500 and r.json()["error"]["message"] == "llama runner failed to load model: boom"
     assert await app.ps() == []
     app.engine.fail_load = None
@@ -121,12 +125,15 @@ async def test_concurrent_first_requests_load_the_model_once(make_app: MakeApp) 
     assert loads[0] >= 0.2e9
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/api/generate", {"prompt": "Tell a very long story."}),
-    ("/api/chat", {"messages": [{"role": "user", "content": "Tell a very long story."}]}),
-    ("/v1/chat/completions", {"stream": True, "messages": [{"role": "user", "content": "Tell a long story."}]}),
-    ("/v1/completions", {"stream": True, "prompt": "Tell a very long story."}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/generate", {"prompt": "Tell a very long story."}),
+        ("/api/chat", {"messages": [{"role": "user", "content": "Tell a very long story."}]}),
+        ("/v1/chat/completions", {"stream": True, "messages": [{"role": "user", "content": "Tell a long story."}]}),
+        ("/v1/completions", {"stream": True, "prompt": "Tell a very long story."}),
+    ],
+)
 async def test_disconnect_frees_the_slot(make_app: MakeApp, path: str, body: dict[str, Any]) -> None:
     app = await make_app({"OLLAMA_NUM_PARALLEL": "1"}, engine=FakeEngine(endless=True, token_delay=0.001))
     async with app.stream(path, {"model": TINY, **body}) as stream:
@@ -144,6 +151,7 @@ async def test_disconnect_frees_the_slot(make_app: MakeApp, path: str, body: dic
 
 
 # ---- keep_alive and unloading -----------------------------------------------------------------
+
 
 async def test_keep_alive_expiry_and_forever(make_app: MakeApp) -> None:
     app = await make_app()
@@ -213,6 +221,7 @@ async def test_keep_alive_zero_unloads_once_the_request_ends(make_app: MakeApp) 
 
 
 # ---- eviction and reloads ----------------------------------------------------------------------
+
 
 async def test_max_loaded_models_evicts_lru(make_app: MakeApp) -> None:
     app = await make_app({"OLLAMA_MAX_LOADED_MODELS": "1"}, models=(TINY, "tiny-second"))
@@ -297,6 +306,7 @@ async def test_ps_entries(make_app: MakeApp) -> None:
 
 # ---- on llama.cpp ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def q8_server(server: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """One slot and a q8_0 KV cache, on the session server's store (the starter model is shared, not re-imported).
@@ -305,17 +315,27 @@ def q8_server(server: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> I
     """
     from tests.conftest import launch
 
-    srv = launch(tmp_path_factory.mktemp("q8-home"), {"OLLAMA_MODELS": str(server.home / "models"),
-                                                      "CORRAL_STARTER_MODELS": "0", "OLLAMA_NUM_PARALLEL": "1",
-                                                      "OLLAMA_KV_CACHE_TYPE": "q8_0"})
+    srv = launch(
+        tmp_path_factory.mktemp("q8-home"),
+        {
+            "OLLAMA_MODELS": str(server.home / "models"),
+            "CORRAL_STARTER_MODELS": "0",
+            "OLLAMA_NUM_PARALLEL": "1",
+            "OLLAMA_KV_CACHE_TYPE": "q8_0",
+        },
+    )
     yield srv
     srv.stop()
 
 
 def test_disconnect_stops_llama_cpp(q8_server: ServerProc) -> None:
     """The client hanging up must stop llama.cpp too: its only slot is free for the next request at once."""
-    with httpx.stream("POST", q8_server.url + "/api/generate", timeout=60,
-                      json={"model": SMOLLM, "prompt": "Tell a very long story.", "options": LONG}) as r:
+    with httpx.stream(
+        "POST",
+        q8_server.url + "/api/generate",
+        timeout=60,
+        json={"model": SMOLLM, "prompt": "Tell a very long story.", "options": LONG},
+    ) as r:
         lines = []
         for line in r.iter_lines():
             lines.append(json.loads(line))
@@ -324,8 +344,7 @@ def test_disconnect_stops_llama_cpp(q8_server: ServerProc) -> None:
     # The only slot was busy with an endless generation; after the client
     # went away it must be free again well before that generation could end.
     start = time.monotonic()
-    out = ollama.Client(host=q8_server.url, timeout=30).generate(model=SMOLLM, prompt="hi",
-                                                                 options={"num_predict": 3})
+    out = ollama.Client(host=q8_server.url, timeout=30).generate(model=SMOLLM, prompt="hi", options={"num_predict": 3})
     assert out.done and time.monotonic() - start < 15
 
 
@@ -349,8 +368,9 @@ def test_concurrent_streams_are_batched(server: ServerProc) -> None:
 
     def run(i: int) -> None:
         first = None
-        for chunk in ollama.Client(host=server.url).generate(model=SMOLLM, prompt=f"Story number {i}:", stream=True,
-                                                             options={"temperature": 0, "num_predict": 40}):
+        for chunk in ollama.Client(host=server.url).generate(
+            model=SMOLLM, prompt=f"Story number {i}:", stream=True, options={"temperature": 0, "num_predict": 40}
+        ):
             if first is None:
                 first = time.monotonic()
         spans[i] = (first or 0.0, time.monotonic())

@@ -127,8 +127,7 @@ async def still_consistent(client: httpx.AsyncClient, scheduler: Any, engine: Fa
     assert (await client.get("/api/ps")).json()["models"] == []
     assert all(m.closed for m in engine.loaded)
     for options in ({"num_batch": 64}, {}):  # a reload with other load options, then back
-        r = await post(client, "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False,
-                                                 "options": options})
+        r = await post(client, "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False, "options": options})
         assert r.status_code == 200, r.text
         assert r.json()["response"] == "Hello world"
     ps = (await client.get("/api/ps")).json()["models"]
@@ -140,8 +139,9 @@ GENERATE = {"model": "tiny", "prompt": "hi", "stream": False}
 
 
 @pytest.mark.parametrize("step", ["load", "complete-start", "complete-middle", "tokenize", "embed"])
-async def test_a_failure_while_a_model_is_held_leaves_the_scheduler_consistent(store_settings: Settings,
-                                                                               step: str) -> None:
+async def test_a_failure_while_a_model_is_held_leaves_the_scheduler_consistent(
+    store_settings: Settings, step: str
+) -> None:
     faults = Faults()
     engine = FakeEngine(faults)
     async with running(store_settings, engine) as (client, scheduler):
@@ -168,8 +168,9 @@ async def test_a_failure_mid_stream_releases_the_model(store_settings: Settings)
 
 
 @pytest.mark.parametrize("when", ["acquire", "release"])
-async def test_keep_alive_clock_failing_leaves_no_reference(store_settings: Settings, when: str,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_keep_alive_clock_failing_leaves_no_reference(
+    store_settings: Settings, when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The clock of keep_alive is restarted as a model is taken and as it is given back; a failure
     there (once an overflow of a huge keep_alive) must not leave a reference behind."""
     faults = Faults()

@@ -33,10 +33,16 @@ def test_prompt_cache_setting(tmp_path: Path) -> None:
 def test_corral_twin_wins(tmp_path: Path) -> None:
     env = {
         "CORRAL_HOME": str(tmp_path),
-        "OLLAMA_MODELS": "/srv/ollama", "CORRAL_MODELS": "/srv/corral",
-        "OLLAMA_HOST": "0.0.0.0:9000", "OLLAMA_KEEP_ALIVE": "10m", "CORRAL_KEEP_ALIVE": "-1",
-        "OLLAMA_NUM_PARALLEL": "2", "OLLAMA_MAX_QUEUE": "7", "OLLAMA_MAX_LOADED_MODELS": "1",
-        "OLLAMA_CONTEXT_LENGTH": "8192", "CORRAL_CONTEXT_LENGTH": "2048",
+        "OLLAMA_MODELS": "/srv/ollama",
+        "CORRAL_MODELS": "/srv/corral",
+        "OLLAMA_HOST": "0.0.0.0:9000",
+        "OLLAMA_KEEP_ALIVE": "10m",
+        "CORRAL_KEEP_ALIVE": "-1",
+        "OLLAMA_NUM_PARALLEL": "2",
+        "OLLAMA_MAX_QUEUE": "7",
+        "OLLAMA_MAX_LOADED_MODELS": "1",
+        "OLLAMA_CONTEXT_LENGTH": "8192",
+        "CORRAL_CONTEXT_LENGTH": "2048",
         "OLLAMA_ORIGINS": "http://a.example, http://b.example",
     }
     s = Settings.from_env(env)
@@ -48,21 +54,34 @@ def test_corral_twin_wins(tmp_path: Path) -> None:
     assert Settings.from_env({"CORRAL_HOME": str(tmp_path), "OLLAMA_MODELS": "/x"}).models_dir == Path("/x")
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("", ("http", "127.0.0.1", 11434)),
-    ("0.0.0.0", ("http", "0.0.0.0", 11434)),
-    (":8080", ("http", "127.0.0.1", 8080)),
-    ("example.com:1234", ("http", "example.com", 1234)),
-    ("https://example.com", ("https", "example.com", 443)),
-    ("http://[::1]:5000", ("http", "::1", 5000)),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("", ("http", "127.0.0.1", 11434)),
+        ("0.0.0.0", ("http", "0.0.0.0", 11434)),
+        (":8080", ("http", "127.0.0.1", 8080)),
+        ("example.com:1234", ("http", "example.com", 1234)),
+        ("https://example.com", ("https", "example.com", 443)),
+        ("http://[::1]:5000", ("http", "::1", 5000)),
+    ],
+)
 def test_parse_host(raw: str, expected: tuple[str, str, int]) -> None:
     assert parse_host(raw) == expected
 
 
-@pytest.mark.parametrize("raw, seconds", [
-    ("5m", 300), ("1h30m", 5400), ("-1", -1), ("0", 0), (30, 30), ("1.5s", 1.5), ("-1m", -60), ("250ms", 0.25),
-])
+@pytest.mark.parametrize(
+    "raw, seconds",
+    [
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("-1", -1),
+        ("0", 0),
+        (30, 30),
+        ("1.5s", 1.5),
+        ("-1m", -60),
+        ("250ms", 0.25),
+    ],
+)
 def test_keep_alive(raw: object, seconds: float) -> None:
     assert parse_keep_alive(raw) == pytest.approx(seconds)
 
@@ -74,12 +93,16 @@ def test_bad_keep_alive(raw: object) -> None:
 
 
 def test_cors_origins(start_server: Callable[..., ServerProc], server: ServerProc) -> None:
-    srv = start_server({"OLLAMA_MODELS": str(server.home / "models"), "CORRAL_STARTER_MODELS": "0",
-                        "OLLAMA_ORIGINS": "http://allowed.example"})
+    srv = start_server(
+        {
+            "OLLAMA_MODELS": str(server.home / "models"),
+            "CORRAL_STARTER_MODELS": "0",
+            "OLLAMA_ORIGINS": "http://allowed.example",
+        }
+    )
 
     def preflight(origin: str) -> httpx.Response:
-        return httpx.options(srv.url + "/api/chat", headers={
-            "Origin": origin, "Access-Control-Request-Method": "POST"})
+        return httpx.options(srv.url + "/api/chat", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
 
     assert preflight("http://localhost:3000").headers.get("access-control-allow-origin") == "http://localhost:3000"
     assert preflight("http://allowed.example").headers.get("access-control-allow-origin") == "http://allowed.example"

@@ -73,9 +73,14 @@ def test_quantize_on_create(client: ollama.Client, tmp_path: Path) -> None:
 
 
 def test_create_from_existing_with_layers_and_show(client: ollama.Client) -> None:
-    for _ in client.create(model="smol-custom", from_=SMOLLM, system="You are a pirate.",
-                           parameters={"temperature": 0.3, "stop": ["<|im_end|>", "Arr"]},
-                           license="Apache-2.0 (test)", stream=True):
+    for _ in client.create(
+        model="smol-custom",
+        from_=SMOLLM,
+        system="You are a pirate.",
+        parameters={"temperature": 0.3, "stop": ["<|im_end|>", "Arr"]},
+        license="Apache-2.0 (test)",
+        stream=True,
+    ):
         pass
     info = client.show("smol-custom")
     raw = httpx.post(str(client._client.base_url) + "/api/show", json={"model": "smol-custom"}).json()
@@ -110,8 +115,11 @@ def test_copy_and_delete(client: ollama.Client, server: ServerProc) -> None:
     # The copy's layers are still referenced by smollm2:135m, so they stay.
     assert all(p.exists() for p in shared)
     assert client.generate(model=SMOLLM, prompt="hi", options={"num_predict": 2}).done
-    for call in (lambda: client.delete("smol-copy:v1"), lambda: client.copy("missing-model", "x"),
-                 lambda: client.show("missing-model")):
+    for call in (
+        lambda: client.delete("smol-copy:v1"),
+        lambda: client.copy("missing-model", "x"),
+        lambda: client.show("missing-model"),
+    ):
         with pytest.raises(ollama.ResponseError) as err:
             call()
         assert err.value.status_code == 404
@@ -120,8 +128,9 @@ def test_copy_and_delete(client: ollama.Client, server: ServerProc) -> None:
 def test_delete_removes_unreferenced_blobs(client: ollama.Client, server: ServerProc) -> None:
     for _ in client.create(model="smol-sys", from_=SMOLLM, system="A system prompt only this model uses."):
         pass
-    manifest = json.loads((server.home / "models" / "manifests" / "registry.ollama.ai" / "library" / "smol-sys" /
-                           "latest").read_text())
+    manifest = json.loads(
+        (server.home / "models" / "manifests" / "registry.ollama.ai" / "library" / "smol-sys" / "latest").read_text()
+    )
     system_digest = next(layer["digest"] for layer in manifest["layers"] if layer["mediaType"].endswith(".system"))
     blob = server.home / "models" / "blobs" / system_digest.replace(":", "-")
     assert blob.exists()
@@ -132,11 +141,13 @@ def test_delete_removes_unreferenced_blobs(client: ollama.Client, server: Server
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/abs/path", "bad name", "a/b/c/d", "x:y:z", "..", "m:.."])
 def test_invalid_names_are_400_and_touch_nothing(base_url: str, server: ServerProc, name: str) -> None:
     before = sorted(p.relative_to(server.home) for p in server.home.rglob("*"))
-    for method, path, body in (("POST", "/api/create", {"model": name, "from": SMOLLM}),
-                               ("POST", "/api/copy", {"source": SMOLLM, "destination": name}),
-                               ("DELETE", "/api/delete", {"model": name}),
-                               ("POST", "/api/show", {"model": name}),
-                               ("POST", "/api/generate", {"model": name, "prompt": "x"})):
+    for method, path, body in (
+        ("POST", "/api/create", {"model": name, "from": SMOLLM}),
+        ("POST", "/api/copy", {"source": SMOLLM, "destination": name}),
+        ("DELETE", "/api/delete", {"model": name}),
+        ("POST", "/api/show", {"model": name}),
+        ("POST", "/api/generate", {"model": name, "prompt": "x"}),
+    ):
         r = httpx.request(method, base_url + path, json=body, timeout=30)
         assert r.status_code == 400, (path, name, r.text)
     after = sorted(p.relative_to(server.home) for p in server.home.rglob("*") if not p.name.endswith(".log"))

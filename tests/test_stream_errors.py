@@ -25,8 +25,10 @@ async def _crashing(make_app: MakeApp) -> InProc:
 
 async def test_error_after_stream_started_is_last_ndjson_line(make_app: MakeApp) -> None:
     app = await _crashing(make_app)
-    for path, body in (("/api/generate", {"model": "tiny", "prompt": "hi"}),
-                       ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})):
+    for path, body in (
+        ("/api/generate", {"model": "tiny", "prompt": "hi"}),
+        ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}),
+    ):
         r = await app.client.post(path, json=body)
         assert r.status_code == 200
         lines = [json.loads(line) for line in r.text.splitlines()]
@@ -40,8 +42,9 @@ async def test_error_after_stream_started_is_last_ndjson_line(make_app: MakeApp)
 
 async def test_error_after_stream_started_is_last_sse_event(make_app: MakeApp) -> None:
     app = await _crashing(make_app)
-    r = await app.client.post("/v1/chat/completions", json={"model": "tiny", "stream": True,
-                                                            "messages": [{"role": "user", "content": "hi"}]})
+    r = await app.client.post(
+        "/v1/chat/completions", json={"model": "tiny", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
     events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
     assert json.loads(events[-1])["error"]["message"] == CRASH
     assert [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:2]] == ["Hello", " world"]
@@ -51,8 +54,9 @@ async def test_engine_crash_without_stream_is_500(make_app: MakeApp) -> None:
     app = await _crashing(make_app)
     r = await app.generate(prompt="hi")
     assert r.status_code == 500 and r.json() == {"error": CRASH}
-    r = await app.client.post("/v1/chat/completions", json={"model": "tiny",
-                                                            "messages": [{"role": "user", "content": "x"}]})
+    r = await app.client.post(
+        "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     r = await app.client.post("/v1/completions", json={"model": "tiny", "prompt": "x"})
     assert r.status_code == 500 and r.json()["error"]["message"] == CRASH
@@ -64,8 +68,9 @@ async def test_engine_failure_before_the_first_token_keeps_its_status(make_app: 
     app.engine.fail_after, app.engine.fail_error = 0, EngineError(CRASH)
     r = await app.client.post("/api/generate", json={"model": "tiny", "prompt": "hi"})
     assert r.status_code == 500 and r.json() == {"error": CRASH}
-    r = await app.client.post("/v1/chat/completions", json={"model": "tiny", "stream": True,
-                                                            "messages": [{"role": "user", "content": "hi"}]})
+    r = await app.client.post(
+        "/v1/chat/completions", json={"model": "tiny", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert r.status_code == 500 and r.json()["error"]["message"] == CRASH
 
 

@@ -28,8 +28,18 @@ def _byte_tokens() -> list[str]:
     return [chr(table[b]) for b in range(256)]
 
 
-def tiny_llama(path: Path, *, n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_ff: int = 128,
-               ctx: int = 256, seed: int = 0, chat_template: str | None = None, fim: bool = False) -> Path:
+def tiny_llama(
+    path: Path,
+    *,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_ff: int = 128,
+    ctx: int = 256,
+    seed: int = 0,
+    chat_template: str | None = None,
+    fim: bool = False,
+) -> Path:
     rng = np.random.default_rng(seed)
     tokens = _byte_tokens() + ["<s>", "</s>"] + (["<fim_prefix>", "<fim_suffix>", "<fim_middle>"] if fim else [])
     n_vocab = len(tokens)

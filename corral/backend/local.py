@@ -97,13 +97,17 @@ def _tool_call_schema(tools: list[dict[str, Any]] | None, names: list[str]) -> d
         if name not in functions:
             raise BadRequest(f"tool_choice names {name!r}, which is not one of the tools", param="tool_choice")
         params = functions[name].get("parameters")
-        options.append({
-            "type": "object",
-            "properties": {"name": {"const": name},
-                           "arguments": _closed(params) if isinstance(params, dict) and params else {"type": "object"}},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        })
+        options.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": name},
+                    "arguments": _closed(params) if isinstance(params, dict) and params else {"type": "object"},
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
@@ -122,8 +126,15 @@ class _Shaper:
     fraction of one more async-generator layer.
     """
 
-    def __init__(self, think: bool | None, tools: ToolCallParser | None, start: float, ready: float,
-                 queue_seconds: float, model_name: str) -> None:
+    def __init__(
+        self,
+        think: bool | None,
+        tools: ToolCallParser | None,
+        start: float,
+        ready: float,
+        queue_seconds: float,
+        model_name: str,
+    ) -> None:
         self.splitter = ThinkingSplitter() if think else None
         self.tools = tools
         self.start = start
@@ -193,8 +204,11 @@ class LocalBackend:
         trained = record.info.context_length
         if 0 < trained < num_ctx:
             if options.get("num_ctx"):
-                log.warning("requested context size too large for model: num_ctx %d, n_ctx_train %d",
-                            options["num_ctx"], trained)
+                log.warning(
+                    "requested context size too large for model: num_ctx %d, n_ctx_train %d",
+                    options["num_ctx"],
+                    trained,
+                )
             num_ctx = trained  # as Ollama: never a KV cache beyond what the model was trained for
         return LoadSpec(
             path=record.gguf_path,
@@ -248,8 +262,9 @@ class LocalBackend:
         opts = self.options_for(record, call.options)
         return record, think, opts, self.load_spec(record, opts)
 
-    def _chat_renderer(self, record: ModelRecord, call: ChatCall,
-                       think: bool | None) -> Callable[[list[dict[str, Any]]], str]:
+    def _chat_renderer(
+        self, record: ModelRecord, call: ChatCall, think: bool | None
+    ) -> Callable[[list[dict[str, Any]]], str]:
         bos, eos = self._bos_eos(record)
 
         def render(msgs: list[dict[str, Any]]) -> str:
@@ -271,11 +286,13 @@ class LocalBackend:
             prompt = await self._fit_chat(lease, list(call.messages), render, spec.num_ctx)
             # Even the latest turn alone may not fit: then the prompt is truncated as /api/generate's is.
             parts = await self._fit_tokens(lease, [prompt], spec.num_ctx, int(opts.get("num_keep", 4)))
-            request = CompletionRequest(parts, opts, json_schema=schema, n_probs=_top(call),
-                                        want_logprobs=call.logprobs)
+            request = CompletionRequest(
+                parts, opts, json_schema=schema, n_probs=_top(call), want_logprobs=call.logprobs
+            )
             names = {t.get("function", {}).get("name") for t in call.tools or []} or None
-            shape = _Shaper(think, ToolCallParser(names) if call.tools else None, start, ready,
-                            lease.queue_seconds, record.name)
+            shape = _Shaper(
+                think, ToolCallParser(names) if call.tools else None, start, ready, lease.queue_seconds, record.name
+            )
             async for event in lease.model.complete(request):
                 if isinstance(event, TokenEvent):
                     if (piece := shape.token(event)) is not None:
@@ -311,11 +328,22 @@ class LocalBackend:
             elif call.raw:
                 parts.append(call.prompt)
             else:
-                parts.append(render_generate(record, call.prompt, system=call.system, suffix=call.suffix,
-                                             template=call.template, think=think, bos=bos, eos=eos))
+                parts.append(
+                    render_generate(
+                        record,
+                        call.prompt,
+                        system=call.system,
+                        suffix=call.suffix,
+                        template=call.template,
+                        think=think,
+                        bos=bos,
+                        eos=eos,
+                    )
+                )
             parts = await self._fit_tokens(lease, parts, spec.num_ctx, int(opts.get("num_keep", 4)))
-            request = CompletionRequest(parts, opts, json_schema=schema, n_probs=_top(call),
-                                        want_logprobs=call.logprobs)
+            request = CompletionRequest(
+                parts, opts, json_schema=schema, n_probs=_top(call), want_logprobs=call.logprobs
+            )
             output: list[str] = []
             shape = _Shaper(think, None, start, ready, lease.queue_seconds, record.name)
             async for event in lease.model.complete(request):
@@ -394,9 +422,15 @@ class LocalBackend:
         limit = num_ctx - max((num_ctx - keep) // 2, 1)
         if len(tokens) <= limit:
             return list(tokens)
-        log.warning("truncating input prompt: limit %d, prompt %d%s tokens, keep %d, num_ctx %d", limit,
-                    len(tokens), "+ (cut before tokenizing)" if cut else "", keep, num_ctx)
-        return list(tokens[:keep] + tokens[len(tokens) - (limit - keep):])
+        log.warning(
+            "truncating input prompt: limit %d, prompt %d%s tokens, keep %d, num_ctx %d",
+            limit,
+            len(tokens),
+            "+ (cut before tokenizing)" if cut else "",
+            keep,
+            num_ctx,
+        )
+        return list(tokens[:keep] + tokens[len(tokens) - (limit - keep) :])
 
     # ---- embeddings -------------------------------------------------------------------
     async def embed(self, call: EmbedCall) -> Embeddings:
@@ -430,14 +464,17 @@ class LocalBackend:
             n_tokens = sum(len(t) for t in prepared if isinstance(t, list))
             queue_ns = int(lease.queue_seconds * 1e9)
         if call.dimensions is not None:
-            vectors = [_normalise(v[:call.dimensions]) for v in vectors]
+            vectors = [_normalise(v[: call.dimensions]) for v in vectors]
         return Embeddings(vectors, n_tokens, load_ns, max(1, int((time.monotonic() - start) * 1e9)), queue_ns)
 
-    async def _embed_tokens(self, lease: Lease, text: str, specials: list[int], limit: int, truncate: bool) -> list[int]:
+    async def _embed_tokens(
+        self, lease: Lease, text: str, specials: list[int], limit: int, truncate: bool
+    ) -> list[int]:
         """One input's tokens, fitted to ``limit`` keeping the leading and trailing special tokens."""
         bound = (limit + 1) * CHARS_PER_TOKEN_BOUND
-        tokens = await lease.model.tokenize(text[:bound] if len(text) > bound else text, special=False,
-                                            add_special=True)
+        tokens = await lease.model.tokenize(
+            text[:bound] if len(text) > bound else text, special=False, add_special=True
+        )
         if len(text) > bound and len(tokens) <= limit:  # tokens longer than the bound assumes: no shortcut
             tokens = await lease.model.tokenize(text, special=False, add_special=True)
         head, tail = _special_split(tokens, specials)
@@ -447,8 +484,8 @@ class LocalBackend:
             return tokens
         if not truncate:
             raise BadRequest("the input length exceeds the context length", param="input")
-        content = tokens[head:len(tokens) - tail]
-        return tokens[:head] + content[:limit - head - tail] + tokens[len(tokens) - tail:]
+        content = tokens[head : len(tokens) - tail]
+        return tokens[:head] + content[: limit - head - tail] + tokens[len(tokens) - tail :]
 
     # ---- catalog ------------------------------------------------------------------------
     async def unload(self, model: str) -> bool:
@@ -458,10 +495,17 @@ class LocalBackend:
         try:
             details = self.record(local.name.display).info.details(parent=_parent(local))
         except Exception:  # a model whose weights can't be read still lists
-            details = {"parent_model": "", "format": "gguf", "family": "", "families": None,
-                       "parameter_size": "", "quantization_level": ""}
-        return ModelSummary(local.name.display, local.name.namespace, local.modified_at, local.size, local.digest,
-                            details)
+            details = {
+                "parent_model": "",
+                "format": "gguf",
+                "family": "",
+                "families": None,
+                "parameter_size": "",
+                "quantization_level": "",
+            }
+        return ModelSummary(
+            local.name.display, local.name.namespace, local.modified_at, local.size, local.digest, details
+        )
 
     async def models(self) -> list[ModelSummary]:
         return [self._summary(local) for local in await asyncio.to_thread(self.store.list)]
@@ -477,14 +521,26 @@ class LocalBackend:
         record = self.record(name)
         params = dict(record.params)
         modelfile = render_modelfile(
-            from_=str(record.gguf_path), parameters=params, template=record.template, system=record.system,
-            license=record.license, messages=record.messages, adapters=[str(a) for a in record.adapters],
+            from_=str(record.gguf_path),
+            parameters=params,
+            template=record.template,
+            system=record.system,
+            license=record.license,
+            messages=record.messages,
+            adapters=[str(a) for a in record.adapters],
         )
         return ModelInfo(
-            name=record.name, modelfile=modelfile, parameters=params, template=record.effective_template or "",
-            system=record.system, license=list(record.license), details=record.info.details(parent=_parent(record.local)),
-            messages=list(record.messages), model_info=record.info.model_info(verbose=verbose),
-            capabilities=record.capabilities, modified_at=record.local.modified_at,
+            name=record.name,
+            modelfile=modelfile,
+            parameters=params,
+            template=record.effective_template or "",
+            system=record.system,
+            license=list(record.license),
+            details=record.info.details(parent=_parent(record.local)),
+            messages=list(record.messages),
+            model_info=record.info.model_info(verbose=verbose),
+            capabilities=record.capabilities,
+            modified_at=record.local.modified_at,
         )
 
     async def running(self) -> list[RunningModel]:
@@ -494,8 +550,17 @@ class LocalBackend:
                 details = self.record(runner.key).info.details()
             except Exception:  # removed from the store while loaded
                 details = {}
-            out.append(RunningModel(runner.key, runner.digest, runner.model.size_bytes, 0, details,
-                                    runner.expires_at, runner.spec.num_ctx))
+            out.append(
+                RunningModel(
+                    runner.key,
+                    runner.digest,
+                    runner.model.size_bytes,
+                    0,
+                    details,
+                    runner.expires_at,
+                    runner.spec.num_ctx,
+                )
+            )
         return out
 
     async def close(self) -> None:
@@ -514,7 +579,11 @@ def _special_split(tokens: list[int], specials: list[int]) -> tuple[int, int]:
     ([CLS] ... [SEP] for BERT, BOS ... for llama); (0, 0) when they are not where expected."""
     for n in range(len(specials), -1, -1):
         trail = len(specials) - n
-        if tokens[:n] == specials[:n] and tokens[len(tokens) - trail:] == specials[n:] and len(tokens) >= len(specials):
+        if (
+            tokens[:n] == specials[:n]
+            and tokens[len(tokens) - trail :] == specials[n:]
+            and len(tokens) >= len(specials)
+        ):
             return n, trail
     return 0, 0
 

@@ -171,7 +171,9 @@ class Scheduler:
                 await self._unload_locked(runner)
 
     # ---- internals -------------------------------------------------------------
-    async def _get_runner(self, key: str, digest: str, spec: LoadSpec, keep_alive: float | None) -> tuple[Runner, float]:
+    async def _get_runner(
+        self, key: str, digest: str, spec: LoadSpec, keep_alive: float | None
+    ) -> tuple[Runner, float]:
         ka = self.settings.keep_alive if keep_alive is None else keep_alive
         async with self._cond:
             while True:

@@ -16,14 +16,41 @@ from corral.errors import BadRequest
 
 TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_SCHEMA_ONE = ("additionalProperties", "unevaluatedProperties", "additionalItems", "unevaluatedItems", "contains",
-               "not", "propertyNames", "if", "then", "else")
+_SCHEMA_ONE = (
+    "additionalProperties",
+    "unevaluatedProperties",
+    "additionalItems",
+    "unevaluatedItems",
+    "contains",
+    "not",
+    "propertyNames",
+    "if",
+    "then",
+    "else",
+)
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
-_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
-           "maxContains")
+_COUNTS = (
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "minContains",
+    "maxContains",
+)
 _NUMBERS = ("minimum", "maximum")
-_STRINGS = ("pattern", "format", "$ref", "$id", "$schema", "title", "description", "contentEncoding",
-            "contentMediaType")
+_STRINGS = (
+    "pattern",
+    "format",
+    "$ref",
+    "$id",
+    "$schema",
+    "title",
+    "description",
+    "contentEncoding",
+    "contentMediaType",
+)
 
 
 class _Invalid(Exception):
@@ -42,7 +69,8 @@ def _is_number(value: Any) -> bool:
 
 def _is_count(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
-        isinstance(value, float) and value.is_integer() and value >= 0)
+        isinstance(value, float) and value.is_integer() and value >= 0
+    )
 
 
 def _check(schema: Any, path: list[str]) -> None:
@@ -58,8 +86,10 @@ def _check(schema: Any, path: list[str]) -> None:
             raise _Invalid(_pointer([*path, "type"]), "type must not be an empty list")
         for name in names:
             if not isinstance(name, str) or name not in TYPES:
-                raise _Invalid(_pointer([*path, "type"]), f"{_show(name)} is not a valid type (one of "
-                               + ", ".join(f'"{t}"' for t in TYPES) + ")")
+                raise _Invalid(
+                    _pointer([*path, "type"]),
+                    f"{_show(name)} is not a valid type (one of " + ", ".join(f'"{t}"' for t in TYPES) + ")",
+                )
     for key in _SCHEMA_MAPS:
         if key in schema:
             value = schema[key]
@@ -104,8 +134,12 @@ def _check(schema: Any, path: list[str]) -> None:
     for key in _STRINGS:
         if key in schema and not isinstance(schema[key], str):
             raise _Invalid(_pointer([*path, key]), f"{key} must be a string, not {_kind(schema[key])}")
-    for low, high in (("minLength", "maxLength"), ("minItems", "maxItems"), ("minProperties", "maxProperties"),
-                      ("minimum", "maximum")):
+    for low, high in (
+        ("minLength", "maxLength"),
+        ("minItems", "maxItems"),
+        ("minProperties", "maxProperties"),
+        ("minimum", "maximum"),
+    ):
         if low in schema and high in schema and schema[low] > schema[high]:
             raise _Invalid(where, f"{low} {schema[low]} is above {high} {schema[high]}: nothing can match")
 

@@ -117,11 +117,16 @@ def _logprobs(entries: list[dict[str, Any]], top: int) -> tuple[list[dict[str, A
     out, ids = [], []
     for item in entries:
         ids.append(int(item.get("id", -1)))
-        entry: dict[str, Any] = {"token": item.get("token", ""), "logprob": item.get("logprob", 0.0),
-                                 "bytes": item.get("bytes")}
+        entry: dict[str, Any] = {
+            "token": item.get("token", ""),
+            "logprob": item.get("logprob", 0.0),
+            "bytes": item.get("bytes"),
+        }
         if top > 0:
-            alternatives = [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
-                            for t in item.get("top_logprobs") or []]
+            alternatives = [
+                {"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
+                for t in item.get("top_logprobs") or []
+            ]
             alternatives.sort(key=lambda t: -float(t["logprob"]))
             entry["top_logprobs"] = alternatives[:top]
         out.append(entry)
@@ -138,16 +143,16 @@ def _done(payload: dict[str, Any]) -> DoneEvent:
         prompt_eval_ns=int(float(t.get("prompt_ms", 0.0)) * 1e6),
         eval_count=int(payload.get("tokens_predicted", t.get("predicted_n", 0))),
         eval_ns=int(float(t.get("predicted_ms", 0.0)) * 1e6),
-        extra={"timings": t,
-               "stop_word": payload.get("stopping_word") if payload.get("stop_type") == "word" else None},
+        extra={"timings": t, "stop_word": payload.get("stopping_word") if payload.get("stop_type") == "word" else None},
     )
 
 
 class LlamaCppModel:
     """One model loaded in-process (see module docstring)."""
 
-    def __init__(self, spec: LoadSpec, server: Any, size_bytes: int, embed_params: Any = None,
-                 embed_kv_bytes: int = 0) -> None:
+    def __init__(
+        self, spec: LoadSpec, server: Any, size_bytes: int, embed_params: Any = None, embed_kv_bytes: int = 0
+    ) -> None:
         self.spec = spec
         self.server = server
         self.size_bytes = size_bytes
@@ -208,8 +213,9 @@ class LlamaCppModel:
         return vectors, int((data.get("usage") or {}).get("prompt_tokens", 0))
 
     async def tokenize(self, text: str, *, special: bool = True, add_special: bool = False) -> list[int]:
-        r = await self._http.post("/tokenize", json={"content": text, "add_special": add_special,
-                                                     "parse_special": special})
+        r = await self._http.post(
+            "/tokenize", json={"content": text, "add_special": add_special, "parse_special": special}
+        )
         r.raise_for_status()
         return list(r.json()["tokens"])
 

@@ -102,11 +102,11 @@ class SSEStream(asyncio.Protocol):
 
     def _event(self, event: bytes) -> None:
         if event.startswith(_DATA):
-            data = event[len(_DATA):]
+            data = event[len(_DATA) :]
             if data != _DONE:
                 self._put(data)
         elif event.startswith(_ERROR):
-            self._put(event[len(_ERROR):])
+            self._put(event[len(_ERROR) :])
         # anything else (comments, empty keep-alive lines) carries no payload
 
     def _fail(self, message: str) -> None:
@@ -153,7 +153,9 @@ async def open_completion(host: str, port: int, body: bytes) -> SSEStream:
         transport, stream = await loop.create_connection(SSEStream, host, port)
     except OSError as exc:
         raise EngineError(f"llama runner is not reachable: {exc}") from exc
-    head = (b"POST /completion HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (host.encode(), port, len(body)))
+    head = (
+        b"POST /completion HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (host.encode(), port, len(body))
+    )
     transport.write(head + body)
     return stream

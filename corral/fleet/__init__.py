@@ -31,6 +31,23 @@ from corral.fleet.openai_backend import OpenAIBackend
 from corral.fleet.routing import Decision, NoUpstreamAvailable, Router, call_prefix, prefix_of
 from corral.fleet.state import CircuitBreaker, FleetState, UpstreamState
 
-__all__ = ["CircuitBreaker", "Decision", "Discovery", "FleetConfig", "FleetConfigError", "FleetState",
-           "NoUpstreamAvailable", "OpenAIBackend", "Router", "UpstreamSpec", "UpstreamState", "call_prefix",
-           "from_urls", "load_fleet", "merged_openai_models", "merged_ps", "merged_tags", "prefix_of"]
+__all__ = [
+    "CircuitBreaker",
+    "Decision",
+    "Discovery",
+    "FleetConfig",
+    "FleetConfigError",
+    "FleetState",
+    "NoUpstreamAvailable",
+    "OpenAIBackend",
+    "Router",
+    "UpstreamSpec",
+    "UpstreamState",
+    "call_prefix",
+    "from_urls",
+    "load_fleet",
+    "merged_openai_models",
+    "merged_ps",
+    "merged_tags",
+    "prefix_of",
+]

@@ -100,8 +100,11 @@ class UpstreamSpec:
     def __post_init__(self) -> None:
         at = self.where or f"upstream {self.name!r}"
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise _fail(f"{at}.name", f"invalid name {self.name!r}: letters, digits, '.', '_' and '-', "
-                                      "starting with a letter or digit, at most 64")
+            raise _fail(
+                f"{at}.name",
+                f"invalid name {self.name!r}: letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit, at most 64",
+            )
         if not isinstance(self.url, str):
             raise _fail(f"{at}.url", f"expected a string, got {self.url!r}")
         object.__setattr__(self, "url", _check_url(self.url, f"{at}.url"))
@@ -110,8 +113,11 @@ class UpstreamSpec:
         if self.key is not None and (not isinstance(self.key, str) or not self.key):
             raise _fail(f"{at}.key", "expected a non-empty string")
         _number(self.weight, f"{at}.weight", minimum=0, strict=True)
-        if self.models is not None and (not isinstance(self.models, tuple) or not self.models
-                or not all(isinstance(m, str) and m for m in self.models)):
+        if self.models is not None and (
+            not isinstance(self.models, tuple)
+            or not self.models
+            or not all(isinstance(m, str) and m for m in self.models)
+        ):
             raise _fail(f"{at}.models", f"expected a non-empty list of model names, got {self.models!r}")
 
 
@@ -200,8 +206,15 @@ def _upstream_from(raw: object, where: str, env: Mapping[str, str]) -> UpstreamS
             raise _fail(f"{where}.models", f"expected a list of model names, got {models!r}")
         models = tuple(models)
     weight = raw.get("weight", 1.0)
-    return UpstreamSpec(name=raw["name"], url=raw["url"], kind=raw.get("kind", "ollama"), key=key,
-                        weight=weight, models=models, where=where)
+    return UpstreamSpec(
+        name=raw["name"],
+        url=raw["url"],
+        kind=raw.get("kind", "ollama"),
+        key=key,
+        weight=weight,
+        models=models,
+        where=where,
+    )
 
 
 def fleet_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> FleetConfig:

@@ -49,13 +49,15 @@ class DiscoveryError(Exception):
     """One discovery request failed (the message says how); counted as a failure of the upstream."""
 
 
-async def _get(session: aiohttp.ClientSession, state: UpstreamState, path: str, key: str, timeout: float
-               ) -> list[dict[str, Any]]:
+async def _get(
+    session: aiohttp.ClientSession, state: UpstreamState, path: str, key: str, timeout: float
+) -> list[dict[str, Any]]:
     """GET ``path`` and return the list under ``key`` (``models`` or ``data``)."""
     headers = {"Authorization": f"Bearer {state.spec.key}"} if state.spec.key else {}
     try:
-        async with session.get(state.spec.url + path, headers=headers,
-                               timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with session.get(
+            state.spec.url + path, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
             if resp.status != 200:
                 raise DiscoveryError(f"GET {path} answered {resp.status}")
             body = await resp.json(content_type=None)
@@ -69,11 +71,18 @@ async def _get(session: aiohttp.ClientSession, state: UpstreamState, path: str, 
     return [item for item in items if isinstance(item, dict)]
 
 
-def tags_entry(summary_name: str, modified_at: datetime, size: int, digest: str, details: dict[str, Any]
-               ) -> dict[str, Any]:
+def tags_entry(
+    summary_name: str, modified_at: datetime, size: int, digest: str, details: dict[str, Any]
+) -> dict[str, Any]:
     """One ``/api/tags`` entry in Ollama's shape."""
-    return {"name": summary_name, "model": summary_name, "modified_at": now_iso(modified_at), "size": size,
-            "digest": digest, "details": details}
+    return {
+        "name": summary_name,
+        "model": summary_name,
+        "modified_at": now_iso(modified_at),
+        "size": size,
+        "digest": digest,
+        "details": details,
+    }
 
 
 def _openai_tags(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,9 +99,18 @@ def _openai_ps(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in data:
         if isinstance(entry.get("id"), str):
             r = running_from_openai(entry)
-            out.append({"name": r.name, "model": r.name, "size": r.size, "digest": r.digest, "details": r.details,
-                        "expires_at": r.expires_at.isoformat().replace("+00:00", "Z"), "size_vram": r.size_vram,
-                        "context_length": r.context_length})
+            out.append(
+                {
+                    "name": r.name,
+                    "model": r.name,
+                    "size": r.size,
+                    "digest": r.digest,
+                    "details": r.details,
+                    "expires_at": r.expires_at.isoformat().replace("+00:00", "Z"),
+                    "size_vram": r.size_vram,
+                    "context_length": r.context_length,
+                }
+            )
     return out
 
 
@@ -148,18 +166,18 @@ class Discovery:
 
     async def refresh_all(self) -> None:
         timeout = self.fleet.config.probe_timeout
-        await asyncio.gather(*(refresh(self._client(), s, timeout=timeout, now=self.fleet.clock())
-                               for s in self.fleet))
+        await asyncio.gather(*(refresh(self._client(), s, timeout=timeout, now=self.fleet.clock()) for s in self.fleet))
 
     async def check_all(self) -> None:
         timeout = self.fleet.config.probe_timeout
-        await asyncio.gather(*(check(self._client(), s, timeout=timeout, now=self.fleet.clock())
-                               for s in self.fleet))
+        await asyncio.gather(*(check(self._client(), s, timeout=timeout, now=self.fleet.clock()) for s in self.fleet))
 
     async def start(self) -> None:
         await self.refresh_all()
-        self._tasks = [asyncio.create_task(self._loop(self.refresh_all, self.fleet.config.refresh_interval)),
-                       asyncio.create_task(self._loop(self.check_all, self.fleet.config.health_interval))]
+        self._tasks = [
+            asyncio.create_task(self._loop(self.refresh_all, self.fleet.config.refresh_interval)),
+            asyncio.create_task(self._loop(self.check_all, self.fleet.config.health_interval)),
+        ]
 
     @staticmethod
     async def _loop(step: Callable[[], Awaitable[None]], interval: float) -> None:
@@ -183,6 +201,7 @@ class Discovery:
 
 
 # ---- merged answers -----------------------------------------------------------------------
+
 
 def _listable(states: Iterable[UpstreamState]) -> list[UpstreamState]:
     return [s for s in states if s.breaker.state != "open"]
@@ -224,6 +243,17 @@ def merged_openai_models(states: Iterable[UpstreamState]) -> dict[str, Any]:
     """The gateway's ``/v1/models``: one entry per model; ``owned_by`` is the upstream that supplies it,
     ``upstreams`` all that serve it."""
     tags = merged_tags(states)["models"]
-    return {"object": "list", "data": [
-        {"id": _key(t), "object": "model", "created": _timestamp(t.get("modified_at")), "owned_by": t["upstream"],
-         "upstream": t["upstream"], "upstreams": t["upstreams"]} for t in tags]}
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": _key(t),
+                "object": "model",
+                "created": _timestamp(t.get("modified_at")),
+                "owned_by": t["upstream"],
+                "upstream": t["upstream"],
+                "upstreams": t["upstreams"],
+            }
+            for t in tags
+        ],
+    }

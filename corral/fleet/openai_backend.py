@@ -91,8 +91,15 @@ class OpenAIBackend:
     it (default: the URL). A ``session`` given here is used but not closed.
     """
 
-    def __init__(self, url: str, *, key: str | None = None, name: str | None = None, connect_timeout: float = 10.0,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: str | None = None,
+        name: str | None = None,
+        connect_timeout: float = 10.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.key = key
         self.name = name or self.url
@@ -105,7 +112,8 @@ class OpenAIBackend:
             # No read timeout: a model may think for minutes before its first token.
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            )
         return self._session
 
     def _headers(self) -> dict[str, str]:
@@ -114,12 +122,12 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self.key}"
         return headers
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None, model: str
-                       ) -> aiohttp.ClientResponse:
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None, model: str) -> aiohttp.ClientResponse:
         """The upstream's answer once its status is in; an error status is raised as a CorralError."""
         try:
-            resp = await self._client().request(method, self.url + path, headers=self._headers(),
-                                                data=None if body is None else json.dumps(body))
+            resp = await self._client().request(
+                method, self.url + path, headers=self._headers(), data=None if body is None else json.dumps(body)
+            )
         except _NET_ERRORS as exc:
             raise BadGateway(f"upstream {self.name} is unreachable: {_reason(exc)}") from None
         if resp.status < 400:
@@ -192,8 +200,12 @@ class OpenAIBackend:
         except (KeyError, TypeError, ValueError, AttributeError):
             raise BadGateway(f"upstream {self.name} answered /v1/embeddings without embeddings") from None
         usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
-        return Embeddings([_normalise(v) for v in vectors], int(usage.get("prompt_tokens") or 0), 0,
-                          max(1, int((time.monotonic() - start) * 1e9)))
+        return Embeddings(
+            [_normalise(v) for v in vectors],
+            int(usage.get("prompt_tokens") or 0),
+            0,
+            max(1, int((time.monotonic() - start) * 1e9)),
+        )
 
     # ---- catalog ------------------------------------------------------------------------
     async def listing(self) -> list[dict[str, Any]]:
@@ -223,9 +235,19 @@ class OpenAIBackend:
         info: dict[str, Any] = {"general.architecture": "openai", "general.name": summary.name}
         if n_ctx := context_length(entry):
             info["openai.context_length"] = n_ctx
-        return ModelInfo(name=summary.name, modelfile=f"# {summary.name}, served by {self.name} (OpenAI API)\n",
-                         parameters={}, template="", system=None, license=[], details=summary.details, messages=[],
-                         model_info=info, capabilities=["completion", "tools"], modified_at=summary.modified_at)
+        return ModelInfo(
+            name=summary.name,
+            modelfile=f"# {summary.name}, served by {self.name} (OpenAI API)\n",
+            parameters={},
+            template="",
+            system=None,
+            license=[],
+            details=summary.details,
+            messages=[],
+            model_info=info,
+            capabilities=["completion", "tools"],
+            modified_at=summary.modified_at,
+        )
 
     async def running(self) -> list[RunningModel]:
         return [running_from_openai(e) for e in await self.listing()]

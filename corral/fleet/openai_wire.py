@@ -26,17 +26,32 @@ from corral.errors import BadGateway, BadRequest, CorralError, ModelNotFound, To
 log = logging.getLogger(__name__)
 
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)  # expires_at of a model an OpenAI server keeps loaded for good
-DETAILS: dict[str, Any] = {"parent_model": "", "format": "openai", "family": "", "families": None,
-                           "parameter_size": "", "quantization_level": ""}
+DETAILS: dict[str, Any] = {
+    "parent_model": "",
+    "format": "openai",
+    "family": "",
+    "families": None,
+    "parameter_size": "",
+    "quantization_level": "",
+}
 # Ollama option -> OpenAI field. top_k and min_p are extensions that vLLM and llama-server both accept.
-_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p", "seed": "seed",
-            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
-            "num_predict": "max_tokens", "stop": "stop"}
+_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "num_predict": "max_tokens",
+    "stop": "stop",
+}
 _IMAGE_MAGIC = (("iVBOR", "png"), ("/9j/", "jpeg"), ("R0lGOD", "gif"), ("UklGR", "webp"))
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 # ---- requests -------------------------------------------------------------------------
+
 
 def sampling(options: dict[str, Any]) -> dict[str, Any]:
     """Ollama options -> OpenAI sampling fields; options OpenAI has no field for (num_ctx...) are left out."""
@@ -93,7 +108,8 @@ def messages_out(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         msg: dict[str, Any] = {"role": role, "content": content}
         if m.get("images"):
             msg["content"] = ([{"type": "text", "text": content}] if content else []) + [
-                {"type": "image_url", "image_url": {"url": _data_url(img)}} for img in m["images"]]
+                {"type": "image_url", "image_url": {"url": _data_url(img)}} for img in m["images"]
+            ]
         if role == "assistant" and m.get("tool_calls"):
             calls, pending = [], []
             for i, tc in enumerate(m["tool_calls"]):
@@ -101,9 +117,16 @@ def messages_out(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 name = str(fn.get("name", ""))
                 cid = str(tc.get("id") or _call_id(n, i, name))
                 args = fn.get("arguments")
-                calls.append({"id": cid, "type": "function",
-                              "function": {"name": name, "arguments": args if isinstance(args, str)
-                                           else json.dumps(args or {}, ensure_ascii=False)}})
+                calls.append(
+                    {
+                        "id": cid,
+                        "type": "function",
+                        "function": {
+                            "name": name,
+                            "arguments": args if isinstance(args, str) else json.dumps(args or {}, ensure_ascii=False),
+                        },
+                    }
+                )
                 pending.append((cid, name))
             msg["tool_calls"] = calls
         if role == "tool":
@@ -146,16 +169,22 @@ def chat_body(call: ChatCall) -> dict[str, Any]:
 def generate_as_chat(call: GenerateCall) -> ChatCall:
     """A templated generate is a one-turn chat: the upstream applies the model's template, as Ollama does."""
     if call.template:
-        raise BadRequest("a template override is not supported by an OpenAI-compatible upstream",
-                         param="template")
+        raise BadRequest("a template override is not supported by an OpenAI-compatible upstream", param="template")
     messages: list[dict[str, Any]] = [{"role": "system", "content": call.system}] if call.system else []
     user: dict[str, Any] = {"role": "user", "content": call.prompt}
     if call.images:
         user["images"] = call.images
     messages.append(user)
-    return ChatCall(model=call.model, options=call.options, format=call.format, think=call.think,
-                    logprobs=call.logprobs, top_logprobs=call.top_logprobs, keep_alive=call.keep_alive,
-                    messages=messages)
+    return ChatCall(
+        model=call.model,
+        options=call.options,
+        format=call.format,
+        think=call.think,
+        logprobs=call.logprobs,
+        top_logprobs=call.top_logprobs,
+        keep_alive=call.keep_alive,
+        messages=messages,
+    )
 
 
 def completion_body(call: GenerateCall) -> dict[str, Any]:
@@ -174,6 +203,7 @@ def completion_body(call: GenerateCall) -> dict[str, Any]:
 
 
 # ---- answers ------------------------------------------------------------------------------
+
 
 class SSEDecoder:
     """Server-sent events -> the data of each event (``data:`` lines joined); ``error:`` events are wrapped
@@ -247,9 +277,16 @@ def _legacy_logprobs(lp: Any) -> list[dict[str, Any]] | None:
     if not isinstance(lp, dict) or not lp.get("tokens"):
         return None
     tops = lp.get("top_logprobs") or []
-    return [{"token": t, "logprob": p, "top_logprobs": [{"token": k, "logprob": v} for k, v in
-                                                        (tops[i] if i < len(tops) and tops[i] else {}).items()]}
-            for i, (t, p) in enumerate(zip(lp["tokens"], lp.get("token_logprobs") or [], strict=False))]
+    return [
+        {
+            "token": t,
+            "logprob": p,
+            "top_logprobs": [
+                {"token": k, "logprob": v} for k, v in (tops[i] if i < len(tops) and tops[i] else {}).items()
+            ],
+        }
+        for i, (t, p) in enumerate(zip(lp["tokens"], lp.get("token_logprobs") or [], strict=False))
+    ]
 
 
 class StreamFolder:
@@ -320,8 +357,9 @@ class StreamFolder:
             except ValueError:
                 args = None
             if not isinstance(args, dict):  # unparseable: released as text, as a failed local tool parse is
-                log.warning("upstream %s sent tool call %r with arguments that are no JSON object", self.upstream,
-                            call["name"])
+                log.warning(
+                    "upstream %s sent tool call %r with arguments that are no JSON object", self.upstream, call["name"]
+                )
                 leftover.append(json.dumps({"name": call["name"], "arguments": text}, ensure_ascii=False))
                 continue
             out: dict[str, Any] = {"function": {"index": i, "name": call["name"], "arguments": args}}
@@ -343,6 +381,7 @@ class StreamFolder:
 
 # ---- catalog ---------------------------------------------------------------------------------
 
+
 def _created(entry: dict[str, Any]) -> datetime:
     created = entry.get("created")
     if isinstance(created, (int, float)) and not isinstance(created, bool) and created > 0:
@@ -362,9 +401,14 @@ def _meta_int(entry: dict[str, Any], *keys: str) -> int:
 
 def summary_from_openai(entry: dict[str, Any]) -> ModelSummary:
     """One ``/v1/models`` entry as a listing entry (size from llama-server's ``meta`` where it gives one)."""
-    return ModelSummary(name=str(entry.get("id", "")), namespace=str(entry.get("owned_by") or ""),
-                        modified_at=_created(entry), size=_meta_int(entry, "size"), digest="",
-                        details=dict(DETAILS))
+    return ModelSummary(
+        name=str(entry.get("id", "")),
+        namespace=str(entry.get("owned_by") or ""),
+        modified_at=_created(entry),
+        size=_meta_int(entry, "size"),
+        digest="",
+        details=dict(DETAILS),
+    )
 
 
 def context_length(entry: dict[str, Any]) -> int:
@@ -375,6 +419,12 @@ def context_length(entry: dict[str, Any]) -> int:
 def running_from_openai(entry: dict[str, Any]) -> RunningModel:
     """An OpenAI server serves every model it lists, loaded for good."""
     size = _meta_int(entry, "size")
-    return RunningModel(name=str(entry.get("id", "")), digest="", size=size, size_vram=size, details=dict(DETAILS),
-                        expires_at=FAR_FUTURE, context_length=context_length(entry))
-
+    return RunningModel(
+        name=str(entry.get("id", "")),
+        digest="",
+        size=size,
+        size_vram=size,
+        details=dict(DETAILS),
+        expires_at=FAR_FUTURE,
+        context_length=context_length(entry),
+    )

@@ -72,6 +72,7 @@ class NoUpstreamAvailable(ServerBusy):
 
 # ---- prefix text ------------------------------------------------------------------------
 
+
 def _line(value: Any) -> str:
     """One message (or the tools, or the system prompt) as one line of the prefix text.
 
@@ -127,7 +128,7 @@ def block_hashes(text: str, block_size: int, seed: str = "") -> list[int]:
     h = hash(seed)
     out: list[int] = []
     for start in range(0, len(text) - block_size + 1, block_size):
-        h = hash((h, text[start:start + block_size]))
+        h = hash((h, text[start : start + block_size]))
         out.append(h)
     return out
 
@@ -172,8 +173,7 @@ class PrefixIndex:
         for i in range(len(hashes) - 1, -1, -1):
             seen = self._entries.get(hashes[i])
             if seen:
-                best = max(((end, when, name) for name, (when, end) in seen.items() if name in allowed),
-                           default=None)
+                best = max(((end, when, name) for name, (when, end) in seen.items() if name in allowed), default=None)
                 if best is not None:
                     return Match(best[2], i + 1, best[0])
         return None
@@ -190,6 +190,7 @@ def _seed(model: str) -> str:
 
 
 # ---- the router -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -260,8 +261,11 @@ class Router:
         state.note_loaded(decision.model)
         if self.policy != "cache-aware":
             return
-        hashes = decision.hashes if prefix_text is None else block_hashes(prefix_text, self.block_size,
-                                                                         _seed(decision.model))
+        hashes = (
+            decision.hashes
+            if prefix_text is None
+            else block_hashes(prefix_text, self.block_size, _seed(decision.model))
+        )
         self.index.insert(hashes, decision.upstream, self.fleet.clock())
 
     # ---- policies ---------------------------------------------------------------------------

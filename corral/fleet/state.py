@@ -213,11 +213,22 @@ class UpstreamState:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain values for ``/metrics`` and status pages."""
-        return {"name": self.name, "url": self.spec.url, "kind": self.spec.kind, "weight": self.spec.weight,
-                "health": self.breaker.state, "outstanding": self.outstanding, "requests": self.requests,
-                "failures": self.failures, "failovers": self.failovers, "ejections": self.breaker.opens,
-                "decisions": dict(self.decisions), "models": sorted(self.served), "loaded": sorted(self.loaded),
-                "last_error": self.last_error}
+        return {
+            "name": self.name,
+            "url": self.spec.url,
+            "kind": self.spec.kind,
+            "weight": self.spec.weight,
+            "health": self.breaker.state,
+            "outstanding": self.outstanding,
+            "requests": self.requests,
+            "failures": self.failures,
+            "failovers": self.failovers,
+            "ejections": self.breaker.opens,
+            "decisions": dict(self.decisions),
+            "models": sorted(self.served),
+            "loaded": sorted(self.loaded),
+            "last_error": self.last_error,
+        }
 
 
 def _entry_name(entry: dict[str, Any]) -> str:
@@ -232,7 +243,8 @@ class FleetState:
         self.clock = clock
         self.upstreams: dict[str, UpstreamState] = {
             spec.name: UpstreamState(spec, CircuitBreaker(config.failure_threshold, config.cooldown, clock))
-            for spec in config.upstreams}
+            for spec in config.upstreams
+        }
 
     def __iter__(self) -> Iterator[UpstreamState]:
         return iter(self.upstreams.values())

@@ -115,16 +115,24 @@ def _from_row(row: Row) -> ApiKey:
 class KeyStore:
     """API keys in the gateway database (see module docstring)."""
 
-    def __init__(self, db: Database, *, touch_interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, db: Database, *, touch_interval: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.db = db
         self.touch_interval = touch_interval
         self._clock = clock
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def create(self, name: str, *, admin: bool = False, models: Iterable[str] | None = None,
-               rpm: int | None = None, tpm: int | None = None) -> tuple[ApiKey, str]:
+    def create(
+        self,
+        name: str,
+        *,
+        admin: bool = False,
+        models: Iterable[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+    ) -> tuple[ApiKey, str]:
         """Store a new key; return it and its secret, which is shown this once and never again."""
         allow = _validate(name, models, rpm, tpm)
         conn = self.db.conn
@@ -136,12 +144,14 @@ class KeyStore:
                 with conn.transaction():
                     taken = conn.execute("SELECT 1 FROM keys WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
                     if taken is not None:
-                        raise BadRequest(f'a key named "{name}" already exists: revoke it first or pick another name',
-                                         param="name")
+                        raise BadRequest(
+                            f'a key named "{name}" already exists: revoke it first or pick another name', param="name"
+                        )
                     conn.execute(
                         "INSERT INTO keys(name, scope, prefix, hash, created_at, models, rpm, tpm)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (name, key.scope, key.prefix, hash_key(secret), key.created_at, models_json, rpm, tpm))
+                        (name, key.scope, key.prefix, hash_key(secret), key.created_at, models_json, rpm, tpm),
+                    )
             except IntegrityError:  # the prefix, or the name, taken by a concurrent create: look again
                 continue
             log.info("created %s key %r (%s)", key.scope, name, key.prefix)
@@ -156,15 +166,17 @@ class KeyStore:
 
     def get(self, name: str) -> ApiKey | None:
         row = self.db.conn.execute(
-            f"SELECT {_COLUMNS} FROM keys WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
+            f"SELECT {_COLUMNS} FROM keys WHERE name = ? AND revoked_at IS NULL", (name,)
+        ).fetchone()
         return _from_row(row) if row is not None else None
 
     def revoke(self, name: str) -> bool:
         """Revoke the active key ``name``; False when there is none."""
         conn = self.db.conn
         with conn.transaction():
-            cur = conn.execute("UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                               (utc_now_iso(), name))
+            cur = conn.execute(
+                "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (utc_now_iso(), name)
+            )
         if cur.rowcount:
             log.info("revoked key %r", name)
         return cur.rowcount > 0
@@ -174,8 +186,8 @@ class KeyStore:
         if not secret.startswith(KEY_PREFIX) or len(secret) <= PREFIX_LEN or len(secret) > 256:
             return None
         row = self.db.conn.execute(
-            f"SELECT {_COLUMNS}, hash FROM keys WHERE prefix = ? AND revoked_at IS NULL",
-            (secret[:PREFIX_LEN],)).fetchone()
+            f"SELECT {_COLUMNS}, hash FROM keys WHERE prefix = ? AND revoked_at IS NULL", (secret[:PREFIX_LEN],)
+        ).fetchone()
         stored = row["hash"] if row is not None else _DUMMY_HASH
         if not hmac.compare_digest(hash_key(secret), stored) or row is None:
             return None
@@ -190,8 +202,9 @@ class KeyStore:
                 return
             self._touched[name] = now
         try:
-            self.db.conn.execute("UPDATE keys SET last_used_at = ? WHERE name = ? AND revoked_at IS NULL",
-                                 (utc_now_iso(), name))
+            self.db.conn.execute(
+                "UPDATE keys SET last_used_at = ? WHERE name = ? AND revoked_at IS NULL", (utc_now_iso(), name)
+            )
         except DatabaseError:
             log.warning("could not record last use of key %r", name, exc_info=True)
 

@@ -132,8 +132,7 @@ class RateLimiter:
             self._usage.pop(name, None)
 
 
-_SUMS = ("SELECT coalesce(sum(requests), 0), coalesce(sum(tokens), 0) FROM rate_events "
-         "WHERE key_name = ? AND ts > ?")
+_SUMS = "SELECT coalesce(sum(requests), 0), coalesce(sum(tokens), 0) FROM rate_events WHERE key_name = ? AND ts > ?"
 
 
 class DbRateLimiter:
@@ -162,14 +161,19 @@ class DbRateLimiter:
             requests, tokens = int(sums[0]), int(sums[1])
             waits: list[float] = []
             if key.rpm is not None and requests >= key.rpm:
-                row = conn.execute("SELECT ts FROM rate_events WHERE key_name = ? AND ts > ? AND requests > 0 "
-                                   "ORDER BY ts LIMIT 1 OFFSET ?", (key.name, horizon, requests - key.rpm)).fetchone()
+                row = conn.execute(
+                    "SELECT ts FROM rate_events WHERE key_name = ? AND ts > ? AND requests > 0 "
+                    "ORDER BY ts LIMIT 1 OFFSET ?",
+                    (key.name, horizon, requests - key.rpm),
+                ).fetchone()
                 if row is not None:
                     waits.append(float(row[0]) + self.window - now)
             if key.tpm is not None and tokens >= key.tpm:
                 remaining = tokens
-                for ts, n in conn.execute("SELECT ts, tokens FROM rate_events WHERE key_name = ? AND ts > ? "
-                                          "AND tokens > 0 ORDER BY ts", (key.name, horizon)):
+                for ts, n in conn.execute(
+                    "SELECT ts, tokens FROM rate_events WHERE key_name = ? AND ts > ? AND tokens > 0 ORDER BY ts",
+                    (key.name, horizon),
+                ):
                     remaining -= int(n)  # the oldest entries expire first
                     if remaining < key.tpm:
                         waits.append(float(ts) + self.window - now)
@@ -177,8 +181,9 @@ class DbRateLimiter:
             if waits:
                 return max(waits)
             if key.rpm is not None:
-                conn.execute("INSERT INTO rate_events(key_name, ts, requests, tokens) VALUES (?, ?, 1, 0)",
-                             (key.name, now))
+                conn.execute(
+                    "INSERT INTO rate_events(key_name, ts, requests, tokens) VALUES (?, ?, 1, 0)", (key.name, now)
+                )
         return None
 
     def _maybe_prune(self, name: str, now: float) -> None:
@@ -195,8 +200,9 @@ class DbRateLimiter:
         if n <= 0:
             return
         try:
-            self.db.conn.execute("INSERT INTO rate_events(key_name, ts, requests, tokens) VALUES (?, ?, 0, ?)",
-                                 (name, self._clock(), n))
+            self.db.conn.execute(
+                "INSERT INTO rate_events(key_name, ts, requests, tokens) VALUES (?, ?, 0, ?)", (name, self._clock(), n)
+            )
         except DatabaseError:
             log.warning("could not count %d tokens against key %r", n, name, exc_info=True)
 

@@ -38,13 +38,15 @@ def status_clause(text: str) -> tuple[str, list[int]]:
             clauses.append("status = ?")
             params.append(int(part))
         else:
-            raise BadRequest(f"invalid status filter {text!r}: use a code such as 404 or a class such as 5xx",
-                             param="status")
+            raise BadRequest(
+                f"invalid status filter {text!r}: use a code such as 404 or a class such as 5xx", param="status"
+            )
     return "(" + " OR ".join(clauses) + ")", params
 
 
-def _filters(since: float | None, model: str | None, status: str | None,
-             key_name: str | None) -> tuple[list[str], list[Any]]:
+def _filters(
+    since: float | None, model: str | None, status: str | None, key_name: str | None
+) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
     if since is not None:
@@ -71,9 +73,17 @@ def _dicts(cur: Cursor) -> list[dict[str, Any]]:
     return [row.as_dict() for row in cur.fetchall()]
 
 
-def query_requests(conn: Connection, *, since: float | None = None, model: str | None = None,
-                   status: str | None = None, key_name: str | None = None, limit: int = 50, offset: int = 0,
-                   after_rowid: int | None = None) -> list[dict[str, Any]]:
+def query_requests(
+    conn: Connection,
+    *,
+    since: float | None = None,
+    model: str | None = None,
+    status: str | None = None,
+    key_name: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    after_rowid: int | None = None,
+) -> list[dict[str, Any]]:
     """Rows newest first; with ``after_rowid``, only later rows, oldest first (for following)."""
     if limit < 0 or offset < 0:
         raise BadRequest("limit and offset must not be negative")
@@ -99,35 +109,42 @@ def _nearest_rank(conn: Connection, where: str, params: list[Any], n: int, pct: 
     if n == 0:
         return None
     rank = max(1, math.ceil(pct / 100 * n))
-    row = conn.execute(f"SELECT total_ms FROM requests{where} ORDER BY total_ms LIMIT 1 OFFSET ?",
-                       [*params, rank - 1]).fetchone()
+    row = conn.execute(
+        f"SELECT total_ms FROM requests{where} ORDER BY total_ms LIMIT 1 OFFSET ?", [*params, rank - 1]
+    ).fetchone()
     return float(row[0]) if row is not None else None
 
 
-def request_stats(conn: Connection, *, since: float | None = None,
-                  key_name: str | None = None) -> dict[str, Any]:
+def request_stats(conn: Connection, *, since: float | None = None, key_name: str | None = None) -> dict[str, Any]:
     """``{"requests", "models": [...], "statuses": {"200": n}, "beacons": {...}}`` for the window."""
     where, params = _filters(since, None, None, key_name)
     by_model = conn.execute(
         f"SELECT model, count(*), sum({_OK}), avg(total_ms), count(total_ms), "
         f"coalesce(sum(prompt_tokens), 0), coalesce(sum(output_tokens), 0) FROM requests"
         f"{_sql_where([*where, 'model IS NOT NULL'])} GROUP BY model ORDER BY count(*) DESC, model",
-        params).fetchall()
+        params,
+    ).fetchall()
     models = []
     for model, turns, ok, avg_ms, timed, prompt, output in by_model:
         timed_where = _sql_where([*where, "model = ?", "total_ms IS NOT NULL"])
-        models.append({
-            "model": model,
-            "turns": int(turns),
-            "ok": int(ok or 0),
-            "avg_ms": float(avg_ms) if avg_ms is not None else None,
-            "p50_ms": _nearest_rank(conn, timed_where, [*params, model], int(timed), 50),
-            "p95_ms": _nearest_rank(conn, timed_where, [*params, model], int(timed), 95),
-            "prompt_tokens": int(prompt),
-            "output_tokens": int(output),
-        })
-    statuses = {str(status): int(n) for status, n in conn.execute(
-        f"SELECT status, count(*) FROM requests{_sql_where(where)} GROUP BY status ORDER BY status", params)}
+        models.append(
+            {
+                "model": model,
+                "turns": int(turns),
+                "ok": int(ok or 0),
+                "avg_ms": float(avg_ms) if avg_ms is not None else None,
+                "p50_ms": _nearest_rank(conn, timed_where, [*params, model], int(timed), 50),
+                "p95_ms": _nearest_rank(conn, timed_where, [*params, model], int(timed), 95),
+                "prompt_tokens": int(prompt),
+                "output_tokens": int(output),
+            }
+        )
+    statuses = {
+        str(status): int(n)
+        for status, n in conn.execute(
+            f"SELECT status, count(*) FROM requests{_sql_where(where)} GROUP BY status ORDER BY status", params
+        )
+    }
     return {
         "since": since,
         "key_name": key_name,
@@ -138,28 +155,34 @@ def request_stats(conn: Connection, *, since: float | None = None,
     }
 
 
-def beacon_summary(conn: Connection, *, since: float | None = None,
-                   key_name: str | None = None) -> dict[str, Any]:
+def beacon_summary(conn: Connection, *, since: float | None = None, key_name: str | None = None) -> dict[str, Any]:
     """``{"total", "errors", "by_event": {event: n}}``; an error is an event with error text or status >= 400."""
     where, params = _filters(since, None, None, key_name)
     by_event: dict[str, int] = {}
     errors = 0
     for event, n, failed in conn.execute(
-            f"SELECT event, count(*), sum({_FAILED}) FROM beacons"
-            f"{_sql_where(where)} GROUP BY event ORDER BY count(*) DESC, event", params):
+        f"SELECT event, count(*), sum({_FAILED}) FROM beacons"
+        f"{_sql_where(where)} GROUP BY event ORDER BY count(*) DESC, event",
+        params,
+    ):
         by_event[str(event)] = int(n)
         errors += int(failed or 0)
     return {"total": sum(by_event.values()), "errors": errors, "by_event": by_event}
 
 
-def query_beacons(conn: Connection, *, since: float | None = None, limit: int = 50,
-                  key_name: str | None = None) -> list[dict[str, Any]]:
+def query_beacons(
+    conn: Connection, *, since: float | None = None, limit: int = 50, key_name: str | None = None
+) -> list[dict[str, Any]]:
     """Analytics events newest first; ``data`` is the stored event, parsed."""
     if limit < 0:
         raise BadRequest("limit must not be negative")
     where, params = _filters(since, None, None, key_name)
-    rows = _dicts(conn.execute(f"SELECT * FROM beacons{_sql_where(where)} ORDER BY ts DESC, rowid DESC LIMIT ?",
-                               [*params, min(limit, MAX_LIMIT)]))
+    rows = _dicts(
+        conn.execute(
+            f"SELECT * FROM beacons{_sql_where(where)} ORDER BY ts DESC, rowid DESC LIMIT ?",
+            [*params, min(limit, MAX_LIMIT)],
+        )
+    )
     for row in rows:
         row["data"] = json.loads(row["data"])
     return rows

@@ -92,14 +92,22 @@ class _LiveCollector(Collector):
         states = _read("upstreams", self.sources.upstreams)
         if states is None:
             return []
-        outstanding = GaugeMetricFamily("corral_upstream_outstanding", "Requests in flight to each upstream",
-                                        labels=["upstream"])
-        healthy = GaugeMetricFamily("corral_upstream_healthy", "1 while an upstream's circuit is closed or half-open",
-                                    labels=["upstream", "state"])
-        decisions = CounterMetricFamily("corral_upstream_decisions", "Requests routed to each upstream, by reason",
-                                        labels=["upstream", "reason"])
-        failovers = CounterMetricFamily("corral_upstream_failovers", "Requests retried elsewhere after this "
-                                        "upstream failed before their first byte", labels=["upstream"])
+        outstanding = GaugeMetricFamily(
+            "corral_upstream_outstanding", "Requests in flight to each upstream", labels=["upstream"]
+        )
+        healthy = GaugeMetricFamily(
+            "corral_upstream_healthy",
+            "1 while an upstream's circuit is closed or half-open",
+            labels=["upstream", "state"],
+        )
+        decisions = CounterMetricFamily(
+            "corral_upstream_decisions", "Requests routed to each upstream, by reason", labels=["upstream", "reason"]
+        )
+        failovers = CounterMetricFamily(
+            "corral_upstream_failovers",
+            "Requests retried elsewhere after this upstream failed before their first byte",
+            labels=["upstream"],
+        )
         for s in states:
             outstanding.add_metric([s["name"]], s["outstanding"])
             healthy.add_metric([s["name"], s["health"]], 0 if s["health"] == "open" else 1)
@@ -109,8 +117,14 @@ class _LiveCollector(Collector):
         return [outstanding, healthy, decisions, failovers]
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
-                             GaugeMetricFamily, CounterMetricFamily]:
+    def _families() -> tuple[
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+    ]:
         return (
             GaugeMetricFamily("corral_queue_depth", "Requests waiting for a slot, per model", labels=["model"]),
             GaugeMetricFamily("corral_slots_busy", "Slots generating now, per loaded model", labels=["model"]),
@@ -129,22 +143,45 @@ class Metrics:
         self.max_model_labels = max_model_labels
         self._models: set[str] = set()
         self._lock = threading.Lock()
-        self.requests = Counter("corral_requests_total", "Requests answered, by route, model and HTTP status",
-                                ["route", "model", "status"], registry=self.registry)
-        self.duration = Histogram("corral_request_duration_seconds", "Total request time, by route and model",
-                                  ["route", "model"], buckets=DURATION_BUCKETS, registry=self.registry)
-        self.ttft = Histogram("corral_time_to_first_token_seconds", "Time to first token, by route and model",
-                              ["route", "model"], buckets=TTFT_BUCKETS, registry=self.registry)
-        self.prompt_tokens = Counter("corral_prompt_tokens_total", "Prompt tokens evaluated, by model",
-                                     ["model"], registry=self.registry)
-        self.output_tokens = Counter("corral_output_tokens_total", "Output tokens generated, by model",
-                                     ["model"], registry=self.registry)
+        self.requests = Counter(
+            "corral_requests_total",
+            "Requests answered, by route, model and HTTP status",
+            ["route", "model", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "corral_request_duration_seconds",
+            "Total request time, by route and model",
+            ["route", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "corral_time_to_first_token_seconds",
+            "Time to first token, by route and model",
+            ["route", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "corral_prompt_tokens_total", "Prompt tokens evaluated, by model", ["model"], registry=self.registry
+        )
+        self.output_tokens = Counter(
+            "corral_output_tokens_total", "Output tokens generated, by model", ["model"], registry=self.registry
+        )
         self._sources = _Sources()
         self.registry.register(_LiveCollector(self._sources))
 
-    def set_sources(self, *, queue_depth: QueueDepth | None = None, slots: Slots | None = None,
-                    loaded: Loaded | None = None, log_backlog: Count | None = None,
-                    log_dropped: Count | None = None, upstreams: Upstreams | None = None) -> None:
+    def set_sources(
+        self,
+        *,
+        queue_depth: QueueDepth | None = None,
+        slots: Slots | None = None,
+        loaded: Loaded | None = None,
+        log_backlog: Count | None = None,
+        log_dropped: Count | None = None,
+        upstreams: Upstreams | None = None,
+    ) -> None:
         """Where the scrape-time gauges come from; a source left None is not exported."""
         self._sources.upstreams = upstreams
         self._sources.queue_depth = queue_depth

@@ -105,9 +105,16 @@ _Item = RequestRecord | _Beacon | _Stop
 class RequestLog:
     """Batched, bounded, lossless-on-close request log (see module docstring)."""
 
-    def __init__(self, db: Database, *, max_backlog: int = 10000, batch_size: int = 256,
-                 flush_interval: float = 0.25, retention_seconds: float | None = 30 * 86400,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_backlog: int = 10000,
+        batch_size: int = 256,
+        flush_interval: float = 0.25,
+        retention_seconds: float | None = 30 * 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.db = db
         self.batch_size = max(1, batch_size)
         self.flush_interval = flush_interval
@@ -141,9 +148,15 @@ class RequestLog:
         """Queue one playground analytics event (a validated ``AnalyticsEvent`` dumped to a dict)."""
         try:
             status = event.get("status")
-            beacon = _Beacon(self._clock(), key_name, str(event.get("event", "")), _str_or_none(event.get("model")),
-                             status if isinstance(status, int) and not isinstance(status, bool) else None,
-                             _str_or_none(event.get("error")), json.dumps(event, separators=(",", ":"), default=str))
+            beacon = _Beacon(
+                self._clock(),
+                key_name,
+                str(event.get("event", "")),
+                _str_or_none(event.get("model")),
+                status if isinstance(status, int) and not isinstance(status, bool) else None,
+                _str_or_none(event.get("error")),
+                json.dumps(event, separators=(",", ":"), default=str),
+            )
         except Exception:  # never fail the request that carried it
             log.warning("unserializable analytics event dropped", exc_info=True)
             self._count_drop()
@@ -309,8 +322,11 @@ class RequestLog:
         for table in ("requests", "beacons"):
             while True:  # in chunks, so the write lock is never held for long
                 with conn.transaction():
-                    cur = conn.execute(f"DELETE FROM {table} WHERE rowid IN "
-                                       f"(SELECT rowid FROM {table} WHERE ts < ? LIMIT {PRUNE_CHUNK})", (cutoff,))
+                    cur = conn.execute(
+                        f"DELETE FROM {table} WHERE rowid IN "
+                        f"(SELECT rowid FROM {table} WHERE ts < ? LIMIT {PRUNE_CHUNK})",
+                        (cutoff,),
+                    )
                 deleted += cur.rowcount
                 if cur.rowcount < PRUNE_CHUNK:
                     break
@@ -320,15 +336,31 @@ class RequestLog:
 
     # ---- read side (caller's thread) --------------------------------------------------
 
-    def query(self, *, since: float | None = None, model: str | None = None, status: str | None = None,
-              key_name: str | None = None, limit: int = 50, offset: int = 0,
-              after_rowid: int | None = None) -> list[dict[str, Any]]:
+    def query(
+        self,
+        *,
+        since: float | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        key_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        after_rowid: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Request rows matching the filters, newest first; with ``after_rowid``, the rows after it, oldest first.
 
         ``since`` is a unix time; ``status`` a code (``404``), a class (``5xx``) or a comma list of them.
         """
-        return logquery.query_requests(self.db.conn, since=since, model=model, status=status, key_name=key_name,
-                                       limit=limit, offset=offset, after_rowid=after_rowid)
+        return logquery.query_requests(
+            self.db.conn,
+            since=since,
+            model=model,
+            status=status,
+            key_name=key_name,
+            limit=limit,
+            offset=offset,
+            after_rowid=after_rowid,
+        )
 
     def last_rowid(self) -> int:
         """The newest request row's rowid (0 when empty): where ``-f`` starts following."""
@@ -338,8 +370,9 @@ class RequestLog:
         """Per model turns/ok/latency/tokens, counts by HTTP status, and a beacons summary."""
         return logquery.request_stats(self.db.conn, since=since, key_name=key_name)
 
-    def beacons(self, *, since: float | None = None, limit: int = 50,
-                key_name: str | None = None) -> list[dict[str, Any]]:
+    def beacons(
+        self, *, since: float | None = None, limit: int = 50, key_name: str | None = None
+    ) -> list[dict[str, Any]]:
         """Stored analytics events, newest first, each with its parsed ``data``."""
         return logquery.query_beacons(self.db.conn, since=since, limit=limit, key_name=key_name)
 

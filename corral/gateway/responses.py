@@ -49,12 +49,18 @@ class ResponseStore:
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, "
             "model = excluded.model, previous_response_id = excluded.previous_response_id, "
             "response = excluded.response, messages = excluded.messages",
-            (response["id"], float(response.get("created_at") or time.time()), str(response.get("model", "")),
-             response.get("previous_response_id"), json.dumps(response), json.dumps(messages)))
+            (
+                response["id"],
+                float(response.get("created_at") or time.time()),
+                str(response.get("model", "")),
+                response.get("previous_response_id"),
+                json.dumps(response),
+                json.dumps(messages),
+            ),
+        )
 
     def get(self, response_id: str) -> StoredResponse | None:
-        row = self.db.conn.execute("SELECT response, messages FROM responses WHERE id = ?",
-                                   (response_id,)).fetchone()
+        row = self.db.conn.execute("SELECT response, messages FROM responses WHERE id = ?", (response_id,)).fetchone()
         if row is None:
             return None
         return StoredResponse(json.loads(row[0]), json.loads(row[1]))

@@ -60,7 +60,8 @@ def check_bind(settings: Settings, active_keys: int) -> None:
     raise StartupRefused(
         f"refusing to listen on {settings.host}:{settings.port} with no API keys: anyone who can reach it "
         f"could use it. Create a key first with `{CREATE_KEY_HINT}` (then send it as "
-        "'Authorization: Bearer <key>'), bind to 127.0.0.1, or pass --no-auth to serve without keys.")
+        "'Authorization: Bearer <key>'), bind to 127.0.0.1, or pass --no-auth to serve without keys."
+    )
 
 
 @dataclass
@@ -79,8 +80,9 @@ class Gateway:
         db = open_database(database_url(settings))
         db.migrate()
         retention = settings.log_retention if settings.log_retention > 0 else None
-        return cls(settings, db, KeyStore(db), DbRateLimiter(db), RequestLog(db, retention_seconds=retention),
-                   Metrics())
+        return cls(
+            settings, db, KeyStore(db), DbRateLimiter(db), RequestLog(db, retention_seconds=retention), Metrics()
+        )
 
     @property
     def loopback(self) -> bool:

@@ -33,7 +33,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 PHASES: tuple[str, ...] = (
-    "auth", "queue", "load", "prompt_eval", "ttft", "generation", "client_io", "upstream", "total",
+    "auth",
+    "queue",
+    "load",
+    "prompt_eval",
+    "ttft",
+    "generation",
+    "client_io",
+    "upstream",
+    "total",
 )
 
 SERVER_TIMING_HEADER = "Server-Timing"

@@ -25,8 +25,20 @@ from corral.errors import BadGateway
 log = logging.getLogger(__name__)
 
 # Connection-level headers (RFC 9110 7.6.1) and the ones the client lib sets itself.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "trailers", "transfer-encoding", "upgrade", "host"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
 # The client's credentials for this gateway: never forwarded.
 CREDENTIALS = frozenset({"authorization", "x-api-key"})
 TAIL_BYTES = 64 * 1024  # enough for the last NDJSON object of any answer, with its context array
@@ -61,8 +73,11 @@ class Upstream:
         return self._session
 
     def request_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        out = [(k, v) for k, v in headers
-               if k.lower() not in HOP_BY_HOP and k.lower() not in CREDENTIALS and k.lower() != "content-length"]
+        out = [
+            (k, v)
+            for k, v in headers
+            if k.lower() not in HOP_BY_HOP and k.lower() not in CREDENTIALS and k.lower() != "content-length"
+        ]
         if self.key:
             out.append(("authorization", f"Bearer {self.key}"))
         return out
@@ -71,13 +86,20 @@ class Upstream:
     def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         return [(k.lower(), v) for k, v in raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
 
-    async def open(self, method: str, path: str, query: str, headers: Iterable[tuple[str, str]],
-                   content: bytes | AsyncIterator[bytes]) -> aiohttp.ClientResponse:
+    async def open(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Iterable[tuple[str, str]],
+        content: bytes | AsyncIterator[bytes],
+    ) -> aiohttp.ClientResponse:
         """Send the request and return once the upstream's status and headers are in (body still streaming)."""
         url = self.url + path + (f"?{query}" if query else "")
         try:
-            return await self._client().request(method, url, headers=self.request_headers(headers), data=content,
-                                                 allow_redirects=False)
+            return await self._client().request(
+                method, url, headers=self.request_headers(headers), data=content, allow_redirects=False
+            )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise BadGateway(f"upstream {self.url} is unreachable: {_reason(exc)}") from None
 
@@ -119,12 +141,18 @@ class AnswerTap:
             out["prompt_tokens"] = usage.get("prompt_tokens") or usage.get("input_tokens")
             out["output_tokens"] = usage.get("completion_tokens") or usage.get("output_tokens")
             return out
-        for key, name in (("prompt_eval_count", "prompt_tokens"), ("eval_count", "output_tokens"),
-                          ("done_reason", "done_reason")):
+        for key, name in (
+            ("prompt_eval_count", "prompt_tokens"),
+            ("eval_count", "output_tokens"),
+            ("done_reason", "done_reason"),
+        ):
             if key in final:
                 out[name] = final[key]
-        for key, phase in (("load_duration", "load"), ("prompt_eval_duration", "prompt_eval"),
-                           ("eval_duration", "generation")):
+        for key, phase in (
+            ("load_duration", "load"),
+            ("prompt_eval_duration", "prompt_eval"),
+            ("eval_duration", "generation"),
+        ):
             if isinstance(final.get(key), int):
                 out.setdefault("phases", {})[phase] = final[key] / 1e6
         return out

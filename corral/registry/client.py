@@ -91,7 +91,9 @@ class _Registry:
         self.repo = f"{name.namespace}/{name.model}"
         self.token: str | None = None
         self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, read=300.0, write=300.0), follow_redirects=True, transport=transport,
+            timeout=httpx.Timeout(30.0, read=300.0, write=300.0),
+            follow_redirects=True,
+            transport=transport,
             headers={"User-Agent": f"corral/{__version__} (ollama compatible)"},
         )
 
@@ -101,8 +103,16 @@ class _Registry:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def open(self, method: str, url: str | httpx.URL, *, what: str, headers: dict[str, str] | None = None,
-                   content: Any = None, ok: tuple[int, ...] = ()) -> httpx.Response:
+    async def open(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        what: str,
+        headers: dict[str, str] | None = None,
+        content: Any = None,
+        ok: tuple[int, ...] = (),
+    ) -> httpx.Response:
         """Send a request and return the (unread, streaming) response.
 
         Answers one bearer-token challenge; maps transport failures and error
@@ -129,8 +139,16 @@ class _Registry:
             raise _status_error(resp, what)
         raise Unauthorized(f"{what}: unauthorized: access denied")
 
-    async def request(self, method: str, url: str | httpx.URL, *, what: str, headers: dict[str, str] | None = None,
-                      content: Any = None, ok: tuple[int, ...] = ()) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        what: str,
+        headers: dict[str, str] | None = None,
+        content: Any = None,
+        ok: tuple[int, ...] = (),
+    ) -> httpx.Response:
         resp = await self.open(method, url, what=what, headers=headers, content=content, ok=ok)
         try:
             await resp.aread()
@@ -160,7 +178,7 @@ class _Registry:
 
     def _describe(self, exc: httpx.TransportError) -> str:
         if isinstance(exc, httpx.ConnectError):
-            hint = " (a plain-http registry needs \"insecure\")" if "SSL" in str(exc) else ""
+            hint = ' (a plain-http registry needs "insecure")' if "SSL" in str(exc) else ""
             return f"could not connect to registry {self.base}: {exc or 'connection refused'}{hint}"
         if isinstance(exc, httpx.TimeoutException):
             return f"registry {self.base} timed out"
@@ -187,8 +205,9 @@ def _error_detail(resp: httpx.Response) -> str:
     except ValueError:
         return resp.text[:500].strip()
     if isinstance(body, dict) and isinstance(body.get("errors"), list):
-        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
-                         for e in body["errors"] if isinstance(e, dict))
+        return "; ".join(
+            f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in body["errors"] if isinstance(e, dict)
+        )
     if isinstance(body, dict) and "error" in body:
         return str(body["error"])
     return resp.text[:500].strip()
@@ -196,8 +215,10 @@ def _error_detail(resp: httpx.Response) -> str:
 
 # ---- pull -------------------------------------------------------------------
 
-async def pull_model(store: Store, name: ModelName, *, insecure: bool = False,
-                     transport: httpx.AsyncBaseTransport | None = None) -> AsyncGenerator[dict[str, Any], None]:
+
+async def pull_model(
+    store: Store, name: ModelName, *, insecure: bool = False, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncGenerator[dict[str, Any], None]:
     """Pull ``name`` from the registry its host names, yielding Ollama's statuses."""
     reg = _Registry(name, insecure, transport)
     try:
@@ -372,8 +393,10 @@ async def _fetch(reg: _Registry, store: Store, ref: BlobRef, partial: Path) -> A
                             total = total or size
                             if total and have > total:
                                 await asyncio.to_thread(part.reset)
-                                raise RegistryError(f"pulling {_short(ref.digest)}: registry sent more than "
-                                                    f"the {total} bytes the manifest lists")
+                                raise RegistryError(
+                                    f"pulling {_short(ref.digest)}: registry sent more than "
+                                    f"the {total} bytes the manifest lists"
+                                )
                             now = time.monotonic()
                             if now - last_time >= PROGRESS_INTERVAL or have - last_bytes >= max(total // 50, CHUNK):
                                 last_time, last_bytes = now, have
@@ -450,8 +473,10 @@ def _blob_size(resp: httpx.Response, have: int) -> int:
 
 # ---- push -------------------------------------------------------------------
 
-async def push_model(store: Store, name: ModelName, *, insecure: bool = False,
-                     transport: httpx.AsyncBaseTransport | None = None) -> AsyncGenerator[dict[str, Any], None]:
+
+async def push_model(
+    store: Store, name: ModelName, *, insecure: bool = False, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncGenerator[dict[str, Any], None]:
     """Push ``name`` to the registry its host names, yielding Ollama's statuses."""
     local = await asyncio.to_thread(store.get, name)
     raw = await asyncio.to_thread(store.manifest_path(local.name).read_bytes)
@@ -463,8 +488,9 @@ async def push_model(store: Store, name: ModelName, *, insecure: bool = False,
     try:
         present = {}
         for ref in refs:  # HEAD every blob first: an unreachable registry fails before streaming
-            resp = await reg.request("HEAD", reg.url("blobs", ref.digest), what=f"pushing {_short(ref.digest)}",
-                                     ok=(404,))
+            resp = await reg.request(
+                "HEAD", reg.url("blobs", ref.digest), what=f"pushing {_short(ref.digest)}", ok=(404,)
+            )
             present[ref.digest] = resp.status_code == 200
         yield {"status": "retrieving manifest"}
         for ref in refs:
@@ -475,8 +501,13 @@ async def push_model(store: Store, name: ModelName, *, insecure: bool = False,
                 async for event in events:
                     yield event
         yield {"status": "pushing manifest"}
-        await reg.request("PUT", reg.url("manifests", name.tag), what="pushing manifest",
-                          headers={"Content-Type": MEDIA_MANIFEST}, content=raw)
+        await reg.request(
+            "PUT",
+            reg.url("manifests", name.tag),
+            what="pushing manifest",
+            headers={"Content-Type": MEDIA_MANIFEST},
+            content=raw,
+        )
         log.info("pushed %s", name.display)
         yield {"status": "success"}
     finally:
@@ -505,10 +536,14 @@ async def _upload(reg: _Registry, store: Store, ref: BlobRef) -> AsyncGenerator[
     while offset < total:
         length = min(UPLOAD_PART, total - offset)
         sent = [0]
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
-                   "Content-Range": f"{offset}-{offset + length - 1}"}
-        task = asyncio.ensure_future(reg.request("PATCH", location, what=what, headers=headers,
-                                                 content=_read_part(path, offset, length, sent)))
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(length),
+            "Content-Range": f"{offset}-{offset + length - 1}",
+        }
+        task = asyncio.ensure_future(
+            reg.request("PATCH", location, what=what, headers=headers, content=_read_part(path, offset, length, sent))
+        )
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=PROGRESS_INTERVAL * 2)
@@ -523,8 +558,9 @@ async def _upload(reg: _Registry, store: Store, ref: BlobRef) -> AsyncGenerator[
         location = _location(task.result())
         offset += length
     finish = location.copy_merge_params({"digest": ref.digest})
-    await reg.request("PUT", finish, what=what,
-                      headers={"Content-Type": "application/octet-stream", "Content-Length": "0"})
+    await reg.request(
+        "PUT", finish, what=what, headers={"Content-Type": "application/octet-stream", "Content-Length": "0"}
+    )
     yield _progress("pushing", ref.digest, total, total)
 
 

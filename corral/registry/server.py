@@ -37,6 +37,7 @@ MAX_MANIFEST_BYTES = 4 << 20
 _UUID = re.compile(r"^[0-9a-f]{32}$")
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(\d+|\*))?$")
 
+
 def repo_name(namespace: str, model: str, tag: str, host: str = DEFAULT_HOST) -> ModelName:
     """The store name a ``/v2/<namespace>/<model>`` request refers to (400 if invalid)."""
     return ModelName.parse(f"{host}/{namespace}/{model}:{tag}")

@@ -85,9 +85,15 @@ async def list_requests(request: Request) -> Response:
     q = request.query_params
     key = _key_filter(context_of(request), q.get("key"))
     limit, offset = _int(request, "limit", 50), _int(request, "offset", 0)
-    rows = await asyncio.to_thread(_gateway(request).log.query, since=_since(q.get("since")),
-                                   model=q.get("model") or None, status=q.get("status") or None, key_name=key,
-                                   limit=limit, offset=offset)
+    rows = await asyncio.to_thread(
+        _gateway(request).log.query,
+        since=_since(q.get("since")),
+        model=q.get("model") or None,
+        status=q.get("status") or None,
+        key_name=key,
+        limit=limit,
+        offset=offset,
+    )
     return JSON({"requests": rows, "limit": limit, "offset": offset})
 
 
@@ -99,8 +105,9 @@ async def stats(request: Request) -> Response:
 
 async def whoami(request: Request) -> Response:
     ctx = context_of(request)
-    return JSON({"key": ctx.key_name, "scope": "admin" if ctx.is_admin else "user",
-                 "auth": _gateway(request).auth_required()})
+    return JSON(
+        {"key": ctx.key_name, "scope": "admin" if ctx.is_admin else "user", "auth": _gateway(request).auth_required()}
+    )
 
 
 async def analytics(request: Request) -> Response:

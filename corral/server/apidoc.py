@@ -53,6 +53,7 @@ class Op:
 
 # ---- gateway and registry answers (routes write plain dicts) ---------------------------------------
 
+
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
@@ -149,166 +150,345 @@ class Manifest(_Doc):
 # ---- the table ----------------------------------------------------------------------------------
 
 _V2 = "/v2/{namespace}/{model}"
-_REPO = (Param("namespace", "path", "Namespace, e.g. library", True, example="library"),
-         Param("model", "path", "Model name, e.g. smollm2", True, example="smollm2"))
+_REPO = (
+    Param("namespace", "path", "Namespace, e.g. library", True, example="library"),
+    Param("model", "path", "Model name, e.g. smollm2", True, example="smollm2"),
+)
 _UPLOAD = Param("upload_id", "path", "Upload session id, from the Location of the POST", True)
 _DIGEST = Param("digest", "path", "sha256:<64 hex digits>", True, example="sha256:" + "0" * 64)
 _SINCE = Param("since", "query", "Only rows newer than this period: 15m, 1h, 24h, 7d", example="1h")
 _KEY = Param("key", "query", "Only this key's rows (an admin may name any key)")
-_CHAT = {"model": MODEL, "messages": [{"role": "system", "content": "You are a coding assistant."},
-                                      {"role": "user", "content": "Explain async/await"}]}
+_CHAT = {
+    "model": MODEL,
+    "messages": [
+        {"role": "system", "content": "You are a coding assistant."},
+        {"role": "user", "content": "Explain async/await"},
+    ],
+}
 _PLAYGROUND = "Playground"
 
 OPS: dict[tuple[str, str], Op] = {
     # -- Ollama: server and models
-    ("GET", "/"): Op("Ollama", "Liveness", "Answers `Ollama is running` as text; a browser (Accept: text/html) "
-                     "is redirected to the playground.", media="text/plain"),
-    ("GET", "/api/version"): Op("Ollama", "Version", "The Ollama API version this server speaks.",
-                                response=ollama.VersionResponse),
-    ("GET", "/api/tags"): Op("Ollama", "List models", "Returns all models installed on this server.",
-                             response=ollama.ListResponse),
-    ("POST", "/api/show"): Op("Ollama", "Show model information", request=ollama.ShowRequest,
-                              response=ollama.ShowResponse, example={"model": MODEL}),
-    ("GET", "/api/ps"): Op("Ollama", "List running models", "Models loaded in memory now, and when each will be "
-                           "unloaded.", response=ollama.ProcessResponse),
-    ("POST", "/api/create"): Op("Ollama", "Create a model", request=ollama.CreateRequest,
-                                response=ollama.ProgressResponse, stream="ndjson",
-                                example={"model": "terse", "from": MODEL, "system": "You are terse.",
-                                         "parameters": {"temperature": 0.2}}),
-    ("POST", "/api/copy"): Op("Ollama", "Copy a model", request=ollama.CopyRequest,
-                              example={"source": MODEL, "destination": "smollm2-copy"}, media="none"),
-    ("DELETE", "/api/delete"): Op("Ollama", "Delete a model", request=ollama.DeleteRequest,
-                                  example={"model": "smollm2-copy"}, media="none"),
-    ("HEAD", "/api/blobs/{digest}"): Op("Ollama", "Check if a blob exists", "200 when this server has the blob, "
-                                        "404 when not.", params=(_DIGEST,), media="none"),
-    ("POST", "/api/blobs/{digest}"): Op("Ollama", "Push a blob", "Upload a file (GGUF, safetensors, adapter) as "
-                                        "a blob, to name it in `POST /api/create`'s `files`. The body is the raw "
-                                        "file; its sha256 must match.", params=(_DIGEST,), media="none",
-                                        status=201),
-    ("POST", "/api/pull"): Op("Ollama", "Pull a model", "Download a model from a registry: Ollama's, or any "
-                              "Corral's own (`host:port/library/model:tag`, `insecure` for plain HTTP).",
-                              request=ollama.PullRequest, response=ollama.ProgressResponse, stream="ndjson",
-                              example={"model": "127.0.0.1:11434/library/smollm2:135m", "insecure": True}),
-    ("POST", "/api/push"): Op("Ollama", "Push a model", "Upload a model to a registry.",
-                              request=ollama.PullRequest, response=ollama.ProgressResponse, stream="ndjson",
-                              example={"model": "127.0.0.1:11500/library/my-copy:latest", "insecure": True}),
+    ("GET", "/"): Op(
+        "Ollama",
+        "Liveness",
+        "Answers `Ollama is running` as text; a browser (Accept: text/html) is redirected to the playground.",
+        media="text/plain",
+    ),
+    ("GET", "/api/version"): Op(
+        "Ollama", "Version", "The Ollama API version this server speaks.", response=ollama.VersionResponse
+    ),
+    ("GET", "/api/tags"): Op(
+        "Ollama", "List models", "Returns all models installed on this server.", response=ollama.ListResponse
+    ),
+    ("POST", "/api/show"): Op(
+        "Ollama",
+        "Show model information",
+        request=ollama.ShowRequest,
+        response=ollama.ShowResponse,
+        example={"model": MODEL},
+    ),
+    ("GET", "/api/ps"): Op(
+        "Ollama",
+        "List running models",
+        "Models loaded in memory now, and when each will be unloaded.",
+        response=ollama.ProcessResponse,
+    ),
+    ("POST", "/api/create"): Op(
+        "Ollama",
+        "Create a model",
+        request=ollama.CreateRequest,
+        response=ollama.ProgressResponse,
+        stream="ndjson",
+        example={"model": "terse", "from": MODEL, "system": "You are terse.", "parameters": {"temperature": 0.2}},
+    ),
+    ("POST", "/api/copy"): Op(
+        "Ollama",
+        "Copy a model",
+        request=ollama.CopyRequest,
+        example={"source": MODEL, "destination": "smollm2-copy"},
+        media="none",
+    ),
+    ("DELETE", "/api/delete"): Op(
+        "Ollama", "Delete a model", request=ollama.DeleteRequest, example={"model": "smollm2-copy"}, media="none"
+    ),
+    ("HEAD", "/api/blobs/{digest}"): Op(
+        "Ollama",
+        "Check if a blob exists",
+        "200 when this server has the blob, 404 when not.",
+        params=(_DIGEST,),
+        media="none",
+    ),
+    ("POST", "/api/blobs/{digest}"): Op(
+        "Ollama",
+        "Push a blob",
+        "Upload a file (GGUF, safetensors, adapter) as "
+        "a blob, to name it in `POST /api/create`'s `files`. The body is the raw "
+        "file; its sha256 must match.",
+        params=(_DIGEST,),
+        media="none",
+        status=201,
+    ),
+    ("POST", "/api/pull"): Op(
+        "Ollama",
+        "Pull a model",
+        "Download a model from a registry: Ollama's, or any "
+        "Corral's own (`host:port/library/model:tag`, `insecure` for plain HTTP).",
+        request=ollama.PullRequest,
+        response=ollama.ProgressResponse,
+        stream="ndjson",
+        example={"model": "127.0.0.1:11434/library/smollm2:135m", "insecure": True},
+    ),
+    ("POST", "/api/push"): Op(
+        "Ollama",
+        "Push a model",
+        "Upload a model to a registry.",
+        request=ollama.PullRequest,
+        response=ollama.ProgressResponse,
+        stream="ndjson",
+        example={"model": "127.0.0.1:11500/library/my-copy:latest", "insecure": True},
+    ),
     # -- Ollama: inference
-    ("POST", "/api/generate"): Op("Ollama", "Generate a completion", "Generate a response for a prompt, streamed "
-                                  "token by token as NDJSON unless `stream` is false. The last object carries the "
-                                  "statistics and Corral's `corral_timing` marker.", request=ollama.GenerateRequest,
-                                  response=ollama.GenerateResponse, stream="ndjson",
-                                  example={"model": MODEL, "prompt": "Write a Python prime checker", "stream": True,
-                                           "options": {"temperature": 0.7, "num_predict": 64}}),
-    ("POST", "/api/chat"): Op("Ollama", "Chat completion", "The next message of a chat, streamed as NDJSON unless "
-                              "`stream` is false.", request=ollama.ChatRequest, response=ollama.ChatResponse,
-                              stream="ndjson", example={**_CHAT, "stream": False, "options": {"num_predict": 64}}),
-    ("POST", "/api/embed"): Op("Ollama", "Generate embeddings", "Vectors for one or more texts.",
-                               request=ollama.EmbedRequest, response=ollama.EmbedResponse,
-                               example={"model": "all-minilm", "input": ["The quick brown fox", "A lazy dog"]}),
-    ("POST", "/api/embeddings"): Op("Ollama", "Generate embedding (legacy)", "One vector for one text; "
-                                    "`/api/embed` supersedes it.", request=ollama.EmbeddingsRequest,
-                                    response=ollama.EmbeddingResponse,
-                                    example={"model": "all-minilm", "prompt": "The quick brown fox"}),
+    ("POST", "/api/generate"): Op(
+        "Ollama",
+        "Generate a completion",
+        "Generate a response for a prompt, streamed "
+        "token by token as NDJSON unless `stream` is false. The last object carries the "
+        "statistics and Corral's `corral_timing` marker.",
+        request=ollama.GenerateRequest,
+        response=ollama.GenerateResponse,
+        stream="ndjson",
+        example={
+            "model": MODEL,
+            "prompt": "Write a Python prime checker",
+            "stream": True,
+            "options": {"temperature": 0.7, "num_predict": 64},
+        },
+    ),
+    ("POST", "/api/chat"): Op(
+        "Ollama",
+        "Chat completion",
+        "The next message of a chat, streamed as NDJSON unless `stream` is false.",
+        request=ollama.ChatRequest,
+        response=ollama.ChatResponse,
+        stream="ndjson",
+        example={**_CHAT, "stream": False, "options": {"num_predict": 64}},
+    ),
+    ("POST", "/api/embed"): Op(
+        "Ollama",
+        "Generate embeddings",
+        "Vectors for one or more texts.",
+        request=ollama.EmbedRequest,
+        response=ollama.EmbedResponse,
+        example={"model": "all-minilm", "input": ["The quick brown fox", "A lazy dog"]},
+    ),
+    ("POST", "/api/embeddings"): Op(
+        "Ollama",
+        "Generate embedding (legacy)",
+        "One vector for one text; `/api/embed` supersedes it.",
+        request=ollama.EmbeddingsRequest,
+        response=ollama.EmbeddingResponse,
+        example={"model": "all-minilm", "prompt": "The quick brown fox"},
+    ),
     # -- OpenAI
-    ("POST", "/v1/chat/completions"): Op("OpenAI", "Chat completions", "OpenAI-compatible chat: works with the "
-                                         "openai SDK, LangChain, LlamaIndex, Continue.dev.",
-                                         request=openai.ChatCompletionRequest, response=openai.ChatCompletion,
-                                         stream="sse", example={**_CHAT, "max_tokens": 64}),
-    ("POST", "/v1/completions"): Op("OpenAI", "Completions (legacy)", request=openai.CompletionRequest,
-                                    response=openai.Completion, stream="sse",
-                                    example={"model": MODEL, "prompt": "Once upon a time", "max_tokens": 32}),
-    ("POST", "/v1/embeddings"): Op("OpenAI", "Embeddings", request=openai.EmbeddingRequest,
-                                   response=openai.CreateEmbeddingResponse,
-                                   example={"model": "all-minilm", "input": ["hello", "world"]}),
+    ("POST", "/v1/chat/completions"): Op(
+        "OpenAI",
+        "Chat completions",
+        "OpenAI-compatible chat: works with the openai SDK, LangChain, LlamaIndex, Continue.dev.",
+        request=openai.ChatCompletionRequest,
+        response=openai.ChatCompletion,
+        stream="sse",
+        example={**_CHAT, "max_tokens": 64},
+    ),
+    ("POST", "/v1/completions"): Op(
+        "OpenAI",
+        "Completions (legacy)",
+        request=openai.CompletionRequest,
+        response=openai.Completion,
+        stream="sse",
+        example={"model": MODEL, "prompt": "Once upon a time", "max_tokens": 32},
+    ),
+    ("POST", "/v1/embeddings"): Op(
+        "OpenAI",
+        "Embeddings",
+        request=openai.EmbeddingRequest,
+        response=openai.CreateEmbeddingResponse,
+        example={"model": "all-minilm", "input": ["hello", "world"]},
+    ),
     ("GET", "/v1/models"): Op("OpenAI", "List models", response=openai.ModelList),
-    ("GET", "/v1/models/{model:path}"): Op("OpenAI", "Retrieve a model", response=openai.Model,
-                                           params=(Param("model", "path", "Model name", True, example=MODEL),)),
-    ("POST", "/v1/responses"): Op("OpenAI", "Create a response", "OpenAI's Responses API; responses are stored "
-                                  "so `previous_response_id` continues a conversation.",
-                                  request=openai.ResponseCreateParams, response=openai.ResponseObject,
-                                  stream="sse", example={"model": MODEL, "input": "Hi, I'm Bob.",
-                                                         "instructions": "Be brief.", "max_output_tokens": 64}),
-    ("GET", "/v1/responses/{response_id}"): Op("OpenAI", "Retrieve a stored response",
-                                               response=openai.ResponseObject,
-                                               params=(Param("response_id", "path", "resp_...", True),)),
-    ("DELETE", "/v1/responses/{response_id}"): Op("OpenAI", "Delete a stored response",
-                                                  response=openai.ResponseObject,
-                                                  params=(Param("response_id", "path", "resp_...", True),)),
-    ("*", "/v1/{path:path}"): Op("OpenAI", "Any other /v1 path", "Not served: 404 in OpenAI's error shape.",
-                                 params=(Param("path", "path", "The rest of the path", True),), status=404),
+    ("GET", "/v1/models/{model:path}"): Op(
+        "OpenAI",
+        "Retrieve a model",
+        response=openai.Model,
+        params=(Param("model", "path", "Model name", True, example=MODEL),),
+    ),
+    ("POST", "/v1/responses"): Op(
+        "OpenAI",
+        "Create a response",
+        "OpenAI's Responses API; responses are stored so `previous_response_id` continues a conversation.",
+        request=openai.ResponseCreateParams,
+        response=openai.ResponseObject,
+        stream="sse",
+        example={"model": MODEL, "input": "Hi, I'm Bob.", "instructions": "Be brief.", "max_output_tokens": 64},
+    ),
+    ("GET", "/v1/responses/{response_id}"): Op(
+        "OpenAI",
+        "Retrieve a stored response",
+        response=openai.ResponseObject,
+        params=(Param("response_id", "path", "resp_...", True),),
+    ),
+    ("DELETE", "/v1/responses/{response_id}"): Op(
+        "OpenAI",
+        "Delete a stored response",
+        response=openai.ResponseObject,
+        params=(Param("response_id", "path", "resp_...", True),),
+    ),
+    ("*", "/v1/{path:path}"): Op(
+        "OpenAI",
+        "Any other /v1 path",
+        "Not served: 404 in OpenAI's error shape.",
+        params=(Param("path", "path", "The rest of the path", True),),
+        status=404,
+    ),
     # -- Anthropic
-    ("POST", "/v1/messages"): Op("Anthropic", "Messages", "Anthropic's Messages API, for the anthropic SDK and "
-                                 "Claude-Code-style tools (`ANTHROPIC_BASE_URL`).",
-                                 request=anthropic.MessageCreateParams, response=anthropic.AnthropicMessage, stream="sse",
-                                 example={"model": MODEL, "max_tokens": 64,
-                                          "messages": [{"role": "user", "content": "Hello!"}]}),
-    ("POST", "/v1/messages/count_tokens"): Op("Anthropic", "Count tokens",
-                                              request=anthropic.MessageCountTokensParams,
-                                              response=anthropic.MessageTokensCount,
-                                              example={"model": MODEL,
-                                                       "messages": [{"role": "user", "content": "Hello!"}]}),
+    ("POST", "/v1/messages"): Op(
+        "Anthropic",
+        "Messages",
+        "Anthropic's Messages API, for the anthropic SDK and Claude-Code-style tools (`ANTHROPIC_BASE_URL`).",
+        request=anthropic.MessageCreateParams,
+        response=anthropic.AnthropicMessage,
+        stream="sse",
+        example={"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "Hello!"}]},
+    ),
+    ("POST", "/v1/messages/count_tokens"): Op(
+        "Anthropic",
+        "Count tokens",
+        request=anthropic.MessageCountTokensParams,
+        response=anthropic.MessageTokensCount,
+        example={"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}]},
+    ),
     # -- Corral's registry
     ("GET", "/v2/"): Op("Registry", "Registry API root", "Docker registry v2 version check: `{}`."),
     ("GET", "/v2"): Op("Registry", "Registry API root (no slash)", "Same as `/v2/`."),
-    ("GET", _V2 + "/manifests/{reference}"): Op("Registry", "Get a manifest", "A model's manifest; "
-                                                "`/v2/library/smollm2/manifests/135m` is the local `smollm2:135m`.",
-                                                response=Manifest, params=(*_REPO, Param(
-                                                    "reference", "path", "Tag or digest", True, example="135m"))),
-    ("PUT", _V2 + "/manifests/{reference}"): Op("Registry", "Put a manifest", "The last step of a push, once "
-                                                "every blob it names is here.", params=(*_REPO, Param(
-                                                    "reference", "path", "Tag", True)), media="none", status=201),
-    ("POST", _V2 + "/blobs/uploads/"): Op("Registry", "Start a blob upload", "202 with the upload's `Location`.",
-                                          params=_REPO, media="none", status=202),
-    ("POST", _V2 + "/blobs/uploads"): Op("Registry", "Start a blob upload (no slash)", params=_REPO, media="none",
-                                         status=202),
-    ("PATCH", _V2 + "/blobs/uploads/{upload_id}"): Op("Registry", "Upload a chunk", "Bytes at `Content-Range`.",
-                                                      params=(*_REPO, _UPLOAD), media="none", status=202),
-    ("PUT", _V2 + "/blobs/uploads/{upload_id}"): Op("Registry", "Finish a blob upload", "`?digest=sha256:...`; "
-                                                    "verified before the blob is kept.", params=(
-                                                        *_REPO, _UPLOAD, Param("digest", "query", "sha256:...",
-                                                                               True)), media="none", status=201),
-    ("GET", _V2 + "/blobs/uploads/{upload_id}"): Op("Registry", "Upload status", "204 with the `Range` received.",
-                                                    params=(*_REPO, _UPLOAD), media="none", status=204),
-    ("DELETE", _V2 + "/blobs/uploads/{upload_id}"): Op("Registry", "Cancel an upload", params=(*_REPO, _UPLOAD),
-                                                       media="none", status=204),
-    ("GET", _V2 + "/blobs/{digest}"): Op("Registry", "Get a blob", "The bytes; `Range` requests resume a pull.",
-                                         params=(*_REPO, _DIGEST), media="application/octet-stream"),
+    ("GET", _V2 + "/manifests/{reference}"): Op(
+        "Registry",
+        "Get a manifest",
+        "A model's manifest; `/v2/library/smollm2/manifests/135m` is the local `smollm2:135m`.",
+        response=Manifest,
+        params=(*_REPO, Param("reference", "path", "Tag or digest", True, example="135m")),
+    ),
+    ("PUT", _V2 + "/manifests/{reference}"): Op(
+        "Registry",
+        "Put a manifest",
+        "The last step of a push, once every blob it names is here.",
+        params=(*_REPO, Param("reference", "path", "Tag", True)),
+        media="none",
+        status=201,
+    ),
+    ("POST", _V2 + "/blobs/uploads/"): Op(
+        "Registry", "Start a blob upload", "202 with the upload's `Location`.", params=_REPO, media="none", status=202
+    ),
+    ("POST", _V2 + "/blobs/uploads"): Op(
+        "Registry", "Start a blob upload (no slash)", params=_REPO, media="none", status=202
+    ),
+    ("PATCH", _V2 + "/blobs/uploads/{upload_id}"): Op(
+        "Registry", "Upload a chunk", "Bytes at `Content-Range`.", params=(*_REPO, _UPLOAD), media="none", status=202
+    ),
+    ("PUT", _V2 + "/blobs/uploads/{upload_id}"): Op(
+        "Registry",
+        "Finish a blob upload",
+        "`?digest=sha256:...`; verified before the blob is kept.",
+        params=(*_REPO, _UPLOAD, Param("digest", "query", "sha256:...", True)),
+        media="none",
+        status=201,
+    ),
+    ("GET", _V2 + "/blobs/uploads/{upload_id}"): Op(
+        "Registry",
+        "Upload status",
+        "204 with the `Range` received.",
+        params=(*_REPO, _UPLOAD),
+        media="none",
+        status=204,
+    ),
+    ("DELETE", _V2 + "/blobs/uploads/{upload_id}"): Op(
+        "Registry", "Cancel an upload", params=(*_REPO, _UPLOAD), media="none", status=204
+    ),
+    ("GET", _V2 + "/blobs/{digest}"): Op(
+        "Registry",
+        "Get a blob",
+        "The bytes; `Range` requests resume a pull.",
+        params=(*_REPO, _DIGEST),
+        media="application/octet-stream",
+    ),
     # -- gateway
-    ("GET", "/metrics"): Op("Gateway", "Prometheus metrics", "Requests by route, model and status, latency and "
-                            "time-to-first-token histograms, tokens, queue depth, slots, loaded models.",
-                            media="text/plain"),
-    ("GET", "/api/admin/requests"): Op("Gateway", "Request log", "Request-log rows, newest first, with every "
-                                       "timing phase. An admin key reads every row; a user key its own.",
-                                       response=RequestsPage, params=(
-                                           _SINCE, Param("model", "query", "Only this model"),
-                                           Param("status", "query", "404, 5xx or a list such as 4xx,503"), _KEY,
-                                           Param("limit", "query", "Rows per page (default 50)", type="integer",
-                                                 example="50"),
-                                           Param("offset", "query", "Rows to skip", type="integer"))),
-    ("GET", "/api/admin/stats"): Op("Gateway", "Usage statistics", "Per-model turns, OK, latency percentiles and "
-                                    "tokens, status counts and playground beacons over a window (default 24h).",
-                                    response=Stats, params=(_SINCE, _KEY)),
-    ("GET", "/api/whoami"): Op("Gateway", "Who am I", "The name and scope of the key this request carries.",
-                               response=Whoami),
-    ("POST", "/api/playground/analytics"): Op(_PLAYGROUND, "Analytics beacon", "One playground analytics event "
-                                              "(at most 64 KiB), stored with the caller's key name and counted in "
-                                              "the admin stats.", request=AnalyticsEvent, response=Accepted,
-                                              status=202, example={"event": "chat_turn", "model": MODEL,
-                                                                   "status": 200, "timings": {"total": 812.5},
-                                                                   "clientProfile": {"language": "en"}}),
+    ("GET", "/metrics"): Op(
+        "Gateway",
+        "Prometheus metrics",
+        "Requests by route, model and status, latency and "
+        "time-to-first-token histograms, tokens, queue depth, slots, loaded models.",
+        media="text/plain",
+    ),
+    ("GET", "/api/admin/requests"): Op(
+        "Gateway",
+        "Request log",
+        "Request-log rows, newest first, with every timing phase. An admin key reads every row; a user key its own.",
+        response=RequestsPage,
+        params=(
+            _SINCE,
+            Param("model", "query", "Only this model"),
+            Param("status", "query", "404, 5xx or a list such as 4xx,503"),
+            _KEY,
+            Param("limit", "query", "Rows per page (default 50)", type="integer", example="50"),
+            Param("offset", "query", "Rows to skip", type="integer"),
+        ),
+    ),
+    ("GET", "/api/admin/stats"): Op(
+        "Gateway",
+        "Usage statistics",
+        "Per-model turns, OK, latency percentiles and "
+        "tokens, status counts and playground beacons over a window (default 24h).",
+        response=Stats,
+        params=(_SINCE, _KEY),
+    ),
+    ("GET", "/api/whoami"): Op(
+        "Gateway", "Who am I", "The name and scope of the key this request carries.", response=Whoami
+    ),
+    ("POST", "/api/playground/analytics"): Op(
+        _PLAYGROUND,
+        "Analytics beacon",
+        "One playground analytics event "
+        "(at most 64 KiB), stored with the caller's key name and counted in "
+        "the admin stats.",
+        request=AnalyticsEvent,
+        response=Accepted,
+        status=202,
+        example={
+            "event": "chat_turn",
+            "model": MODEL,
+            "status": 200,
+            "timings": {"total": 812.5},
+            "clientProfile": {"language": "en"},
+        },
+    ),
     # -- the page itself
-    ("GET", "/api/openapi.json"): Op(_PLAYGROUND, "OpenAPI document", "This description of every route, drawn "
-                                     "from the server's route table and wire types."),
-    ("GET", "/playground"): Op(_PLAYGROUND, "Playground page", "Redirects to `/playground/`.", media="none",
-                               status=308),
-    ("GET", "/playground/{path:path}"): Op(_PLAYGROUND, "Playground files", "The page and its assets (no key "
-                                           "needed; the page sends the key with each API call).",
-                                           params=(Param("path", "path", "File path; empty for the page"),),
-                                           media="text/html"),
+    ("GET", "/api/openapi.json"): Op(
+        _PLAYGROUND,
+        "OpenAPI document",
+        "This description of every route, drawn from the server's route table and wire types.",
+    ),
+    ("GET", "/playground"): Op(
+        _PLAYGROUND, "Playground page", "Redirects to `/playground/`.", media="none", status=308
+    ),
+    ("GET", "/playground/{path:path}"): Op(
+        _PLAYGROUND,
+        "Playground files",
+        "The page and its assets (no key needed; the page sends the key with each API call).",
+        params=(Param("path", "path", "File path; empty for the page"),),
+        media="text/html",
+    ),
 }
 
 
 def op_for(path: str, method: str) -> Op | None:
     """The entry for one route method; a HEAD borrows its GET's."""
-    return (OPS.get((method, path)) or OPS.get(("*", path))
-            or (OPS.get(("GET", path)) if method == "HEAD" else None))
+    return OPS.get((method, path)) or OPS.get(("*", path)) or (OPS.get(("GET", path)) if method == "HEAD" else None)

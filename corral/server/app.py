@@ -55,7 +55,9 @@ from corral.store.store import Store
 log = logging.getLogger(__name__)
 
 # Ollama's default allowed origins, plus whatever OLLAMA_ORIGINS adds.
-_LOCAL_ORIGINS = r"^(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?|app://.*|file://.*|tauri://.*|vscode-webview://.*)$"
+_LOCAL_ORIGINS = (
+    r"^(https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?|app://.*|file://.*|tauri://.*|vscode-webview://.*)$"
+)
 
 
 async def _corral_error(request: Request, exc: Exception) -> Response:
@@ -66,8 +68,9 @@ async def _corral_error(request: Request, exc: Exception) -> Response:
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     context_of(request).error = exc.message
     dialect = dialect_of(request.scope)
-    return JSON(dialect.body(exc.status, exc.message, exc), status_code=exc.status,
-                headers={**dialect.headers, **exc.headers})
+    return JSON(
+        dialect.body(exc.status, exc.message, exc), status_code=exc.status, headers={**dialect.headers, **exc.headers}
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -102,13 +105,27 @@ class CORS(CORSMiddleware):
 
 def api_routes(*, admin_routes: bool = True) -> list[BaseRoute]:
     """Every route Corral serves, in matching order (each carries its dialect and scope)."""
-    return [*models.routes, *inference.routes, *registry.routes, *registry_v2.routes,
-            *(admin.routes if admin_routes else []), *openapi.routes, *playground.routes, *openai_routes.routes,
-            *openai_responses.routes, *anthropic_routes.routes, *openai_routes.fallback]  # the /v1 catch-all last
+    return [
+        *models.routes,
+        *inference.routes,
+        *registry.routes,
+        *registry_v2.routes,
+        *(admin.routes if admin_routes else []),
+        *openapi.routes,
+        *playground.routes,
+        *openai_routes.routes,
+        *openai_responses.routes,
+        *anthropic_routes.routes,
+        *openai_routes.fallback,
+    ]  # the /v1 catch-all last
 
 
-def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[GatewayHook],
-              lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]) -> Starlette:
+def build_app(
+    settings: Settings,
+    routes: list[BaseRoute],
+    hooks: Sequence[GatewayHook],
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]],
+) -> Starlette:
     """The Starlette app around ``routes``: the gateway middleware, CORS and the error handlers."""
     allow_all = "*" in settings.origins
     middleware = [
@@ -133,8 +150,9 @@ def build_app(settings: Settings, routes: list[BaseRoute], hooks: Sequence[Gatew
     return app
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Sequence[GatewayHook] = (),
-               gateway: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, *, engine: Engine | None = None, hooks: Sequence[GatewayHook] = (), gateway: bool = True
+) -> Starlette:
     """The server: every dialect over the local backend (store + scheduler + llama.cpp), behind the gateway."""
     if engine is None:
         from corral.engine.llamacpp import LlamaCppEngine
@@ -160,9 +178,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None, hooks: Seque
         responses = ResponseStore(gw.db) if gw is not None else ResponseStore.open(database_url(settings))
         app.state.responses = responses
         if gw is not None:
-            gw.metrics.set_sources(queue_depth=scheduler.queue_depth, slots=scheduler.slot_usage,
-                                   loaded=scheduler.loaded_bytes, log_backlog=lambda: gw.log.backlog,
-                                   log_dropped=lambda: gw.log.dropped)
+            gw.metrics.set_sources(
+                queue_depth=scheduler.queue_depth,
+                slots=scheduler.slot_usage,
+                loaded=scheduler.loaded_bytes,
+                log_backlog=lambda: gw.log.backlog,
+                log_dropped=lambda: gw.log.dropped,
+            )
             gw.start()
         if settings.starter_models:
             from corral.store.starters import seed_starters

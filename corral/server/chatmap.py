@@ -65,11 +65,10 @@ def image_from_url(url: Any, *, param: str) -> str:
     if not isinstance(url, str):
         raise BadRequest("invalid message format: an image needs a url", param=param)
     if url.startswith(("http://", "https://")):
-        raise BadRequest("image URLs are not currently supported, please use base64 encoded data instead",
-                         param=param)
+        raise BadRequest("image URLs are not currently supported, please use base64 encoded data instead", param=param)
     for prefix in _IMAGE_PREFIXES:
         if url.startswith(prefix):
-            return base64_image(url[len(prefix):], param=param)
+            return base64_image(url[len(prefix) :], param=param)
     raise BadRequest("invalid image input", param=param)
 
 
@@ -90,8 +89,9 @@ def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
     return [t["function"]["name"] for t in tools or [] if isinstance(t.get("function"), dict)]
 
 
-def apply_tool_choice(tools: list[dict[str, Any]] | None, mode: ToolChoiceMode, name: str | None = None, *,
-                      param: str = "tool_choice") -> tuple[list[dict[str, Any]] | None, list[str] | None]:
+def apply_tool_choice(
+    tools: list[dict[str, Any]] | None, mode: ToolChoiceMode, name: str | None = None, *, param: str = "tool_choice"
+) -> tuple[list[dict[str, Any]] | None, list[str] | None]:
     """A tool choice -> (the tools the call offers, the names it forces one call of).
 
     ``none`` offers no tools; ``auto`` offers them all and forces nothing;

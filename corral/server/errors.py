@@ -77,8 +77,13 @@ def _ollama(status: int, message: str, exc: CorralError | None) -> dict[str, Any
     return {"error": message}
 
 
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 429: "rate_limit_error"}
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 
 
 def _openai(status: int, message: str, exc: CorralError | None) -> dict[str, Any]:
@@ -90,9 +95,17 @@ def _openai(status: int, message: str, exc: CorralError | None) -> dict[str, Any
     return {"error": {"message": message, "type": err_type, "param": exc.param if exc else None, "code": code}}
 
 
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
-                    503: "overloaded_error", 529: "overloaded_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 def _anthropic(status: int, message: str, exc: CorralError | None) -> dict[str, Any]:
@@ -134,9 +147,17 @@ def _guard(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Requ
 class DialectRoute(Route):
     """A route that answers its errors in ``dialect``'s shape and declares its access ``scope``."""
 
-    def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], *, dialect: Dialect,
-                 methods: list[str] | None = None, name: str | None = None, scope: Access = "user",
-                 model_from: ModelFrom | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        endpoint: Callable[[Request], Awaitable[Response]],
+        *,
+        dialect: Dialect,
+        methods: list[str] | None = None,
+        name: str | None = None,
+        scope: Access = "user",
+        model_from: ModelFrom | None = None,
+    ) -> None:
         if scope not in ACCESS_LEVELS:
             raise ValueError(f"route {path}: scope must be one of {ACCESS_LEVELS}, not {scope!r}")
         super().__init__(path, _guard(endpoint), methods=methods, name=name or endpoint.__name__)
@@ -153,10 +174,18 @@ def route_factory(dialect: Dialect) -> Callable[..., DialectRoute]:
     """``route = route_factory(OPENAI)``; then ``route("/v1/models", handler, methods=["GET"])``
     (``scope="admin"`` / ``"open"``, ``model_from="body"`` where they apply)."""
 
-    def route(path: str, endpoint: Callable[[Request], Awaitable[Response]], *, methods: list[str] | None = None,
-              name: str | None = None, scope: Access = "user", model_from: ModelFrom | None = None) -> DialectRoute:
-        return DialectRoute(path, endpoint, dialect=dialect, methods=methods, name=name, scope=scope,
-                            model_from=model_from)
+    def route(
+        path: str,
+        endpoint: Callable[[Request], Awaitable[Response]],
+        *,
+        methods: list[str] | None = None,
+        name: str | None = None,
+        scope: Access = "user",
+        model_from: ModelFrom | None = None,
+    ) -> DialectRoute:
+        return DialectRoute(
+            path, endpoint, dialect=dialect, methods=methods, name=name, scope=scope, model_from=model_from
+        )
 
     return route
 

@@ -78,8 +78,9 @@ class Fleet:
         self.router = Router(self.state)
         self.discovery = Discovery(self.state)
         self.upstreams = {s.name: Upstream(s.url, s.key) for s in self.config.upstreams}
-        self.backends = {s.name: OpenAIBackend(s.url, key=s.key, name=s.name)
-                         for s in self.config.upstreams if s.kind == "openai"}
+        self.backends = {
+            s.name: OpenAIBackend(s.url, key=s.key, name=s.name) for s in self.config.upstreams if s.kind == "openai"
+        }
 
     async def close(self) -> None:
         await self.discovery.close()
@@ -123,6 +124,7 @@ class Tracked(Response):
 
 # ---- inference: routed per request -----------------------------------------------------------------
 
+
 def _routed(route: DialectRoute) -> Endpoint:
     """The fleet endpoint for an inference route: route, send, fail over once."""
     original: Endpoint = route.endpoint
@@ -151,14 +153,22 @@ def _routed(route: DialectRoute) -> Endpoint:
                     raise
                 fleet.state.note_failover(decision.upstream)
                 tried.add(decision.upstream)
-                log.warning("fleet: %s failed before answering (%s); retrying elsewhere", decision.upstream,
-                            exc.message)
+                log.warning(
+                    "fleet: %s failed before answering (%s); retrying elsewhere", decision.upstream, exc.message
+                )
 
     return endpoint
 
 
-async def _send(request: Request, fleet: Fleet, state: UpstreamState, decision: Decision, prefix: str,
-                original: Endpoint, passthrough_openai: bool) -> Response:
+async def _send(
+    request: Request,
+    fleet: Fleet,
+    state: UpstreamState,
+    decision: Decision,
+    prefix: str,
+    original: Endpoint,
+    passthrough_openai: bool,
+) -> Response:
     name = decision.upstream
     ctx = context_of(request)
     ctx.upstream = f"{name}:{decision.reason}"
@@ -196,6 +206,7 @@ async def _send(request: Request, fleet: Fleet, state: UpstreamState, decision: 
 
 # ---- listings, management ---------------------------------------------------------------------------
 
+
 async def tags(request: Request) -> Response:
     return JSON(merged_tags(_fleet(request).state))
 
@@ -231,8 +242,13 @@ async def managed(request: Request) -> Response:
     return Tracked(inner, name, lambda failed: None)
 
 
-LOCAL: dict[str, Endpoint] = {"/api/tags": tags, "/api/ps": ps, "/v1/models": openai_models,
-                              "/v1/models/{model:path}": openai_model, "/api/version": version}
+LOCAL: dict[str, Endpoint] = {
+    "/api/tags": tags,
+    "/api/ps": ps,
+    "/v1/models": openai_models,
+    "/v1/models/{model:path}": openai_model,
+    "/api/version": version,
+}
 
 
 def fleet_routes(routes: Sequence[BaseRoute], local: Sequence[BaseRoute]) -> list[BaseRoute]:
@@ -250,8 +266,9 @@ def fleet_routes(routes: Sequence[BaseRoute], local: Sequence[BaseRoute]) -> lis
     return out
 
 
-def create_fleet_app(settings: Settings, config: FleetConfig, *, hooks: Sequence[GatewayHook] = (),
-                     gateway: bool = True) -> Starlette:
+def create_fleet_app(
+    settings: Settings, config: FleetConfig, *, hooks: Sequence[GatewayHook] = (), gateway: bool = True
+) -> Starlette:
     """``corral proxy --fleet``: the gateway in front of every upstream of ``config``."""
     gw = Gateway.open(settings) if gateway else None
     routes = fleet_routes(api_routes(admin_routes=gw is not None), LOCAL_ROUTES)
@@ -262,15 +279,20 @@ def create_fleet_app(settings: Settings, config: FleetConfig, *, hooks: Sequence
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if gw is not None:
             gw.check_bind()
-            gw.metrics.set_sources(log_backlog=lambda: gw.log.backlog, log_dropped=lambda: gw.log.dropped,
-                                   upstreams=fleet.state.snapshot)
+            gw.metrics.set_sources(
+                log_backlog=lambda: gw.log.backlog, log_dropped=lambda: gw.log.dropped, upstreams=fleet.state.snapshot
+            )
             gw.start()
         app.state.settings = settings
         app.state.fleet = fleet
         app.state.gateway = gw
         await fleet.discovery.start()
-        log.info("Corral fleet gateway on %s: %s (%s routing)", settings.base_url,
-                 ", ".join(f"{s.name}={s.url} ({s.kind})" for s in config.upstreams), config.routing)
+        log.info(
+            "Corral fleet gateway on %s: %s (%s routing)",
+            settings.base_url,
+            ", ".join(f"{s.name}={s.url} ({s.kind})" for s in config.upstreams),
+            config.routing,
+        )
         try:
             yield
         finally:

@@ -116,8 +116,10 @@ class AuthHook:
                 return
             if secret:
                 raise Unauthorized("invalid API key")
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' "
-                               f"(an operator creates one with `{CREATE_KEY_HINT}`)")
+            raise Unauthorized(
+                "missing API key: send 'Authorization: Bearer <key>' "
+                f"(an operator creates one with `{CREATE_KEY_HINT}`)"
+            )
         ctx.key_name = key.name
         ctx.is_admin = key.admin
         if ctx.access == "admin" and not key.admin:
@@ -131,8 +133,9 @@ class AuthHook:
             await asyncio.wait(list(pending))
         wait = await self._call(gateway.limiter.blocking, gateway.limiter.check, key)
         if wait is not None:
-            raise TooManyRequests(f'rate limit of key "{key.name}" reached; retry in {math.ceil(wait)}s',
-                                  retry_after=wait)
+            raise TooManyRequests(
+                f'rate limit of key "{key.name}" reached; retry in {math.ceil(wait)}s', retry_after=wait
+            )
         if key.tpm is not None:
             ctx.extra["tpm"] = True
 
@@ -229,15 +232,34 @@ class LogHook:
             status, error = 499, error or "client closed the connection before the answer started"
         bytes_in = ctx.bytes_in or ctx.extra.get("content_length")
         return RequestRecord(
-            id=ctx.id, ts=ctx.ts, key_name=ctx.key_name, client=ctx.client, user_agent=ctx.user_agent,
-            method=ctx.method, path=ctx.path, route=ctx.route or None, dialect=ctx.dialect, model=ctx.model,
-            status=status, error=error, stream=ctx.stream, done_reason=ctx.done_reason,
-            prompt_tokens=ctx.prompt_tokens, output_tokens=ctx.output_tokens, bytes_in=bytes_in,
-            bytes_out=ctx.bytes_out, auth_ms=phases.get("auth"), queue_ms=phases.get("queue"),
-            load_ms=phases.get("load"), prompt_eval_ms=phases.get("prompt_eval"), ttft_ms=phases.get("ttft"),
+            id=ctx.id,
+            ts=ctx.ts,
+            key_name=ctx.key_name,
+            client=ctx.client,
+            user_agent=ctx.user_agent,
+            method=ctx.method,
+            path=ctx.path,
+            route=ctx.route or None,
+            dialect=ctx.dialect,
+            model=ctx.model,
+            status=status,
+            error=error,
+            stream=ctx.stream,
+            done_reason=ctx.done_reason,
+            prompt_tokens=ctx.prompt_tokens,
+            output_tokens=ctx.output_tokens,
+            bytes_in=bytes_in,
+            bytes_out=ctx.bytes_out,
+            auth_ms=phases.get("auth"),
+            queue_ms=phases.get("queue"),
+            load_ms=phases.get("load"),
+            prompt_eval_ms=phases.get("prompt_eval"),
+            ttft_ms=phases.get("ttft"),
             generation_ms=phases.get("generation"),
             client_io_ms=max(0.0, total - ready * 1000) if ready else None,
-            upstream_ms=phases.get("upstream"), total_ms=total, upstream=ctx.upstream,
+            upstream_ms=phases.get("upstream"),
+            total_ms=total,
+            upstream=ctx.upstream,
         )
 
 

@@ -170,8 +170,13 @@ def inflight_of(scope: Scope) -> Inflight | None:
     return found if isinstance(found, Inflight) else None
 
 
-async def watched(receive: Receive, work: Awaitable[T], *, inflight: Inflight | None = None,
-                  can_stop: Callable[[], bool] = lambda: True) -> tuple[str, T | None]:
+async def watched(
+    receive: Receive,
+    work: Awaitable[T],
+    *,
+    inflight: Inflight | None = None,
+    can_stop: Callable[[], bool] = lambda: True,
+) -> tuple[str, T | None]:
     """Await ``work`` in this task, watching the client: ``("done", result)``; ``("gone", None)`` if the
     client went away first, ``("stopped", None)`` if a shutdown stopped it (through ``inflight``).
 
@@ -241,9 +246,15 @@ class LineStream(Response):
     each event into the text to send ("" sends nothing).
     """
 
-    def __init__(self, first: str | None, events: AsyncIterator[Any], render: Callable[[Any], str],
-                 on_error: Callable[[BaseException], str], media_type: str,
-                 headers: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        first: str | None,
+        events: AsyncIterator[Any],
+        render: Callable[[Any], str],
+        on_error: Callable[[BaseException], str],
+        media_type: str,
+        headers: dict[str, str] | None,
+    ) -> None:
         self.first = first
         self.events = events
         self.render_event = render
@@ -255,8 +266,9 @@ class LineStream(Response):
         self._ended = False  # the closing message has been sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        outcome, _ = await watched(receive, self._write(send, scope), inflight=inflight_of(scope),
-                                   can_stop=lambda: not self._ended)
+        outcome, _ = await watched(
+            receive, self._write(send, scope), inflight=inflight_of(scope), can_stop=lambda: not self._ended
+        )
         if outcome == "stopped":
             await self._end(send, ShuttingDown("server shutting down"))
         elif outcome == "gone":

@@ -106,9 +106,16 @@ class GatewayMiddleware:
             return
         route, child = self._route(scope) if self.hooks else (None, {})
         dialect = route.dialect if isinstance(route, DialectRoute) else OLLAMA
-        ctx = RequestContext(uuid.uuid4().hex[:16], scope["method"], scope["path"],
-                             getattr(route, "path", ""), dialect.name, route_scope(route),
-                             getattr(route, "model_from", None), child.get("path_params", {}))
+        ctx = RequestContext(
+            uuid.uuid4().hex[:16],
+            scope["method"],
+            scope["path"],
+            getattr(route, "path", ""),
+            dialect.name,
+            route_scope(route),
+            getattr(route, "model_from", None),
+            child.get("path_params", {}),
+        )
         scope.setdefault("state", {})[STATE_KEY] = ctx
         request_id = (b"x-request-id", ctx.id.encode())
         hooks = self.hooks
@@ -148,8 +155,11 @@ class GatewayMiddleware:
                     await hook.before(ctx, scope)
             except CorralError as exc:
                 ctx.error = exc.message
-                response = JSON(dialect.body(exc.status, exc.message, exc), status_code=exc.status,
-                                headers={**dialect.headers, **exc.headers})
+                response = JSON(
+                    dialect.body(exc.status, exc.message, exc),
+                    status_code=exc.status,
+                    headers={**dialect.headers, **exc.headers},
+                )
                 await response(scope, receive, wrapped)
                 return
             if ctx.body is not None:

@@ -44,8 +44,12 @@ from corral.server.openai.types import OpenAIError
 route = route_factory(OLLAMA)
 
 REF = "#/components/schemas/{model}"
-_ERRORS: dict[str, type[BaseModel]] = {"ollama": ErrorResponse, "openai": OpenAIError,
-                                       "anthropic": AnthropicError, "registry": RegistryError}
+_ERRORS: dict[str, type[BaseModel]] = {
+    "ollama": ErrorResponse,
+    "openai": OpenAIError,
+    "anthropic": AnthropicError,
+    "registry": RegistryError,
+}
 _STREAM_MEDIA = {"ndjson": "application/x-ndjson", "sse": "text/event-stream"}
 _JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string", list: "array"}
 
@@ -83,8 +87,13 @@ def options_schema() -> dict[str, Any]:
         if name in DEFAULTS:
             prop["default"] = DEFAULTS[name]
         props[name] = prop
-    return {"title": "Options", "type": "object", "properties": props, "additionalProperties": True,
-            "description": "Runtime options; unknown ones are ignored, as Ollama ignores them"}
+    return {
+        "title": "Options",
+        "type": "object",
+        "properties": props,
+        "additionalProperties": True,
+        "description": "Runtime options; unknown ones are ignored, as Ollama ignores them",
+    }
 
 
 def openapi_path(path: str) -> str:
@@ -114,22 +123,39 @@ def _operation(route: Route, method: str, op: Op | None, refs: dict[Any, Any]) -
     dialect = route.dialect.name if isinstance(route, DialectRoute) else "ollama"
     out: dict[str, Any] = {
         "operationId": f"{method.lower()}_{route.name}",
-        "x-corral-route": route.path, "x-corral-scope": scope, "x-corral-dialect": dialect,
+        "x-corral-route": route.path,
+        "x-corral-scope": scope,
+        "x-corral-dialect": dialect,
         "security": [] if scope == "open" else [{"bearer": []}, {"apiKey": []}],
     }
     if op is None:
         doc = (getattr(route.endpoint, "__doc__", None) or "").strip()
-        out.update({"tags": ["Other"], "summary": route.name, "description": doc, "x-undocumented": True,
-                    "responses": {"200": {"description": "OK"}}})
+        out.update(
+            {
+                "tags": ["Other"],
+                "summary": route.name,
+                "description": doc,
+                "x-undocumented": True,
+                "responses": {"200": {"description": "OK"}},
+            }
+        )
         return out
     out.update({"tags": [op.tag], "summary": op.summary, "description": op.description})
     if method == "HEAD" and op_for(route.path, "GET") is op:  # a GET's twin
         out["summary"] += " (headers only)"
     if op.stream:
         out["x-corral-stream"] = op.stream
-    params = [{"name": p.name, "in": p.where, "required": p.where == "path" or p.required,
-               "description": p.description, "schema": {"type": p.type},
-               **({"example": p.example} if p.example is not None else {})} for p in op.params]
+    params = [
+        {
+            "name": p.name,
+            "in": p.where,
+            "required": p.where == "path" or p.required,
+            "description": p.description,
+            "schema": {"type": p.type},
+            **({"example": p.example} if p.example is not None else {}),
+        }
+        for p in op.params
+    ]
     named = {p["name"] for p in params}
     for name in route.param_convertors:  # a path parameter the entry forgot is still listed
         if name not in named:
@@ -146,14 +172,16 @@ def _operation(route: Route, method: str, op: Op | None, refs: dict[Any, Any]) -
         schema = refs[(op.response, "validation")]
         ok["content"] = {"application/json": {"schema": schema}}
         if op.stream:
-            ok["content"][_STREAM_MEDIA[op.stream]] = {"schema": schema if op.stream == "ndjson" else
-                                                       {"type": "string"}}
+            ok["content"][_STREAM_MEDIA[op.stream]] = {
+                "schema": schema if op.stream == "ndjson" else {"type": "string"}
+            }
     elif op.media != "none" and method != "HEAD":
         ok["content"] = {op.media: {"schema": {"type": "string"} if op.media != "application/json" else {}}}
     responses: dict[str, Any] = {str(op.status): ok}
-    error = {"description": "Error, in this API's own shape",
-             "content": {"application/json": {"schema": refs[(_ERRORS.get(dialect, ErrorResponse),
-                                                                "validation")]}}}
+    error = {
+        "description": "Error, in this API's own shape",
+        "content": {"application/json": {"schema": refs[(_ERRORS.get(dialect, ErrorResponse), "validation")]}},
+    }
     if scope != "open":
         responses["401"] = {**error, "description": "Missing or invalid API key"}
         responses["403"] = {**error, "description": "The key may not use this route or model"}
@@ -167,8 +195,7 @@ def _operation(route: Route, method: str, op: Op | None, refs: dict[Any, Any]) -
 def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``routes`` (see module docstring); ``servers`` is left to the caller."""
     methods = [(r, m, op_for(r.path, m)) for r in routes if isinstance(r, Route) for m in sorted(r.methods or ())]
-    key_map, defs = models_json_schema(_wire_types([op for _, _, op in methods if op is not None]),
-                                       ref_template=REF)
+    key_map, defs = models_json_schema(_wire_types([op for _, _, op in methods if op is not None]), ref_template=REF)
     schemas = {**defs.get("$defs", {}), "Options": options_schema()}
     _link_options(schemas)
     paths: dict[str, dict[str, Any]] = {}
@@ -178,18 +205,25 @@ def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "Corral API", "version": __version__, "x-ollama-version": OLLAMA_COMPAT_VERSION,
+            "title": "Corral API",
+            "version": __version__,
+            "x-ollama-version": OLLAMA_COMPAT_VERSION,
             "description": "Ollama's REST API, OpenAI's /v1 and Anthropic's Messages API, with Corral's gateway "
-                           "(API keys, request log, timing). Send the key as `Authorization: Bearer <key>`.",
-            "x-corral-timing": {"headers": list(TIMING_HEADERS), "phases": list(PHASES),
-                                "stream_field": STREAM_TIMING_FIELD},
+            "(API keys, request log, timing). Send the key as `Authorization: Bearer <key>`.",
+            "x-corral-timing": {
+                "headers": list(TIMING_HEADERS),
+                "phases": list(PHASES),
+                "stream_field": STREAM_TIMING_FIELD,
+            },
         },
         "tags": [{"name": t} for t in tags],
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
-                                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
     }
 

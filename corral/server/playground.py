@@ -32,13 +32,20 @@ route = route_factory(OLLAMA)
 STATIC = Path(__file__).resolve().parent.parent / "playground" / "static"
 PAGE = "/playground/"
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
-       "connect-src *; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src *; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 _TYPES = {
-    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-    ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
     ".txt": "text/plain; charset=utf-8",
 }
 
@@ -72,12 +79,12 @@ async def asset(request: Request) -> Response:
     etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
     headers = {"Cache-Control": "no-cache", "ETag": etag, "X-Content-Type-Options": "nosniff"}
     if path.suffix == ".html":
-        headers.update({"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer",
-                        "X-Frame-Options": "DENY"})
+        headers.update({"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, headers=headers, media_type=_TYPES.get(path.suffix, "application/octet-stream"),
-                        stat_result=stat)
+    return FileResponse(
+        path, headers=headers, media_type=_TYPES.get(path.suffix, "application/octet-stream"), stat_result=stat
+    )
 
 
 routes = [

@@ -76,8 +76,7 @@ async def relay(request: Request, upstream: Upstream) -> Relay:
     else:
         content = request.stream()
     start = time.perf_counter()
-    answer = await upstream.open(request.method, request.url.path, request.url.query,
-                                 request.headers.items(), content)
+    answer = await upstream.open(request.method, request.url.path, request.url.query, request.headers.items(), content)
     media_type = answer.headers.get("content-type", "")
     ctx.note(model, stream=media_type.startswith(_STREAMED_TYPES))
     return Relay(answer, AnswerTap(media_type), dialect_of(request.scope), ctx, start)
@@ -86,8 +85,9 @@ async def relay(request: Request, upstream: Upstream) -> Relay:
 class Relay(Response):
     """The upstream's answer, relayed chunk by chunk; the upstream request is closed however it ends."""
 
-    def __init__(self, answer: aiohttp.ClientResponse, tap: AnswerTap, dialect: Dialect, ctx: RequestContext,
-                 start: float) -> None:
+    def __init__(
+        self, answer: aiohttp.ClientResponse, tap: AnswerTap, dialect: Dialect, ctx: RequestContext, start: float
+    ) -> None:
         self.answer = answer
         self.tap = tap
         self.dialect = dialect
@@ -119,12 +119,15 @@ class Relay(Response):
                 self.tap.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, OSError) as exc:
-            err = BadGateway(f"upstream {self.answer.url.host}:{self.answer.url.port} failed mid-answer: "
-                             f"{str(exc) or type(exc).__name__}")
+            err = BadGateway(
+                f"upstream {self.answer.url.host}:{self.answer.url.port} failed mid-answer: "
+                f"{str(exc) or type(exc).__name__}"
+            )
             log.warning("%s", err.message)
             if self.tap.media_type.startswith(_STREAMED_TYPES):
-                await send({"type": "http.response.body", "body": self.dialect.stream_item(err).encode(),
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": self.dialect.stream_item(err).encode(), "more_body": True}
+                )
             self.ctx.error = self.failed = err.message
         self.ctx.phases["upstream"] = (time.perf_counter() - self.start) * 1000
         self.ctx.answered_at = self.ctx.elapsed
@@ -143,8 +146,9 @@ class Relay(Response):
 
 def twin(route: DialectRoute, endpoint: Callable[[Request], Awaitable[Response]]) -> DialectRoute:
     """``route`` again (path, methods, dialect, scope, where it names its model) with another endpoint."""
-    out = DialectRoute(route.path, endpoint, dialect=route.dialect, methods=sorted(route.methods or ()),
-                       name=route.name)
+    out = DialectRoute(
+        route.path, endpoint, dialect=route.dialect, methods=sorted(route.methods or ()), name=route.name
+    )
     for attr, value in vars(route).items():  # anything a hook reads off the route
         if attr not in vars(out):
             setattr(out, attr, value)
@@ -165,12 +169,17 @@ LOCAL_ROUTES: list[BaseRoute] = [*admin.routes, *openapi.routes, *playground.rou
 def forwarding_routes(routes: Sequence[BaseRoute], local: Sequence[BaseRoute]) -> list[BaseRoute]:
     """The same routes, each with :func:`forward` as its endpoint (same path, methods, dialect and
     scope), except those in ``local``, which stay as they are."""
-    return [route if route in local or not isinstance(route, DialectRoute)
-            else twin(route, forward_root if route.path == "/" else forward) for route in routes]
+    return [
+        route
+        if route in local or not isinstance(route, DialectRoute)
+        else twin(route, forward_root if route.path == "/" else forward)
+        for route in routes
+    ]
 
 
-def create_proxy_app(settings: Settings, upstream: Upstream, *, hooks: Sequence[GatewayHook] = (),
-                     gateway: bool = True) -> Starlette:
+def create_proxy_app(
+    settings: Settings, upstream: Upstream, *, hooks: Sequence[GatewayHook] = (), gateway: bool = True
+) -> Starlette:
     """``corral proxy``: the gateway in front of ``upstream``, with no local engine."""
     gw = Gateway.open(settings) if gateway else None
     routes = forwarding_routes(api_routes(admin_routes=gw is not None), LOCAL_ROUTES)

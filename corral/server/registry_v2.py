@@ -49,8 +49,13 @@ class RegistryProtocolError(CorralError):
         self.code = code
 
 
-_FALLBACK_CODES = {400: "UNSUPPORTED", 401: "UNAUTHORIZED", 403: "DENIED", 404: "NAME_UNKNOWN",
-                   416: "BLOB_UPLOAD_INVALID"}
+_FALLBACK_CODES = {
+    400: "UNSUPPORTED",
+    401: "UNAUTHORIZED",
+    403: "DENIED",
+    404: "NAME_UNKNOWN",
+    416: "BLOB_UPLOAD_INVALID",
+}
 
 
 def _render(status: int, message: str, exc: CorralError | None) -> dict[str, object]:
@@ -114,8 +119,11 @@ async def manifest_get(request: Request) -> Response:
     data = await asyncio.to_thread(_read_manifest, _store(request), names)
     if data is None:
         raise RegistryProtocolError(404, "MANIFEST_UNKNOWN", f"manifest unknown: {names[0].display}")
-    headers = {**API_VERSION_HEADER, "Docker-Content-Digest": "sha256:" + hashlib.sha256(data).hexdigest(),
-               "Content-Length": str(len(data))}
+    headers = {
+        **API_VERSION_HEADER,
+        "Docker-Content-Digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+        "Content-Length": str(len(data)),
+    }
     body = b"" if request.method == "HEAD" else data
     return Response(body, media_type=MEDIA_MANIFEST, headers=headers)
 
@@ -135,9 +143,14 @@ async def manifest_put(request: Request) -> Response:
     await asyncio.to_thread(store.write_manifest_raw, name, data)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     log.info("registry: stored manifest %s (%s)", name.display, digest[:19])
-    return Response(status_code=201, headers={
-        **API_VERSION_HEADER, "Docker-Content-Digest": digest,
-        "Location": _url(request, f"{_prefix(request)}/manifests/{reference}")})
+    return Response(
+        status_code=201,
+        headers={
+            **API_VERSION_HEADER,
+            "Docker-Content-Digest": digest,
+            "Location": _url(request, f"{_prefix(request)}/manifests/{reference}"),
+        },
+    )
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -157,8 +170,9 @@ async def blob_get(request: Request) -> Response:
         raise RegistryProtocolError(404, "BLOB_UNKNOWN", f"blob unknown to registry: {digest}")
     if request.headers.get("range"):
         log.info("registry: serving %s range %s", digest[:19], request.headers["range"])
-    return FileResponse(path, media_type="application/octet-stream",
-                        headers={**API_VERSION_HEADER, "Docker-Content-Digest": digest})
+    return FileResponse(
+        path, media_type="application/octet-stream", headers={**API_VERSION_HEADER, "Docker-Content-Digest": digest}
+    )
 
 
 async def upload_start(request: Request) -> Response:
@@ -245,15 +259,26 @@ async def _finish(request: Request, sessions: UploadSessions, upload_id: str, di
 
 
 def _blob_created(request: Request, digest: str) -> Response:
-    return Response(status_code=201, headers={
-        **API_VERSION_HEADER, "Docker-Content-Digest": digest,
-        "Location": _url(request, f"{_prefix(request)}/blobs/{digest}")})
+    return Response(
+        status_code=201,
+        headers={
+            **API_VERSION_HEADER,
+            "Docker-Content-Digest": digest,
+            "Location": _url(request, f"{_prefix(request)}/blobs/{digest}"),
+        },
+    )
 
 
 def _upload_accepted(request: Request, upload_id: str, size: int) -> Response:
-    return Response(status_code=202, headers={
-        **API_VERSION_HEADER, "Docker-Upload-UUID": upload_id, "Range": f"0-{max(size - 1, 0)}",
-        "Location": _url(request, f"{_prefix(request)}/blobs/uploads/{upload_id}")})
+    return Response(
+        status_code=202,
+        headers={
+            **API_VERSION_HEADER,
+            "Docker-Upload-UUID": upload_id,
+            "Range": f"0-{max(size - 1, 0)}",
+            "Location": _url(request, f"{_prefix(request)}/blobs/uploads/{upload_id}"),
+        },
+    )
 
 
 _BLOBS = "/v2/{namespace}/{model}/blobs"

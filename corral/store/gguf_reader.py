@@ -65,7 +65,9 @@ class _Skipped:
         self.strings = strings
 
 
-def read_header(path: Path, *, keep_arrays: bool = False) -> tuple[dict[str, Any], list[tuple[str, list[int], int]], dict[str, list[str]]]:
+def read_header(
+    path: Path, *, keep_arrays: bool = False
+) -> tuple[dict[str, Any], list[tuple[str, list[int], int]], dict[str, list[str]]]:
     """Return (metadata, tensors as (name, shape, ggml_type), long string arrays)."""
     with open(path, "rb") as fh:
         if _read(fh, 4) != b"GGUF":

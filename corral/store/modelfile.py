@@ -29,8 +29,21 @@ log = logging.getLogger(__name__)
 OPTION_TYPES = options.OPTION_TYPES
 
 # Accepted with a warning and dropped, as current Ollama does.
-DEPRECATED_PARAMETERS = frozenset({"penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
-                                   "mirostat", "mirostat_tau", "mirostat_eta", "numa", "tfs_z"})
+DEPRECATED_PARAMETERS = frozenset(
+    {
+        "penalize_newline",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "use_mlock",
+        "mirostat",
+        "mirostat_tau",
+        "mirostat_eta",
+        "numa",
+        "tfs_z",
+    }
+)
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 _SINGLE = ("template", "system", "draft", "renderer", "parser", "requires")
@@ -71,9 +84,20 @@ class Modelfile:
 
     def render(self, name: str | None = None) -> str:
         """Modelfile text for this model (see :func:`render_modelfile`)."""
-        return render_modelfile(self.from_, self.parameters, self.template, self.system, self.license,
-                                self.messages, self.adapters, name=name, draft=self.draft,
-                                renderer=self.renderer, parser=self.parser, requires=self.requires)
+        return render_modelfile(
+            self.from_,
+            self.parameters,
+            self.template,
+            self.system,
+            self.license,
+            self.messages,
+            self.adapters,
+            name=name,
+            draft=self.draft,
+            renderer=self.renderer,
+            parser=self.parser,
+            requires=self.requires,
+        )
 
 
 # ---------------------------------------------------------------- values
@@ -134,17 +158,17 @@ class _Reader:
                 if close < 0:
                     raise ModelfileError(f'unterminated """ in {what}', line)
                 end = self.eol(close + 3)
-                if not text[close + 3:end].strip(" \t"):
+                if not text[close + 3 : end].strip(" \t"):
                     break
                 search = close + 1
-            value = text[start + 3:close]
+            value = text[start + 3 : close]
         elif text.startswith('"', start):
             out, i = [], start + 1
             while True:
                 if i >= len(text):
                     raise ModelfileError(f"unterminated quoted string in {what}", line)
                 c = text[i]
-                if c == "\\" and text[i + 1:i + 2] in ('"', "\\"):
+                if c == "\\" and text[i + 1 : i + 2] in ('"', "\\"):
                     out.append(text[i + 1])
                     i += 2
                     continue
@@ -153,9 +177,10 @@ class _Reader:
                 out.append(c)
                 i += 1
             end = self.eol(i + 1)
-            if text[i + 1:end].strip(" \t"):
-                raise ModelfileError(f"unexpected text after the closing quote of {what}",
-                                     line + text.count("\n", start, i))
+            if text[i + 1 : end].strip(" \t"):
+                raise ModelfileError(
+                    f"unexpected text after the closing quote of {what}", line + text.count("\n", start, i)
+                )
             value = "".join(out)
         else:
             end = self.eol(start)
@@ -211,8 +236,7 @@ def parse(text: str) -> Modelfile:
         elif instr == "message":
             role = reader.word(_ROLE)
             if role.lower() not in MESSAGE_ROLES:
-                raise ModelfileError(f'invalid MESSAGE role "{role}" (must be one of {", ".join(MESSAGE_ROLES)})',
-                                     line)
+                raise ModelfileError(f'invalid MESSAGE role "{role}" (must be one of {", ".join(MESSAGE_ROLES)})', line)
             if reader.pos >= len(src) or src[reader.pos] not in " \t":
                 raise ModelfileError("MESSAGE needs a role and a content", line)
             reader.skip_blanks()
@@ -253,19 +277,35 @@ def format_parameter(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def render_modelfile(from_: str, parameters: Mapping[str, Any] | None = None, template: str | None = None,
-                     system: str | None = None, license: str | Iterable[str] | None = None,
-                     messages: Iterable[Mapping[str, Any]] | None = None, adapters: Iterable[str] | None = None,
-                     *, name: str | None = None, draft: str | None = None, renderer: str | None = None,
-                     parser: str | None = None, requires: str | None = None) -> str:
+def render_modelfile(
+    from_: str,
+    parameters: Mapping[str, Any] | None = None,
+    template: str | None = None,
+    system: str | None = None,
+    license: str | Iterable[str] | None = None,
+    messages: Iterable[Mapping[str, Any]] | None = None,
+    adapters: Iterable[str] | None = None,
+    *,
+    name: str | None = None,
+    draft: str | None = None,
+    renderer: str | None = None,
+    parser: str | None = None,
+    requires: str | None = None,
+) -> str:
     """Modelfile text as ``ollama show --modelfile`` lays it out (header comments, then instructions)."""
     lines = ['# Modelfile generated by "corral show"']
     if name:
         lines += ["# To build a new Modelfile based on this, replace FROM with:", f"# FROM {name}", ""]
     lines.append(f"FROM {quote(from_)}")
     lines += [f"ADAPTER {quote(a)}" for a in adapters or ()]
-    for instr, value in (("DRAFT", draft), ("TEMPLATE", template), ("SYSTEM", system), ("RENDERER", renderer),
-                         ("PARSER", parser), ("REQUIRES", requires)):
+    for instr, value in (
+        ("DRAFT", draft),
+        ("TEMPLATE", template),
+        ("SYSTEM", system),
+        ("RENDERER", renderer),
+        ("PARSER", parser),
+        ("REQUIRES", requires),
+    ):
         if value is not None:
             lines.append(f"{instr} {quote(value)}")
     for key, value in (parameters or {}).items():

@@ -18,8 +18,9 @@ from corral.store.store import LocalModel, Store
 
 def is_jinja(template: str) -> bool:
     """A TEMPLATE is Jinja (HF chat template) when it uses ``{%`` blocks."""
-    return "{%" in template or ("{{" in template and "{{ ." not in template and "{{." not in template
-                                and "{{-" not in template)
+    return "{%" in template or (
+        "{{" in template and "{{ ." not in template and "{{." not in template and "{{-" not in template
+    )
 
 
 @dataclass
@@ -46,8 +47,14 @@ class ModelRecord:
     def capabilities(self) -> list[str]:
         caps: list[str] = []
         tmpl = self.effective_template or ""
-        if self.info.pooling and self.info.architecture in ("bert", "nomic-bert", "jina-bert-v2", "modern-bert",
-                                                             "neo-bert", "t5encoder"):
+        if self.info.pooling and self.info.architecture in (
+            "bert",
+            "nomic-bert",
+            "jina-bert-v2",
+            "modern-bert",
+            "neo-bert",
+            "t5encoder",
+        ):
             caps.append("embedding")
         else:
             caps.append("completion")

@@ -113,8 +113,9 @@ def _exists(store: Store, name: str) -> bool:
         return False
 
 
-def _seed_gguf(store: Store, name: str, path: Path, *, template: str | None = None,
-               parameters: dict[str, Any] | None = None) -> None:
+def _seed_gguf(
+    store: Store, name: str, path: Path, *, template: str | None = None, parameters: dict[str, Any] | None = None
+) -> None:
     digest, _ = store.import_file(path)
     spec = CreateSpec(name=name, files={path.name: digest}, template=template, parameters=dict(parameters or {}))
     for _ in create_model(store, spec):
@@ -128,8 +129,7 @@ def _old_smollm2(store: Store, gguf: Path) -> bool:
     except ModelNotFound:
         return False
     layers = local.layers
-    return (len(layers) == 1 and layers[0].media_type == MEDIA["model"]
-            and layers[0].size == gguf.stat().st_size)
+    return len(layers) == 1 and layers[0].media_type == MEDIA["model"] and layers[0].size == gguf.stat().st_size
 
 
 def _seed_folder(store: Store, name: str, folder: Path) -> None:

@@ -43,8 +43,10 @@ log = logging.getLogger(__name__)
 MEDIA_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MEDIA_CONFIG = "application/vnd.docker.container.image.v1+json"
 MEDIA_PREFIX = "application/vnd.ollama.image."
-MEDIA = {kind: MEDIA_PREFIX + kind for kind in
-         ("model", "template", "system", "params", "license", "adapter", "projector", "messages")}
+MEDIA = {
+    kind: MEDIA_PREFIX + kind
+    for kind in ("model", "template", "system", "params", "license", "adapter", "projector", "messages")
+}
 
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 # Temp names of this module, the registry's upload spools and create's work folders (see Store.claim).
@@ -126,8 +128,10 @@ class LocalModel:
 
     @property
     def layers(self) -> list[Layer]:
-        return [Layer(layer["mediaType"], layer["digest"], int(layer.get("size", 0)), layer.get("from"))
-                for layer in self.manifest.get("layers", [])]
+        return [
+            Layer(layer["mediaType"], layer["digest"], int(layer.get("size", 0)), layer.get("from"))
+            for layer in self.manifest.get("layers", [])
+        ]
 
     @property
     def size(self) -> int:

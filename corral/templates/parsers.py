@@ -42,7 +42,7 @@ class ThinkingSplitter:
             if self.state == "start":
                 stripped = self.buf.lstrip()
                 if stripped.startswith(self.open_tag):
-                    self.buf = stripped[len(self.open_tag):].lstrip("\n")
+                    self.buf = stripped[len(self.open_tag) :].lstrip("\n")
                     self.state = "thinking"
                 elif self.open_tag.startswith(stripped):
                     break  # could still become <think>
@@ -58,13 +58,13 @@ class ThinkingSplitter:
                 idx = self.buf.find(self.close_tag)
                 if idx >= 0:
                     thinking += self.buf[:idx]
-                    self.buf = self.buf[idx + len(self.close_tag):]
+                    self.buf = self.buf[idx + len(self.close_tag) :]
                     self.state = "content"
                     self.fresh = True
                 else:
                     keep = _partial_suffix(self.buf, self.close_tag)
                     thinking += self.buf[: len(self.buf) - keep]
-                    self.buf = self.buf[len(self.buf) - keep:]
+                    self.buf = self.buf[len(self.buf) - keep :]
                     break
             else:
                 if self.fresh:
@@ -171,7 +171,7 @@ class ToolCallParser:
         if not probe:
             return ""
         out = self.held[: len(self.held) - keep]
-        self.held = self.held[len(self.held) - keep:]
+        self.held = self.held[len(self.held) - keep :]
         if out.strip():
             self.seen_text = True
         return out

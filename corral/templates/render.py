@@ -55,8 +55,11 @@ def _hf_message(msg: dict[str, Any], first_call: int = 0) -> dict[str, Any]:
         out["reasoning_content"] = msg["thinking"]
     if msg.get("tool_calls"):
         out["tool_calls"] = [
-            {"type": "function", "id": tc.get("id") or _call_id(first_call + i),
-             "function": {"name": tc["function"]["name"], "arguments": tc["function"].get("arguments") or {}}}
+            {
+                "type": "function",
+                "id": tc.get("id") or _call_id(first_call + i),
+                "function": {"name": tc["function"]["name"], "arguments": tc["function"].get("arguments") or {}},
+            }
             for i, tc in enumerate(msg["tool_calls"])
         ]
     if msg.get("tool_name"):
@@ -90,8 +93,16 @@ def _hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def render_jinja(source: str, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None,
-                 think: bool | None, bos: str, eos: str, add_generation_prompt: bool = True) -> str:
+def render_jinja(
+    source: str,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None,
+    think: bool | None,
+    bos: str,
+    eos: str,
+    add_generation_prompt: bool = True,
+) -> str:
     template = _jinja(source)
     ctx: dict[str, Any] = {
         "messages": _hf_messages(messages),
@@ -119,8 +130,16 @@ def _go_template(source: str) -> Any:
         raise BadRequest(f"invalid template: {exc}") from exc
 
 
-def render_chat(record: ModelRecord, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-                think: bool | None = None, template: str | None = None, bos: str = "", eos: str = "") -> str:
+def render_chat(
+    record: ModelRecord,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    think: bool | None = None,
+    template: str | None = None,
+    bos: str = "",
+    eos: str = "",
+) -> str:
     """Render a full chat prompt ending where the assistant should reply."""
     msgs = list(messages)
     if record.system and not any(m["role"] == "system" for m in msgs):
@@ -141,8 +160,17 @@ def render_chat(record: ModelRecord, messages: list[dict[str, Any]], *, tools: l
     return render_chat_prompt(_go_template(source), messages=msgs, tools=tools, think=think)
 
 
-def render_generate(record: ModelRecord, prompt: str, *, system: str | None, suffix: str | None,
-                    template: str | None, think: bool | None, bos: str = "", eos: str = "") -> str:
+def render_generate(
+    record: ModelRecord,
+    prompt: str,
+    *,
+    system: str | None,
+    suffix: str | None,
+    template: str | None,
+    think: bool | None,
+    bos: str = "",
+    eos: str = "",
+) -> str:
     """Render /api/generate's prompt (not raw) through the model's template."""
     source = template or record.effective_template
     sys_text = system if system is not None else record.system

@@ -55,6 +55,7 @@ def _backend(request: Request) -> Backend:
 
 # ---- request translation ---------------------------------------------------------------
 
+
 def _system(system: str | list[dict[str, Any]] | None) -> str:
     if system is None or isinstance(system, str):
         return system or ""
@@ -122,8 +123,15 @@ def _messages(req: MessageCountTokensParams) -> list[dict[str, Any]]:
             elif kind == "tool_use" and m.role == "assistant":
                 if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                     raise BadRequest("a tool_use block needs an id and a name", param=param)
-                calls.append({"id": block["id"], "function": {
-                    "name": block["name"], "arguments": tool_arguments(block.get("input"), param=param)}})
+                calls.append(
+                    {
+                        "id": block["id"],
+                        "function": {
+                            "name": block["name"],
+                            "arguments": tool_arguments(block.get("input"), param=param),
+                        },
+                    }
+                )
             elif kind == "tool_result" and m.role == "user":
                 out.append(_tool_result(block, param))
             elif kind == "thinking" and isinstance(block.get("thinking"), str):
@@ -148,8 +156,9 @@ def _tools(req: MessageCountTokensParams) -> tuple[list[dict[str, Any]] | None, 
     tools = []
     for t in req.tools or []:
         if t.type not in (None, "custom"):
-            raise BadRequest(f"unsupported tool type {t.type!r}; only client tools with an input_schema are",
-                             param="tools")
+            raise BadRequest(
+                f"unsupported tool type {t.type!r}; only client tools with an input_schema are", param="tools"
+            )
         tools.append(function_tool(t.name, t.description, t.input_schema))
     choice = req.tool_choice
     if choice is None:
@@ -174,8 +183,9 @@ def _format(req: MessageCountTokensParams) -> dict[str, Any] | None:
         return None
     schema = fmt.get("schema")
     if fmt.get("type") != "json_schema" or not isinstance(schema, dict):
-        raise BadRequest("output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}",
-                         param="output_config.format")
+        raise BadRequest(
+            'output_config.format must be {"type": "json_schema", "schema": {...}}', param="output_config.format"
+        )
     return schema
 
 
@@ -193,11 +203,20 @@ def chat_call_from(req: MessageCountTokensParams) -> ChatCall:
                 options[key] = value
         if req.stop_sequences:
             options["stop"] = list(req.stop_sequences)
-    return ChatCall(model=req.model, messages=messages, tools=tools, force_tool=force, options=options,
-                    format=_format(req), think=_think(req), images=images_of(messages))
+    return ChatCall(
+        model=req.model,
+        messages=messages,
+        tools=tools,
+        force_tool=force,
+        options=options,
+        format=_format(req),
+        think=_think(req),
+        images=images_of(messages),
+    )
 
 
 # ---- response pieces --------------------------------------------------------------------
+
 
 def _stop(final: Final) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence)."""
@@ -211,8 +230,12 @@ def _stop(final: Final) -> tuple[str, str | None]:
 
 
 def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "tool_use", "id": call.get("id") or tool_call_id(), "name": call["function"]["name"],
-            "input": call["function"]["arguments"]}
+    return {
+        "type": "tool_use",
+        "id": call.get("id") or tool_call_id(),
+        "name": call["function"]["name"],
+        "input": call["function"]["arguments"],
+    }
 
 
 def _usage(final: Final) -> dict[str, int]:
@@ -220,6 +243,7 @@ def _usage(final: Final) -> dict[str, int]:
 
 
 # ---- POST /v1/messages ------------------------------------------------------------------
+
 
 async def _no_output(backend: Backend, call: ChatCall) -> AsyncIterator[Piece | Final]:
     """``max_tokens`` 0 (Anthropic's way to warm the prompt cache): load the model, count the prompt,
@@ -235,8 +259,9 @@ async def create_message(request: Request) -> Response:
     events = reporting(backend.chat(call) if req.max_tokens > 0 else _no_output(backend, call), ctx)
     if not req.stream:
         return JSON(await _collect(events, req.model))
-    return await stream_events(_events(events, req.model), media_type="text/event-stream", dialect=ANTHROPIC,
-                               headers=SSE_HEADERS)
+    return await stream_events(
+        _events(events, req.model), media_type="text/event-stream", dialect=ANTHROPIC, headers=SSE_HEADERS
+    )
 
 
 async def _collect(events: AsyncIterator[Piece | Final], model: str) -> dict[str, Any]:
@@ -248,8 +273,16 @@ async def _collect(events: AsyncIterator[Piece | Final], model: str) -> dict[str
         content.append({"type": "text", "text": got.content})
     content.extend(_tool_use(c) for c in got.final.tool_calls)
     reason, sequence = _stop(got.final)
-    return {"id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": reason, "stop_sequence": sequence, "usage": _usage(got.final)}
+    return {
+        "id": new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": _usage(got.final),
+    }
 
 
 def _sse(kind: str, body: dict[str, Any]) -> str:
@@ -297,8 +330,16 @@ async def _events(events: AsyncIterator[Piece | Final], model: str) -> AsyncIter
         first: Piece | Final | None = await anext(events)  # a failure here still gets its own status
     except StopAsyncIteration:
         first = None
-    message: dict[str, Any] = {"id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": [],
-               "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+    message: dict[str, Any] = {
+        "id": new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+    }
     yield _sse("message_start", {"message": message}) + _sse("ping", {})
     blocks = _Blocks()
     try:
@@ -320,9 +361,14 @@ async def _events(events: AsyncIterator[Piece | Final], model: str) -> AsyncIter
                     chunk += blocks.delta({"type": "input_json_delta", "partial_json": dumps(tool["input"])})
                 chunk += blocks.stop()
                 reason, sequence = _stop(ev)
-                yield (chunk + _sse("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": sequence},
-                                                      "usage": _usage(ev)})
-                       + _sse("message_stop", {}))
+                yield (
+                    chunk
+                    + _sse(
+                        "message_delta",
+                        {"delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": _usage(ev)},
+                    )
+                    + _sse("message_stop", {})
+                )
             ev = await anext(events, None)
     finally:
         closer = getattr(events, "aclose", None)
@@ -331,6 +377,7 @@ async def _events(events: AsyncIterator[Piece | Final], model: str) -> AsyncIter
 
 
 # ---- POST /v1/messages/count_tokens --------------------------------------------------------
+
 
 async def count_tokens(request: Request) -> Response:
     req: MessageCountTokensParams = parse(MessageCountTokensParams, await read_json(request))

@@ -17,8 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.server.ollama.types import parse_request
 
-__all__ = ["AnthropicError", "AnthropicMessage", "MessageCountTokensParams", "MessageCreateParams", "MessageParam",
-           "MessageTokensCount", "OutputConfig", "ThinkingConfig", "ToolChoice", "ToolParam", "parse"]
+__all__ = [
+    "AnthropicError",
+    "AnthropicMessage",
+    "MessageCountTokensParams",
+    "MessageCreateParams",
+    "MessageParam",
+    "MessageTokensCount",
+    "OutputConfig",
+    "ThinkingConfig",
+    "ToolChoice",
+    "ToolParam",
+    "parse",
+]
 
 
 class _Req(BaseModel):
@@ -104,6 +115,7 @@ def parse(model_cls: type[BaseModel], body: Any) -> Any:
 
 
 # ---- response shapes (the OpenAPI document's; routes write plain dicts) ----------------------------
+
 
 class _Resp(BaseModel):
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)

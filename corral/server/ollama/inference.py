@@ -64,11 +64,20 @@ def _stats(final: Final) -> dict[str, Any]:
 
 
 def _tool_calls_wire(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"function": {"index": c["function"].get("index", i), "name": c["function"]["name"],
-                          "arguments": c["function"]["arguments"]}} for i, c in enumerate(calls)]
+    return [
+        {
+            "function": {
+                "index": c["function"].get("index", i),
+                "name": c["function"]["name"],
+                "arguments": c["function"]["arguments"],
+            }
+        }
+        for i, c in enumerate(calls)
+    ]
 
 
 # ---- /api/generate ----------------------------------------------------------------
+
 
 async def generate(request: Request) -> Response:
     arrived = time.monotonic()
@@ -79,13 +88,32 @@ async def generate(request: Request) -> Response:
     keep_alive = parse_keep_alive(req.keep_alive)
     if load_only:
         loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
-        return JSON({"model": loaded.model, "created_at": now(), "response": "", "done": True,
-                     "done_reason": "load" if loaded.loaded else "unload"})
+        return JSON(
+            {
+                "model": loaded.model,
+                "created_at": now(),
+                "response": "",
+                "done": True,
+                "done_reason": "load" if loaded.loaded else "unload",
+            }
+        )
     call = GenerateCall(
-        model=req.model, prompt=req.prompt, suffix=req.suffix, system=req.system, template=req.template,
-        context=req.context, raw=req.raw, format=req.format, images=req.images, options=req.options or {},
-        think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs, keep_alive=keep_alive,
-        report=ctx.report, arrived=arrived,
+        model=req.model,
+        prompt=req.prompt,
+        suffix=req.suffix,
+        system=req.system,
+        template=req.template,
+        context=req.context,
+        raw=req.raw,
+        format=req.format,
+        images=req.images,
+        options=req.options or {},
+        think=req.think,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+        keep_alive=keep_alive,
+        report=ctx.report,
+        arrived=arrived,
     )
     events = backend.generate(call)
     if req.stream is False:
@@ -132,14 +160,23 @@ async def _collect_generate(events: AsyncIterator[Piece | Final], model: str, ct
 
 # ---- /api/chat ---------------------------------------------------------------------
 
+
 def chat_call_from(req: ChatRequest, keep_alive: float | None, arrived: float | None = None) -> ChatCall:
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     images = [img for m in req.messages for img in (m.images or [])]
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
     return ChatCall(
-        model=req.model, messages=messages, tools=tools, format=req.format, options=req.options or {},
-        think=req.think, logprobs=req.logprobs, top_logprobs=req.top_logprobs, keep_alive=keep_alive,
-        images=images or None, arrived=arrived,
+        model=req.model,
+        messages=messages,
+        tools=tools,
+        format=req.format,
+        options=req.options or {},
+        think=req.think,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+        keep_alive=keep_alive,
+        images=images or None,
+        arrived=arrived,
     )
 
 
@@ -154,8 +191,15 @@ async def chat(request: Request) -> Response:
             raise BadRequest(f"invalid message role: {m.role!r}", param="messages")
     if not req.messages:
         loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
-        return JSON({"model": loaded.model, "created_at": now(), "message": {"role": "assistant", "content": ""},
-                     "done": True, "done_reason": "load" if loaded.loaded else "unload"})
+        return JSON(
+            {
+                "model": loaded.model,
+                "created_at": now(),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "load" if loaded.loaded else "unload",
+            }
+        )
     call = chat_call_from(req, keep_alive, arrived)
     call.report = ctx.report
     events = backend.chat(call)
@@ -182,8 +226,12 @@ def _chat_line(model: str, ctx: RequestContext) -> Callable[[Piece | Final], str
         if ev.tool_calls:
             msg = {"role": "assistant", "content": "", "tool_calls": _tool_calls_wire(ev.tool_calls)}
             lines = dumps({"model": model, "created_at": now(), "message": msg, "done": False}) + "\n"
-        out: dict[str, Any] = {"model": model, "created_at": now(),
-                               "message": {"role": "assistant", "content": ev.content}, "done": True}
+        out: dict[str, Any] = {
+            "model": model,
+            "created_at": now(),
+            "message": {"role": "assistant", "content": ev.content},
+            "done": True,
+        }
         out.update(_stats(ev))
         out[STREAM_TIMING_FIELD] = ctx.finish(ev)
         return lines + dumps(out) + "\n"
@@ -208,6 +256,7 @@ async def _collect_chat(events: AsyncIterator[Piece | Final], model: str, ctx: R
 
 # ---- /api/embed and /api/embeddings --------------------------------------------------
 
+
 async def embed(request: Request) -> Response:
     arrived = time.monotonic()
     req: EmbedRequest = parse_request(EmbedRequest, await read_json(request))
@@ -220,12 +269,27 @@ async def embed(request: Request) -> Response:
     if not inputs:
         loaded = await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"model": loaded.model, "embeddings": []})
-    out = await backend.embed(EmbedCall(req.model, inputs, truncate=req.truncate is not False,
-                                        dimensions=req.dimensions, options=req.options, keep_alive=keep_alive,
-                                        arrived=arrived))
+    out = await backend.embed(
+        EmbedCall(
+            req.model,
+            inputs,
+            truncate=req.truncate is not False,
+            dimensions=req.dimensions,
+            options=req.options,
+            keep_alive=keep_alive,
+            arrived=arrived,
+        )
+    )
     ctx.finish_embed(out)
-    return JSON({"model": req.model, "embeddings": out.vectors, "total_duration": out.total_ns,
-                 "load_duration": out.load_ns, "prompt_eval_count": out.prompt_tokens})
+    return JSON(
+        {
+            "model": req.model,
+            "embeddings": out.vectors,
+            "total_duration": out.total_ns,
+            "load_duration": out.load_ns,
+            "prompt_eval_count": out.prompt_tokens,
+        }
+    )
 
 
 async def embeddings(request: Request) -> Response:
@@ -237,8 +301,9 @@ async def embeddings(request: Request) -> Response:
         await backend.load(req.model, keep_alive=keep_alive, options=req.options)
         return JSON({"embedding": []})
     # The legacy endpoint answers the model's own vector, not normalised (Ollama's EmbeddingsHandler).
-    out = await backend.embed(EmbedCall(req.model, [req.prompt], options=req.options, keep_alive=keep_alive,
-                                        normalize=False))
+    out = await backend.embed(
+        EmbedCall(req.model, [req.prompt], options=req.options, keep_alive=keep_alive, normalize=False)
+    )
     ctx.finish_embed(out)
     return JSON({"embedding": out.vectors[0]})
 

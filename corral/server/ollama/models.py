@@ -50,8 +50,17 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    models = [{"name": m.name, "model": m.name, "modified_at": now_iso(m.modified_at), "size": m.size,
-               "digest": m.digest, "details": m.details} for m in await _backend(request).models()]
+    models = [
+        {
+            "name": m.name,
+            "model": m.name,
+            "modified_at": now_iso(m.modified_at),
+            "size": m.size,
+            "digest": m.digest,
+            "details": m.details,
+        }
+        for m in await _backend(request).models()
+    ]
     return JSON({"models": models})
 
 
@@ -87,13 +96,24 @@ def _param_lines(params: dict[str, Any]) -> list[str]:
 
 
 async def ps(request: Request) -> Response:
-    models = [{"name": m.name, "model": m.name, "size": m.size, "digest": m.digest, "details": m.details,
-               "expires_at": m.expires_at.isoformat().replace("+00:00", "Z"), "size_vram": m.size_vram,
-               "context_length": m.context_length} for m in await _backend(request).running()]
+    models = [
+        {
+            "name": m.name,
+            "model": m.name,
+            "size": m.size,
+            "digest": m.digest,
+            "details": m.details,
+            "expires_at": m.expires_at.isoformat().replace("+00:00", "Z"),
+            "size_vram": m.size_vram,
+            "context_length": m.context_length,
+        }
+        for m in await _backend(request).running()
+    ]
     return JSON({"models": models})
 
 
 # ---- create / copy / delete / blobs ------------------------------------------------
+
 
 async def _thread_stream(gen: Iterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     """Drive a blocking generator from a worker thread."""
@@ -112,8 +132,14 @@ async def create(request: Request) -> Response:
     ModelName.parse(req.target)
     licenses = [req.license] if isinstance(req.license, str) else list(req.license or [])
     spec = CreateSpec(
-        name=req.target, from_=req.from_, files=dict(req.files or {}), adapters=dict(req.adapters or {}),
-        template=req.template, system=req.system, license=licenses, parameters=dict(req.parameters or {}),
+        name=req.target,
+        from_=req.from_,
+        files=dict(req.files or {}),
+        adapters=dict(req.adapters or {}),
+        template=req.template,
+        system=req.system,
+        license=licenses,
+        parameters=dict(req.parameters or {}),
         messages=[m.model_dump(exclude_none=True) for m in req.messages] if req.messages is not None else None,
         quantize=req.quantize,
     )

@@ -33,6 +33,7 @@ def _store(request: Request) -> Store:
 
 # ---- /api/pull, /api/push ----------------------------------------------------
 
+
 async def _respond(events: AsyncGenerator[dict[str, Any], None], stream: bool | None) -> Response:
     if stream is False:
         last: dict[str, Any] = {}

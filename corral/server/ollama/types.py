@@ -362,8 +362,15 @@ class PullRequest(_Req):
 PushRequest = PullRequest
 
 
-_GO_TYPES = {"bool_type": "bool", "int_type": "int", "int_from_float": "int", "string_type": "string",
-             "float_type": "float64", "list_type": "[]interface {}", "dict_type": "map[string]interface {}"}
+_GO_TYPES = {
+    "bool_type": "bool",
+    "int_type": "int",
+    "int_from_float": "int",
+    "string_type": "string",
+    "float_type": "float64",
+    "list_type": "[]interface {}",
+    "dict_type": "map[string]interface {}",
+}
 
 
 def _json_kind(value: Any) -> str:
@@ -402,12 +409,17 @@ def parse_request(model_cls: type[BaseModel], body: Any) -> Any:
         fields = [n for n in names if not _union_tag(n)]
         if kind in _GO_TYPES and fields == names:
             struct = getattr(model_cls, "go_name", "") or model_cls.__name__
-            raise BadRequest(f"json: cannot unmarshal {_json_kind(err.get('input'))} into Go struct field "
-                             f"{struct}.{'.'.join(names)} of type {_GO_TYPES[kind]}", param=loc) from None
+            raise BadRequest(
+                f"json: cannot unmarshal {_json_kind(err.get('input'))} into Go struct field "
+                f"{struct}.{'.'.join(names)} of type {_GO_TYPES[kind]}",
+                param=loc,
+            ) from None
         if fields != names:  # no member of a union took it
             field = ".".join(fields)
-            raise BadRequest(f"invalid value for field {field!r}: a JSON {_json_kind(err.get('input'))} is not "
-                             "accepted here", param=field) from None
+            raise BadRequest(
+                f"invalid value for field {field!r}: a JSON {_json_kind(err.get('input'))} is not accepted here",
+                param=field,
+            ) from None
         raise BadRequest(f"invalid value for field {loc!r}: {err.get('msg', 'invalid')}", param=loc) from None
 
 
@@ -417,6 +429,7 @@ def _union_tag(name: str) -> bool:
 
 
 # ---- response shapes (the OpenAPI document's; handlers write plain dicts) -------------------------
+
 
 class _Resp(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)

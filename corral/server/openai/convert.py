@@ -18,8 +18,14 @@ from corral.server.openai.types import ChatMessage
 # OpenAI reasoning effort -> Ollama ``think`` (openai.go thinkFromReasoningEffort).
 # Corral's think levels stop at "high", so Ollama's "max" tier maps there.
 EFFORT: dict[str, bool | str] = {
-    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
-    "max": "high", "xhigh": "high", "ultra": "high",
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "high",
+    "xhigh": "high",
+    "ultra": "high",
 }
 
 
@@ -27,8 +33,11 @@ def think_from_effort(effort: str | None, *, param: str = "reasoning_effort") ->
     if not effort:
         return None
     if effort not in EFFORT:
-        raise BadRequest(f"invalid reasoning value: {effort!r} (must be \"minimal\", \"low\", \"medium\", "
-                         "\"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")", param=param)
+        raise BadRequest(
+            f'invalid reasoning value: {effort!r} (must be "minimal", "low", "medium", '
+            '"high", "xhigh", "ultra", "max", or "none")',
+            param=param,
+        )
     return EFFORT[effort]
 
 
@@ -58,8 +67,9 @@ def _tool_call_in(tc: dict[str, Any]) -> dict[str, Any]:
     fn = tc.get("function")
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise BadRequest("invalid tool call: function.name is required", param="messages")
-    out: dict[str, Any] = {"function": {"name": fn["name"],
-                                        "arguments": tool_arguments(fn.get("arguments"), param="messages")}}
+    out: dict[str, Any] = {
+        "function": {"name": fn["name"], "arguments": tool_arguments(fn.get("arguments"), param="messages")}
+    }
     if tc.get("id"):
         out["id"] = tc["id"]
     return out
@@ -108,5 +118,6 @@ def tool_choice_of(choice: str | dict[str, Any] | None, name_of: Any) -> tuple[T
         if choice.get("type") != "function" or not isinstance(name, str):
             raise BadRequest("tool_choice must be none, auto, required or name a function", param="tool_choice")
         return "named", name
-    raise BadRequest(f"invalid tool_choice {choice!r}; expected none, auto, required or a named function",
-                     param="tool_choice")
+    raise BadRequest(
+        f"invalid tool_choice {choice!r}; expected none, auto, required or a named function", param="tool_choice"
+    )

@@ -63,6 +63,7 @@ def _store(request: Request) -> ResponseStore:
 
 # ---- request translation ---------------------------------------------------------------
 
+
 def _content_parts(content: Any, param: str) -> str | list[dict[str, Any]]:
     """A Responses message's content -> chat-message content (a string, or text and image_url parts)."""
     if isinstance(content, str):
@@ -100,8 +101,11 @@ def _chat_messages(items: str | list[dict[str, Any]]) -> list[ChatMessage]:
             name, call_id = item.get("name"), item.get("call_id")
             if not isinstance(name, str) or not isinstance(call_id, str):
                 raise BadRequest("a function_call item needs a name and a call_id", param=param)
-            call = {"id": call_id, "type": "function",
-                    "function": {"name": name, "arguments": tool_arguments(item.get("arguments"), param=param)}}
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": tool_arguments(item.get("arguments"), param=param)},
+            }
             if out and out[-1].role == "assistant":  # calls of one turn go on one assistant message
                 out[-1].tool_calls = [*(out[-1].tool_calls or []), call]
             else:
@@ -140,14 +144,17 @@ def _format(req: ResponseCreateParams) -> str | dict[str, Any] | None:
         if schema is not None and not isinstance(schema, dict):
             raise BadRequest("text.format.schema must be an object", param="text.format")
         return schema if schema is not None else "json"
-    raise BadRequest(f"invalid text.format type {kind!r}; expected text, json_object or json_schema",
-                     param="text.format")
+    raise BadRequest(
+        f"invalid text.format type {kind!r}; expected text, json_object or json_schema", param="text.format"
+    )
 
 
 def _options(req: ResponseCreateParams) -> dict[str, Any]:
     """Sampling fields -> Ollama options (OpenAI's defaults of 1.0, as chat completions)."""
-    opts: dict[str, Any] = {"temperature": 1.0 if req.temperature is None else req.temperature,
-                            "top_p": 1.0 if req.top_p is None else req.top_p}
+    opts: dict[str, Any] = {
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+    }
     if req.max_output_tokens is not None:
         opts["num_predict"] = req.max_output_tokens
     return opts
@@ -162,39 +169,60 @@ def _call(req: ResponseCreateParams, history: list[dict[str, Any]]) -> tuple[Cha
         raise BadRequest("input is required", param="input")
     mode, name = tool_choice_of(req.tool_choice, lambda c: c.get("name"))
     tools, force = apply_tool_choice(_tools(req), mode, name)
-    call = ChatCall(model=req.model, messages=messages, tools=tools, force_tool=force, format=_format(req),
-                    options=_options(req), images=images_of(messages),
-                    think=think_from_effort(req.reasoning.effort if req.reasoning else None,
-                                            param="reasoning.effort"))
+    call = ChatCall(
+        model=req.model,
+        messages=messages,
+        tools=tools,
+        force_tool=force,
+        format=_format(req),
+        options=_options(req),
+        images=images_of(messages),
+        think=think_from_effort(req.reasoning.effort if req.reasoning else None, param="reasoning.effort"),
+    )
     return call, conversation
 
 
 # ---- output ----------------------------------------------------------------------------
+
 
 def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
 def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [_text_part(text)] if status == "completed" else []}
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [_text_part(text)] if status == "completed" else [],
+    }
 
 
 def _reasoning_item(item_id: str, text: str, done: bool) -> dict[str, Any]:
-    return {"id": item_id, "type": "reasoning",
-            "summary": [{"type": "summary_text", "text": text}] if done else []}
+    return {"id": item_id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}] if done else []}
 
 
 def _call_item(item_id: str, call_id: str, call: dict[str, Any], status: str) -> dict[str, Any]:
     fn = call["function"]
-    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": fn["name"],
-            "arguments": dumps(fn["arguments"]) if status == "completed" else ""}
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": fn["name"],
+        "arguments": dumps(fn["arguments"]) if status == "completed" else "",
+    }
 
 
 def _usage(final: Final) -> dict[str, Any]:
-    return {"input_tokens": final.prompt_eval_count, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": final.eval_count, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": final.prompt_eval_count + final.eval_count}
+    return {
+        "input_tokens": final.prompt_eval_count,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": final.eval_count,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": final.prompt_eval_count + final.eval_count,
+    }
 
 
 @dataclass
@@ -206,29 +234,46 @@ class _Turn:
     id: str = field(default_factory=lambda: new_id("resp_", 24))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
-    def response(self, status: str, output: list[dict[str, Any]], final: Final | None = None,
-                 error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def response(
+        self, status: str, output: list[dict[str, Any]], final: Final | None = None, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         req = self.req
         incomplete = final is not None and final.done_reason == "length"
-        text = "".join(c["text"] for item in output if item["type"] == "message" for c in item["content"]
-                       if c["type"] == "output_text")
+        text = "".join(
+            c["text"]
+            for item in output
+            if item["type"] == "message"
+            for c in item["content"]
+            if c["type"] == "output_text"
+        )
         return {
-            "id": self.id, "object": "response", "created_at": self.created_at,
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
             "status": "incomplete" if incomplete and status == "completed" else status,
-            "background": False, "error": error,
+            "background": False,
+            "error": error,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens, "model": req.model,
-            "output": output, "output_text": text,
+            "instructions": req.instructions,
+            "max_output_tokens": req.max_output_tokens,
+            "model": req.model,
+            "output": output,
+            "output_text": text,
             "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
             "previous_response_id": req.previous_response_id,
-            "reasoning": {"effort": req.reasoning.effort if req.reasoning else None,
-                          "summary": req.reasoning.summary if req.reasoning else None},
-            "service_tier": "default", "store": req.store is not False,
+            "reasoning": {
+                "effort": req.reasoning.effort if req.reasoning else None,
+                "summary": req.reasoning.summary if req.reasoning else None,
+            },
+            "service_tier": "default",
+            "store": req.store is not False,
             "temperature": 1.0 if req.temperature is None else req.temperature,
             "text": {"format": (req.text.format if req.text else None) or {"type": "text"}},
             "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-            "tools": req.tools or [], "top_p": 1.0 if req.top_p is None else req.top_p,
-            "truncation": "disabled", "usage": _usage(final) if final is not None else None,
+            "tools": req.tools or [],
+            "top_p": 1.0 if req.top_p is None else req.top_p,
+            "truncation": "disabled",
+            "usage": _usage(final) if final is not None else None,
             "metadata": req.metadata or {},
         }
 
@@ -249,6 +294,7 @@ async def _save(store: ResponseStore, turn: _Turn, response: dict[str, Any], mes
 
 # ---- POST /v1/responses ------------------------------------------------------------------
 
+
 async def create_response(request: Request) -> Response:
     req: ResponseCreateParams = parse(ResponseCreateParams, await read_json(request))
     store = _store(request)
@@ -256,8 +302,9 @@ async def create_response(request: Request) -> Response:
     if req.previous_response_id:
         previous = await asyncio.to_thread(store.get, req.previous_response_id)
         if previous is None:
-            raise NotFound(f"Previous response with id '{req.previous_response_id}' not found.",
-                           param="previous_response_id")
+            raise NotFound(
+                f"Previous response with id '{req.previous_response_id}' not found.", param="previous_response_id"
+            )
         history = previous.messages
     call, conversation = _call(req, history)
     turn = _Turn(req, conversation)
@@ -266,8 +313,9 @@ async def create_response(request: Request) -> Response:
     events = reporting(_backend(request).chat(call), ctx)
     if not req.stream:
         return JSON(await _collect(events, turn, store))
-    return await stream_events(_events(events, turn, store), media_type="text/event-stream", dialect=OPENAI,
-                               headers=SSE_HEADERS)
+    return await stream_events(
+        _events(events, turn, store), media_type="text/event-stream", dialect=OPENAI, headers=SSE_HEADERS
+    )
 
 
 async def _collect(events: AsyncIterator[Piece | Final], turn: _Turn, store: ResponseStore) -> dict[str, Any]:
@@ -305,12 +353,21 @@ class _Events:
             self.reasoning = {"id": new_id("rs_"), "index": len(self.output), "text": ""}
             item = _reasoning_item(self.reasoning["id"], "", done=False)
             out += self.event("response.output_item.added", output_index=self.reasoning["index"], item=item)
-            out += self.event("response.reasoning_summary_part.added", item_id=item["id"],
-                              output_index=self.reasoning["index"], summary_index=0,
-                              part={"type": "summary_text", "text": ""})
+            out += self.event(
+                "response.reasoning_summary_part.added",
+                item_id=item["id"],
+                output_index=self.reasoning["index"],
+                summary_index=0,
+                part={"type": "summary_text", "text": ""},
+            )
         self.reasoning["text"] += text
-        return out + self.event("response.reasoning_summary_text.delta", item_id=self.reasoning["id"],
-                                output_index=self.reasoning["index"], summary_index=0, delta=text)
+        return out + self.event(
+            "response.reasoning_summary_text.delta",
+            item_id=self.reasoning["id"],
+            output_index=self.reasoning["index"],
+            summary_index=0,
+            delta=text,
+        )
 
     def end_thinking(self) -> str:
         r, self.reasoning = self.reasoning, None
@@ -319,22 +376,38 @@ class _Events:
         item = _reasoning_item(r["id"], r["text"], done=True)
         self.output.append(item)
         common = {"item_id": r["id"], "output_index": r["index"], "summary_index": 0}
-        return (self.event("response.reasoning_summary_text.done", **common, text=r["text"])
-                + self.event("response.reasoning_summary_part.done", **common, part=item["summary"][0])
-                + self.event("response.output_item.done", output_index=r["index"], item=item))
+        return (
+            self.event("response.reasoning_summary_text.done", **common, text=r["text"])
+            + self.event("response.reasoning_summary_part.done", **common, part=item["summary"][0])
+            + self.event("response.output_item.done", output_index=r["index"], item=item)
+        )
 
     def text(self, text: str) -> str:
         out = self.end_thinking()
         if self.message is None:
             self.message = {"id": new_id("msg_"), "index": len(self.output), "text": ""}
-            out += self.event("response.output_item.added", output_index=self.message["index"],
-                              item=_message_item(self.message["id"], "", "in_progress"))
-            out += self.event("response.content_part.added", item_id=self.message["id"],
-                              output_index=self.message["index"], content_index=0, part=_text_part(""))
+            out += self.event(
+                "response.output_item.added",
+                output_index=self.message["index"],
+                item=_message_item(self.message["id"], "", "in_progress"),
+            )
+            out += self.event(
+                "response.content_part.added",
+                item_id=self.message["id"],
+                output_index=self.message["index"],
+                content_index=0,
+                part=_text_part(""),
+            )
         if text:
             self.message["text"] += text
-            out += self.event("response.output_text.delta", item_id=self.message["id"],
-                              output_index=self.message["index"], content_index=0, delta=text, logprobs=[])
+            out += self.event(
+                "response.output_text.delta",
+                item_id=self.message["id"],
+                output_index=self.message["index"],
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            )
         return out
 
     def end_text(self) -> str:
@@ -344,22 +417,31 @@ class _Events:
         item = _message_item(m["id"], m["text"], "completed")
         self.output.append(item)
         common = {"item_id": m["id"], "output_index": m["index"], "content_index": 0}
-        return (self.event("response.output_text.done", **common, text=m["text"], logprobs=[])
-                + self.event("response.content_part.done", **common, part=item["content"][0])
-                + self.event("response.output_item.done", output_index=m["index"], item=item))
+        return (
+            self.event("response.output_text.done", **common, text=m["text"], logprobs=[])
+            + self.event("response.content_part.done", **common, part=item["content"][0])
+            + self.event("response.output_item.done", output_index=m["index"], item=item)
+        )
 
     def tool_call(self, call_id: str, call: dict[str, Any]) -> str:
         item_id, index = new_id("fc_"), len(self.output)
         item = _call_item(item_id, call_id, call, "completed")
         self.output.append(item)
         args = item["arguments"]
-        return (self.event("response.output_item.added", output_index=index,
-                           item=_call_item(item_id, call_id, call, "in_progress"))
-                + self.event("response.function_call_arguments.delta", item_id=item_id, output_index=index,
-                             delta=args)
-                + self.event("response.function_call_arguments.done", item_id=item_id, output_index=index,
-                             name=call["function"]["name"], arguments=args)
-                + self.event("response.output_item.done", output_index=index, item=item))
+        return (
+            self.event(
+                "response.output_item.added", output_index=index, item=_call_item(item_id, call_id, call, "in_progress")
+            )
+            + self.event("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=args)
+            + self.event(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=index,
+                name=call["function"]["name"],
+                arguments=args,
+            )
+            + self.event("response.output_item.done", output_index=index, item=item)
+        )
 
 
 async def _events(events: AsyncIterator[Piece | Final], turn: _Turn, store: ResponseStore) -> AsyncIterator[str]:
@@ -410,6 +492,7 @@ async def _events(events: AsyncIterator[Piece | Final], turn: _Turn, store: Resp
 
 
 # ---- GET and DELETE /v1/responses/{id} ------------------------------------------------------
+
 
 async def _stored(request: Request) -> StoredResponse:
     response_id = request.path_params["response_id"]

@@ -63,6 +63,7 @@ def _backend(request: Request) -> Backend:
 
 # ---- request translation ---------------------------------------------------------
 
+
 def _only_one(value: int | None, param: str) -> None:
     if value is not None and value != 1:
         raise BadRequest(f"{param}={value} is not supported; only {param}=1 is", param=param)
@@ -101,16 +102,16 @@ def _format(rf: ResponseFormat | None) -> str | dict[str, Any] | None:
         return "json"
     if kind == "json_schema":
         if not rf.json_schema:
-            raise BadRequest("response_format.json_schema is required for type json_schema",
-                             param="response_format")
+            raise BadRequest("response_format.json_schema is required for type json_schema", param="response_format")
         schema = rf.json_schema.get("schema")
         if schema is None:
             return "json"
         if not isinstance(schema, dict):
             raise BadRequest("response_format.json_schema.schema must be an object", param="response_format")
         return schema
-    raise BadRequest(f"invalid response_format type {rf.type!r}; expected text, json_object or json_schema",
-                     param="response_format")
+    raise BadRequest(
+        f"invalid response_format type {rf.type!r}; expected text, json_object or json_schema", param="response_format"
+    )
 
 
 def _tools(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None, list[str] | None]:
@@ -130,17 +131,28 @@ def chat_call_from(req: ChatCompletionRequest) -> ChatCall:
     want_logprobs = bool(req.logprobs)
     tools, force = _tools(req)
     return ChatCall(
-        model=req.model, messages=messages, tools=tools, format=_format(req.response_format),
-        options=_sampling(req, max_tokens), think=_think(req), logprobs=want_logprobs,
-        top_logprobs=(req.top_logprobs or 0) if want_logprobs else 0, images=images or None, force_tool=force,
+        model=req.model,
+        messages=messages,
+        tools=tools,
+        format=_format(req.response_format),
+        options=_sampling(req, max_tokens),
+        think=_think(req),
+        logprobs=want_logprobs,
+        top_logprobs=(req.top_logprobs or 0) if want_logprobs else 0,
+        images=images or None,
+        force_tool=force,
     )
 
 
 # ---- response pieces ---------------------------------------------------------------
 
+
 def _usage(final: Final) -> dict[str, int]:
-    return {"prompt_tokens": final.prompt_eval_count, "completion_tokens": final.eval_count,
-            "total_tokens": final.prompt_eval_count + final.eval_count}
+    return {
+        "prompt_tokens": final.prompt_eval_count,
+        "completion_tokens": final.eval_count,
+        "total_tokens": final.prompt_eval_count + final.eval_count,
+    }
 
 
 def _finish_reason(final: Final, tool_calls: bool) -> str:
@@ -151,9 +163,15 @@ def _finish_reason(final: Final, tool_calls: bool) -> str:
 
 def _tool_calls_out(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ollama tool calls -> OpenAI's: an id, type function, arguments as a JSON string."""
-    return [{"index": c["function"].get("index", i), "id": c.get("id") or tool_call_id(), "type": "function",
-             "function": {"name": c["function"]["name"], "arguments": dumps(c["function"]["arguments"])}}
-            for i, c in enumerate(calls)]
+    return [
+        {
+            "index": c["function"].get("index", i),
+            "id": c.get("id") or tool_call_id(),
+            "type": "function",
+            "function": {"name": c["function"]["name"], "arguments": dumps(c["function"]["arguments"])},
+        }
+        for i, c in enumerate(calls)
+    ]
 
 
 def _trim_top(entries: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -162,11 +180,13 @@ def _trim_top(entries: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 
 async def _sse(request: Request, lines: AsyncIterator[str]) -> Response:
-    return await stream_events(lines, media_type="text/event-stream", dialect=OPENAI,
-                               headers=SSE_HEADERS, request=request)
+    return await stream_events(
+        lines, media_type="text/event-stream", dialect=OPENAI, headers=SSE_HEADERS, request=request
+    )
 
 
 # ---- /v1/chat/completions --------------------------------------------------------------
+
 
 async def chat_completions(request: Request) -> Response:
     arrived = time.monotonic()
@@ -184,13 +204,29 @@ async def chat_completions(request: Request) -> Response:
     return await _sse(request, _chat_sse(events, cid, created, req.model, top_n, include_usage, ctx))
 
 
-async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
-                    include_usage: bool, ctx: RequestContext) -> AsyncIterator[str]:
+async def _chat_sse(
+    events: AsyncIterator[Piece | Final],
+    cid: str,
+    created: int,
+    model: str,
+    top_n: int,
+    include_usage: bool,
+    ctx: RequestContext,
+) -> AsyncIterator[str]:
     """Chunks as Ollama writes them: role on the first delta, then content,
     thinking as ``reasoning``, tool calls as one delta, an empty-delta finish
     chunk, the usage chunk when asked, then ``[DONE]``."""
-    head = ('data: {"id":' + dumps(cid) + ',"object":"chat.completion.chunk","created":' + str(created)
-            + ',"model":' + dumps(model) + ',"system_fingerprint":"' + FINGERPRINT + '","choices":')
+    head = (
+        'data: {"id":'
+        + dumps(cid)
+        + ',"object":"chat.completion.chunk","created":'
+        + str(created)
+        + ',"model":'
+        + dumps(model)
+        + ',"system_fingerprint":"'
+        + FINGERPRINT
+        + '","choices":'
+    )
     delta_head = head + '[{"index":0,"delta":{'
     tail = ',"finish_reason":null}]}\n\n'
     role = '"role":"assistant",'
@@ -201,8 +237,15 @@ async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int
             if ev.logprobs and top_n >= 0:
                 lp = ',"logprobs":{"content":' + dumps(_trim_top(ev.logprobs, top_n)) + "}"
             if ev.thinking:
-                yield (delta_head + (role if first else "") + '"reasoning":' + dumps(ev.thinking) + "}"
-                       + ("" if ev.content else lp) + tail)
+                yield (
+                    delta_head
+                    + (role if first else "")
+                    + '"reasoning":'
+                    + dumps(ev.thinking)
+                    + "}"
+                    + ("" if ev.content else lp)
+                    + tail
+                )
                 first = False
                 if not ev.content:
                     continue
@@ -214,8 +257,14 @@ async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int
             yield delta_head + (role if first else "") + '"content":' + dumps(ev.content) + "}" + tail
             first = False
         if ev.tool_calls:
-            yield (delta_head + (role if first else "") + '"tool_calls":' + dumps(_tool_calls_out(ev.tool_calls))
-                   + "}" + tail)
+            yield (
+                delta_head
+                + (role if first else "")
+                + '"tool_calls":'
+                + dumps(_tool_calls_out(ev.tool_calls))
+                + "}"
+                + tail
+            )
         ctx.finish(ev)
         reason = _finish_reason(ev, bool(ev.tool_calls))
         yield head + '[{"index":0,"delta":{},"finish_reason":"' + reason + '"}]}\n\n'
@@ -224,8 +273,9 @@ async def _chat_sse(events: AsyncIterator[Piece | Final], cid: str, created: int
         yield SSE_DONE
 
 
-async def _collect_chat(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str,
-                        top_n: int, ctx: RequestContext) -> dict[str, Any]:
+async def _collect_chat(
+    events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int, ctx: RequestContext
+) -> dict[str, Any]:
     got = await collect(events)
     content, final, logprobs = got.content, got.final, got.logprobs
     ctx.finish(final)
@@ -236,13 +286,25 @@ async def _collect_chat(events: AsyncIterator[Piece | Final], cid: str, created:
         message["tool_calls"] = _tool_calls_out(final.tool_calls)
         if not content:
             message["content"] = None
-    choice = {"index": 0, "message": message, "finish_reason": _finish_reason(final, bool(final.tool_calls)),
-              "logprobs": {"content": _trim_top(logprobs, top_n)} if top_n >= 0 else None}
-    return {"id": cid, "object": "chat.completion", "created": created, "model": model,
-            "system_fingerprint": FINGERPRINT, "choices": [choice], "usage": _usage(final)}
+    choice = {
+        "index": 0,
+        "message": message,
+        "finish_reason": _finish_reason(final, bool(final.tool_calls)),
+        "logprobs": {"content": _trim_top(logprobs, top_n)} if top_n >= 0 else None,
+    }
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": [choice],
+        "usage": _usage(final),
+    }
 
 
 # ---- /v1/completions --------------------------------------------------------------------
+
 
 def generate_call_from(req: CompletionRequest) -> GenerateCall:
     """Translate a legacy completion request into a raw internal generate call.
@@ -274,8 +336,13 @@ def generate_call_from(req: CompletionRequest) -> GenerateCall:
     if req.suffix and tokens:
         raise BadRequest("suffix is not supported with a token-id prompt", param="suffix")
     return GenerateCall(
-        model=req.model, prompt=prompt, context=tokens, suffix=req.suffix or None, raw=not req.suffix,
-        options=_sampling(req, req.max_tokens), logprobs=req.logprobs is not None,
+        model=req.model,
+        prompt=prompt,
+        context=tokens,
+        suffix=req.suffix or None,
+        raw=not req.suffix,
+        options=_sampling(req, req.max_tokens),
+        logprobs=req.logprobs is not None,
         top_logprobs=req.logprobs or 0,
     )
 
@@ -292,8 +359,7 @@ async def completions(request: Request) -> Response:
     top_n = req.logprobs if req.logprobs is not None else -1
     echo = call.prompt if req.echo else ""
     if not req.stream:
-        return JSON(await answer(request, _collect_completion(events, cid, created, req.model, top_n, echo,
-                                                              ctx)))
+        return JSON(await answer(request, _collect_completion(events, cid, created, req.model, top_n, echo, ctx)))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return await _sse(request, _completion_sse(events, cid, created, req.model, top_n, echo, include_usage, ctx))
 
@@ -314,10 +380,27 @@ def _legacy_logprobs(entries: list[dict[str, Any]], offset: int, n: int) -> tupl
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}, offset
 
 
-async def _completion_sse(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
-                          echo: str, include_usage: bool, ctx: RequestContext) -> AsyncIterator[str]:
-    head = ('data: {"id":' + dumps(cid) + ',"object":"text_completion","created":' + str(created)
-            + ',"model":' + dumps(model) + ',"system_fingerprint":"' + FINGERPRINT + '","choices":')
+async def _completion_sse(
+    events: AsyncIterator[Piece | Final],
+    cid: str,
+    created: int,
+    model: str,
+    top_n: int,
+    echo: str,
+    include_usage: bool,
+    ctx: RequestContext,
+) -> AsyncIterator[str]:
+    head = (
+        'data: {"id":'
+        + dumps(cid)
+        + ',"object":"text_completion","created":'
+        + str(created)
+        + ',"model":'
+        + dumps(model)
+        + ',"system_fingerprint":"'
+        + FINGERPRINT
+        + '","choices":'
+    )
     text_head = head + '[{"index":0,"text":'
     tail = ',"finish_reason":null}]}\n\n'
     offset = 0
@@ -339,19 +422,31 @@ async def _completion_sse(events: AsyncIterator[Piece | Final], cid: str, create
         yield SSE_DONE
 
 
-async def _collect_completion(events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int,
-                              echo: str, ctx: RequestContext) -> dict[str, Any]:
+async def _collect_completion(
+    events: AsyncIterator[Piece | Final], cid: str, created: int, model: str, top_n: int, echo: str, ctx: RequestContext
+) -> dict[str, Any]:
     got = await collect(events)
     final, entries = got.final, got.logprobs
     ctx.finish(final)
-    choice: dict[str, Any] = {"index": 0, "text": echo + got.content,
-                              "finish_reason": "length" if final.done_reason == "length" else "stop",
-                              "logprobs": _legacy_logprobs(entries, 0, top_n)[0] if top_n >= 0 else None}
-    return {"id": cid, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": FINGERPRINT, "choices": [choice], "usage": _usage(final)}
+    choice: dict[str, Any] = {
+        "index": 0,
+        "text": echo + got.content,
+        "finish_reason": "length" if final.done_reason == "length" else "stop",
+        "logprobs": _legacy_logprobs(entries, 0, top_n)[0] if top_n >= 0 else None,
+    }
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": [choice],
+        "usage": _usage(final),
+    }
 
 
 # ---- /v1/embeddings ------------------------------------------------------------------------
+
 
 def _b64(vector: list[float]) -> str:
     """Little-endian float32 bytes, base64-encoded (OpenAI's ``encoding_format=base64``)."""
@@ -370,8 +465,10 @@ async def embeddings(request: Request) -> Response:
     ctx = context_of(request).note(req.model)
     fmt = (req.encoding_format or "float").lower()
     if fmt not in ("float", "base64"):
-        raise BadRequest(f"Invalid value for 'encoding_format' = {req.encoding_format}. "
-                         "Supported values: ['float', 'base64'].", param="encoding_format")
+        raise BadRequest(
+            f"Invalid value for 'encoding_format' = {req.encoding_format}. Supported values: ['float', 'base64'].",
+            param="encoding_format",
+        )
     inputs: Any = req.input
     if isinstance(inputs, str) or (inputs and all(isinstance(i, int) for i in inputs)):  # one input
         inputs = [inputs]
@@ -384,8 +481,14 @@ async def embeddings(request: Request) -> Response:
     vectors, n_tokens = out.vectors, out.prompt_tokens
     encode: Callable[[list[float]], str | list[float]] = _b64 if fmt == "base64" else _as_floats
     data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(vectors)]
-    return JSON({"object": "list", "data": data, "model": req.model,
-                 "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
+    return JSON(
+        {
+            "object": "list",
+            "data": data,
+            "model": req.model,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
+    )
 
 
 async def not_found(request: Request) -> Response:
@@ -394,9 +497,14 @@ async def not_found(request: Request) -> Response:
 
 # ---- /v1/models ------------------------------------------------------------------------------
 
+
 def _model_entry(model: ModelSummary) -> dict[str, Any]:
-    return {"id": model.name, "object": "model", "created": int(model.modified_at.timestamp()),
-            "owned_by": model.namespace}
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": int(model.modified_at.timestamp()),
+        "owned_by": model.namespace,
+    }
 
 
 async def list_models(request: Request) -> Response:

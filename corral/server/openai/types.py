@@ -19,10 +19,27 @@ from pydantic import BaseModel, ConfigDict, Field
 from corral.server.ollama.types import parse_request
 
 __all__ = [
-    "ChatCompletion", "ChatCompletionChoice", "ChatCompletionRequest", "ChatMessage", "Completion",
-    "CompletionRequest", "CreateEmbeddingResponse", "Embedding", "EmbeddingRequest", "Model", "ModelList",
-    "OpenAIError", "Reasoning", "ResponseCreateParams", "ResponseFormat", "ResponseObject",
-    "ResponseReasoning", "ResponseText", "StreamOptions", "Usage", "parse",
+    "ChatCompletion",
+    "ChatCompletionChoice",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "Completion",
+    "CompletionRequest",
+    "CreateEmbeddingResponse",
+    "Embedding",
+    "EmbeddingRequest",
+    "Model",
+    "ModelList",
+    "OpenAIError",
+    "Reasoning",
+    "ResponseCreateParams",
+    "ResponseFormat",
+    "ResponseObject",
+    "ResponseReasoning",
+    "ResponseText",
+    "StreamOptions",
+    "Usage",
+    "parse",
 ]
 
 
@@ -197,6 +214,7 @@ def parse(model_cls: type[BaseModel], body: Any) -> Any:
 
 
 # ---- response shapes (the OpenAPI document's; handlers write plain dicts) -------------------------
+
 
 class _Resp(BaseModel):
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)

@@ -38,8 +38,15 @@ class PropertyType(list):  # type: ignore[type-arg]
         return self[0] if len(self) == 1 else list(self)
 
 
-_TS_TYPES = {"string": "string", "number": "number", "integer": "number", "boolean": "boolean",
-             "array": "any[]", "object": "Record<string, any>", "null": "null"}
+_TS_TYPES = {
+    "string": "string",
+    "number": "number",
+    "integer": "number",
+    "boolean": "boolean",
+    "array": "any[]",
+    "object": "Record<string, any>",
+    "null": "null",
+}
 
 
 @dataclasses.dataclass
@@ -53,9 +60,15 @@ class ToolProperty:
     Enum: Sequence[Any] = NIL_SLICE
     Properties: ToolPropertiesMap | None = None
     Required: Sequence[str] = NIL_SLICE
-    _go_json_fields: ClassVar = (("AnyOf", "anyOf", True), ("Type", "type", True), ("Items", "items", True),
-                                 ("Description", "description", True), ("Enum", "enum", True),
-                                 ("Properties", "properties", True), ("Required", "required", True))
+    _go_json_fields: ClassVar = (
+        ("AnyOf", "anyOf", True),
+        ("Type", "type", True),
+        ("Items", "items", True),
+        ("Description", "description", True),
+        ("Enum", "enum", True),
+        ("Properties", "properties", True),
+        ("Required", "required", True),
+    )
 
     def typescript(self) -> str:
         """Ollama's ``ToTypeScriptType``."""
@@ -93,8 +106,13 @@ class TemplateToolFunctionParameters:
     Items: Any = None
     Required: Sequence[str] = NIL_SLICE
     Properties: TemplateProperties = dataclasses.field(default_factory=lambda: TemplateProperties(nil=True))
-    _go_json_fields: ClassVar = (("Type", "type", False), ("Defs", "$defs", True), ("Items", "items", True),
-                                 ("Required", "required", True), ("Properties", "properties", False))
+    _go_json_fields: ClassVar = (
+        ("Type", "type", False),
+        ("Defs", "$defs", True),
+        ("Items", "items", True),
+        ("Required", "required", True),
+        ("Properties", "properties", False),
+    )
     # Ollama >= 0.14 prints this struct Go-style (ollama/ollama#14601); JSON is the intended output.
     __go_string__ = _json_string_method
 
@@ -104,8 +122,11 @@ class TemplateToolFunction:
     Name: str = ""
     Description: str = ""
     Parameters: TemplateToolFunctionParameters = dataclasses.field(default_factory=TemplateToolFunctionParameters)
-    _go_json_fields: ClassVar = (("Name", "name", False), ("Description", "description", False),
-                                 ("Parameters", "parameters", False))
+    _go_json_fields: ClassVar = (
+        ("Name", "name", False),
+        ("Description", "description", False),
+        ("Parameters", "parameters", False),
+    )
     __go_string__ = _json_string_method
 
 
@@ -182,8 +203,11 @@ def _tool_property(d: Any, ordered: bool) -> ToolProperty:
         Items=_go_any(d.get("items"), ordered),
         Description=str(d.get("description") or ""),
         Enum=[_go_any(x, ordered) for x in enum] if isinstance(enum, list) and enum else NIL_SLICE,
-        Properties=(ToolPropertiesMap((str(k), _tool_property(x, ordered)) for k, x in props.items())
-                    if isinstance(props, Mapping) else None),
+        Properties=(
+            ToolPropertiesMap((str(k), _tool_property(x, ordered)) for k, x in props.items())
+            if isinstance(props, Mapping)
+            else None
+        ),
         Required=_strings(d.get("required")),
     )
 
@@ -194,15 +218,24 @@ def convert_tool(t: Mapping[str, Any], ordered: bool) -> TemplateTool:
     props = params.get("properties")
     properties = TemplateProperties(
         ((str(k), _tool_property(x, ordered)) for k, x in props.items()) if isinstance(props, Mapping) else (),
-        nil=not isinstance(props, Mapping), ordered=ordered)
+        nil=not isinstance(props, Mapping),
+        ordered=ordered,
+    )
     return TemplateTool(
-        Type=str(t.get("type") or ""), Items=_go_any(t.get("items"), ordered),
+        Type=str(t.get("type") or ""),
+        Items=_go_any(t.get("items"), ordered),
         Function=TemplateToolFunction(
-            Name=str(fn.get("name") or ""), Description=str(fn.get("description") or ""),
+            Name=str(fn.get("name") or ""),
+            Description=str(fn.get("description") or ""),
             Parameters=TemplateToolFunctionParameters(
-                Type=str(params.get("type") or ""), Defs=_go_any(params.get("$defs"), ordered),
-                Items=_go_any(params.get("items"), ordered), Required=_strings(params.get("required")),
-                Properties=properties)))
+                Type=str(params.get("type") or ""),
+                Defs=_go_any(params.get("$defs"), ordered),
+                Items=_go_any(params.get("items"), ordered),
+                Required=_strings(params.get("required")),
+                Properties=properties,
+            ),
+        ),
+    )
 
 
 def _arguments(raw: Any, ordered: bool) -> TemplateArgs:
@@ -221,13 +254,23 @@ def convert_message(m: Mapping[str, Any], ordered: bool) -> TemplateMessage:
     calls = []
     for tc in m.get("tool_calls") or ():
         fn = tc.get("function") or {}
-        calls.append(TemplateToolCall(ID=str(tc.get("id") or ""), Function=TemplateToolCallFunction(
-            Index=int(fn.get("index") or 0), Name=str(fn.get("name") or ""),
-            Arguments=_arguments(fn.get("arguments"), ordered))))
+        calls.append(
+            TemplateToolCall(
+                ID=str(tc.get("id") or ""),
+                Function=TemplateToolCallFunction(
+                    Index=int(fn.get("index") or 0),
+                    Name=str(fn.get("name") or ""),
+                    Arguments=_arguments(fn.get("arguments"), ordered),
+                ),
+            )
+        )
     images = m.get("images")
     return TemplateMessage(
-        Role=m["role"], Content=m["content"], Thinking=str(m.get("thinking") or ""),
-        Images=list(images) if images else NIL_SLICE, ToolCalls=calls or NIL_SLICE,
-        ToolName=str(m.get("tool_name") or ""), ToolCallID=str(m.get("tool_call_id") or ""))
-
-
+        Role=m["role"],
+        Content=m["content"],
+        Thinking=str(m.get("thinking") or ""),
+        Images=list(images) if images else NIL_SLICE,
+        ToolCalls=calls or NIL_SLICE,
+        ToolName=str(m.get("tool_name") or ""),
+        ToolCallID=str(m.get("tool_call_id") or ""),
+    )

@@ -140,7 +140,7 @@ def _slice(item: Any, *idx: Any) -> Any:
         data = item
     else:
         raise FuncError(f"can't slice item of type {go_type_name(item)}")
-    lo, hi, cap = [*(_int_index(x, "slice") for x in idx), *(0, len(data), len(data))[len(idx):]]
+    lo, hi, cap = [*(_int_index(x, "slice") for x in idx), *(0, len(data), len(data))[len(idx) :]]
     bad = next((b for b in (lo, hi, cap) if not 0 <= b <= len(data)), None)
     if bad is not None:
         raise FuncError(f"index out of range: {bad}")
@@ -158,8 +158,14 @@ def _args_string(args: tuple[Any, ...]) -> str:
 
 def _html(*args: Any) -> str:
     s = _args_string(args)
-    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("'", "&#39;")
-            .replace('"', "&#34;").replace("\x00", "\ufffd"))
+    return (
+        s.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("'", "&#39;")
+        .replace('"', "&#34;")
+        .replace("\x00", "\ufffd")
+    )
 
 
 def _urlquery(*args: Any) -> str:

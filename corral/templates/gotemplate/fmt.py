@@ -29,8 +29,14 @@ def is_true(v: Any) -> bool:
     return True
 
 
-GO_TYPES = ((bool, "bool"), (int, "int"), (float, "float64"), (str, "string"), (Mapping, "map[string]interface {}"),
-             ((list, tuple), "[]interface {}"))
+GO_TYPES = (
+    (bool, "bool"),
+    (int, "int"),
+    (float, "float64"),
+    (str, "string"),
+    (Mapping, "map[string]interface {}"),
+    ((list, tuple), "[]interface {}"),
+)
 
 
 def go_type_name(v: Any) -> str:
@@ -127,8 +133,17 @@ def print_action(v: Any) -> str:
 # ---------------------------------------------------------------- fmt
 
 
-_QUOTE_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-                  "\t": "\\t", "\v": "\\v"}
+_QUOTE_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
 
 
 def go_quote(s: str) -> str:
@@ -162,8 +177,13 @@ def _fmt_one(verb: str, flags: str, prec: int | None, arg: Any) -> str:
     if isinstance(arg, (list, tuple)) and verb in "sdqxXfFeEgGt":
         return "[" + " ".join(_fmt_one(verb, flags, prec, x) for x in arg) + "]"
     if isinstance(arg, Mapping) and not hasattr(type(arg), "__go_string__") and verb in "sdqxXfFeEgGt":
-        return "map[" + " ".join(f"{_fmt_one(verb, flags, prec, k)}:{_fmt_one(verb, flags, prec, x)}"
-                                 for k, x in sorted_items(arg)) + "]"
+        return (
+            "map["
+            + " ".join(
+                f"{_fmt_one(verb, flags, prec, k)}:{_fmt_one(verb, flags, prec, x)}" for k, x in sorted_items(arg)
+            )
+            + "]"
+        )
     if verb == "s":
         if isinstance(arg, str) or hasattr(type(arg), "__go_string__"):
             s = go_sprint(arg)
@@ -173,7 +193,7 @@ def _fmt_one(verb: str, flags: str, prec: int | None, arg: Any) -> str:
         if isinstance(arg, str) or hasattr(type(arg), "__go_string__"):
             return go_quote(go_sprint(arg))
         if is_int:
-            return "'" + go_quote(chr(arg))[1:-1].replace("\\\"", '"').replace("'", "\\'") + "'"
+            return "'" + go_quote(chr(arg))[1:-1].replace('\\"', '"').replace("'", "\\'") + "'"
         return _bad(verb, arg)
     if verb in "dboxXc" and is_int:
         if verb == "c":
@@ -231,7 +251,7 @@ def go_sprintf(fmt: str, *args: Any) -> str:
                 s += " " * pad
             elif "0" in flags and verb in "dfFeEgGxXbo" and not isinstance(arg, str):
                 sign = s[0] if s[:1] in "+-" else ""
-                s = sign + "0" * pad + s[len(sign):]
+                s = sign + "0" * pad + s[len(sign) :]
             else:
                 s = " " * pad + s
         out.append(s)

@@ -43,8 +43,20 @@ NIL_SLICE = NilSlice()
 
 # ---------------------------------------------------------------- Go encoding/json
 
-_JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f",
-                 "<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_JSON_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
 _JSON_NEEDS_ESCAPE = re.compile('["\\\\<>&\u2028\u2029\x00-\x1f\ud800-\udfff]')
 
 
@@ -108,10 +120,15 @@ def go_json(v: Any) -> str:
         return "[" + ",".join(go_json(x) for x in v) + "]"
     spec = getattr(type(v), "_go_json_fields", None)
     if spec is not None:
-        return "{" + ",".join(f"{json_string(name)}:{go_json(getattr(v, attr))}"
-                              for attr, name, omitempty in spec if not (omitempty and _omit(getattr(v, attr)))) + "}"
+        return (
+            "{"
+            + ",".join(
+                f"{json_string(name)}:{go_json(getattr(v, attr))}"
+                for attr, name, omitempty in spec
+                if not (omitempty and _omit(getattr(v, attr)))
+            )
+            + "}"
+        )
     if dataclasses.is_dataclass(v) or hasattr(v, "__dict__"):
         return "{" + ",".join(f"{json_string(k)}:{go_json(x)}" for k, x in struct_fields(v)) + "}"
     return json_string(str(v))
-
-

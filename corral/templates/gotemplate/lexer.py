@@ -44,7 +44,7 @@ class _Marker:
 @dataclass(slots=True)
 class Token:
     kind: str  # text ldelim rdelim space field dot var ident keyword bool nil string number
-    val: Any   # lparen rparen pipe declare assign comma char eof
+    val: Any  # lparen rparen pipe declare assign comma char eof
     line: int
 
 
@@ -146,7 +146,7 @@ class _Lexer:
                 k = src.find("`", p + 1)
                 if k < 0:
                     raise self.error(p, "unterminated raw quoted string")
-                self.emit("string", src[p + 1:k], p)
+                self.emit("string", src[p + 1 : k], p)
                 p = k + 1
             elif c == "$":
                 m = _WORD.match(src, p + 1)
@@ -165,15 +165,22 @@ class _Lexer:
                 m = _NUMBER.match(src, p)
                 end = m.end() if m else p
                 if end == p or (end < n and (src[end].isalnum() or src[end] == "_")):
-                    raise self.error(p, f"bad number syntax: {src[p:end + 1]!r}")
+                    raise self.error(p, f"bad number syntax: {src[p : end + 1]!r}")
                 self.emit("number", src[p:end], p)
                 p = end
             elif c.isalpha() or c == "_":
                 m = _WORD.match(src, p)
                 assert m is not None
                 word = m.group()
-                kind = ("bool" if word in ("true", "false") else "nil" if word == "nil"
-                        else "keyword" if word in KEYWORDS else "ident")
+                kind = (
+                    "bool"
+                    if word in ("true", "false")
+                    else "nil"
+                    if word == "nil"
+                    else "keyword"
+                    if word in KEYWORDS
+                    else "ident"
+                )
                 self.emit(kind, word, p)
                 p = self._terminated(m.end())
             elif c.isascii() and c.isprintable():
@@ -195,12 +202,12 @@ class _Lexer:
         if q >= self.n or src[q] != quote:
             raise self.error(p, "unterminated quoted string" if quote == '"' else "unterminated character constant")
         try:
-            value = unquote_go(src[p + 1:q], quote)
+            value = unquote_go(src[p + 1 : q], quote)
         except ValueError as exc:
             raise self.error(p, str(exc)) from None
         if quote == "'" and len(value) != 1:
-            raise self.error(p, f"malformed character constant: {src[p:q + 1]}")
-        self.emit("string" if quote == '"' else "number", value if quote == '"' else src[p:q + 1], p)
+            raise self.error(p, f"malformed character constant: {src[p : q + 1]}")
+        self.emit("string" if quote == '"' else "number", value if quote == '"' else src[p : q + 1], p)
         return q + 1
 
 
@@ -225,7 +232,7 @@ def unquote_go(body: str, quote: str) -> str:
             i += 2
         elif e in "xuU":
             width = {"x": 2, "u": 4, "U": 8}[e]
-            digits = body[i + 2:i + 2 + width]
+            digits = body[i + 2 : i + 2 + width]
             if len(digits) != width or not all(ch in "0123456789abcdefABCDEF" for ch in digits):
                 raise ValueError("invalid syntax")
             value = int(digits, 16)
@@ -237,7 +244,7 @@ def unquote_go(body: str, quote: str) -> str:
                 out += chr(value).encode("utf-8")
             i += 2 + width
         elif e in "01234567":
-            digits = body[i + 1:i + 4]
+            digits = body[i + 1 : i + 4]
             if len(digits) != 3 or not all(ch in "01234567" for ch in digits) or int(digits, 8) > 255:
                 raise ValueError("invalid syntax")
             out.append(int(digits, 8))
@@ -265,5 +272,3 @@ def parse_number(text: str) -> int | float:
     if re.fullmatch(r"[0-9][0-9_]*", body):
         return sign * int(body.replace("_", ""))
     return sign * float(body.replace("_", ""))
-
-

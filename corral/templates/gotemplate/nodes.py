@@ -98,5 +98,3 @@ class LoopControlNode:
 
 ArgNode = FieldNode | VariableNode | LiteralNode | IdentifierNode | ChainNode | PipeNode
 Node = TextNode | ActionNode | BranchNode | LoopControlNode | ListNode
-
-

@@ -48,10 +48,17 @@ def _think_values(think: bool | str | None) -> dict[str, Any]:
     return {"Think": enabled, "ThinkLevel": level, "IsThinkSet": think is not None}
 
 
-def render_chat_prompt(template: Template | str, *, messages: Sequence[Mapping[str, Any]],
-                       system: str | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
-                       think: bool | str | None = None, suffix: str | None = None, prompt: str | None = None,
-                       preserve_key_order: bool = False) -> str:
+def render_chat_prompt(
+    template: Template | str,
+    *,
+    messages: Sequence[Mapping[str, Any]],
+    system: str | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    think: bool | str | None = None,
+    suffix: str | None = None,
+    prompt: str | None = None,
+    preserve_key_order: bool = False,
+) -> str:
     """Render a prompt the way Ollama's ``template.Execute`` does.
 
     ``messages`` use Ollama's wire shape. ``system`` is prepended as a system
@@ -77,10 +84,13 @@ def render_chat_prompt(template: Template | str, *, messages: Sequence[Mapping[s
             msgs.append({"role": "user", "content": prompt})
     system_text, collated = _collate(msgs)
     if tmpl.uses("messages"):
-        data = {"System": system_text,
-                "Messages": [convert_message(m, preserve_key_order) for m in collated] or NIL_SLICE,
-                "Tools": TemplateTools((convert_tool(t, preserve_key_order) for t in tools or ()), nil=tools is None),
-                "Response": "", **thinking}
+        data = {
+            "System": system_text,
+            "Messages": [convert_message(m, preserve_key_order) for m in collated] or NIL_SLICE,
+            "Tools": TemplateTools((convert_tool(t, preserve_key_order) for t in tools or ()), nil=tools is None),
+            "Response": "",
+            **thinking,
+        }
         return tmpl._execute_ollama(data)
     # Legacy templates: one execution per system/user/assistant turn, then the
     # final turn rendered up to (and including) its {{ .Response }}.
@@ -105,4 +115,3 @@ def render_chat_prompt(template: Template | str, *, messages: Sequence[Mapping[s
             turn["Response"] = content
     out.append(tmpl._execute_ollama({**turn, **thinking}, legacy_final=True))
     return "".join(out)
-

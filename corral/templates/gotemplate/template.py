@@ -67,8 +67,13 @@ def _to_typescript(v: Any) -> str:
     return v.typescript() if isinstance(v, ToolProperty) else "any"
 
 
-FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {**BUILTINS, "json": (_json, 1, 1), "currentDate": (_current_date, 0, None),
-         "yesterdayDate": (_yesterday_date, 0, None), "toTypeScriptType": (_to_typescript, 1, 1)}
+FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
+    **BUILTINS,
+    "json": (_json, 1, 1),
+    "currentDate": (_current_date, 0, None),
+    "yesterdayDate": (_yesterday_date, 0, None),
+    "toTypeScriptType": (_to_typescript, 1, 1),
+}
 _FUNC_NAMES = frozenset(FUNCS)
 
 # ---------------------------------------------------------------- Template
@@ -174,5 +179,3 @@ def _cut_after_response(root: ListNode) -> ListNode:
 
     out = walk(root)
     return out if isinstance(out, ListNode) else ListNode([])
-
-
