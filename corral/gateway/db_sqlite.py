@@ -11,6 +11,7 @@ is ``BEGIN IMMEDIATE``, which takes the file's single write lock at once, so
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,21 @@ from typing import Any
 from corral.gateway.db import Connection, Cursor, Database, DatabaseError, Dialect, ErrorMap, translate
 
 BUSY_TIMEOUT_MS = 5000
+
+
+def _wal(raw: sqlite3.Connection) -> None:
+    """Put the file in WAL mode. Switching modes takes an exclusive lock and SQLite does not wait on a
+    busy file for it, so several processes opening a new file at once retry here, within the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            raw.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
 
 SQLITE = Dialect(name="sqlite", serial_key="INTEGER PRIMARY KEY", real="REAL", boolean="INTEGER")
 _ERRORS: ErrorMap = (sqlite3.IntegrityError, sqlite3.Error)
@@ -84,7 +100,7 @@ class SqliteDatabase(Database):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             raw = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            raw.execute("PRAGMA journal_mode = WAL")
+            _wal(raw)
             raw.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             raise translate(exc, _ERRORS) from exc
