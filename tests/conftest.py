@@ -372,3 +372,17 @@ def db(db_url: str) -> Iterator[Database]:
     database.migrate()
     yield database
     database.close()
+
+
+@pytest.fixture(scope="session")
+def tools_model(base_url: str) -> str:
+    """SmolLM2's weights with a Jinja template that lists tools, for the dialects' tool-call tests."""
+    from tests.test_responses_api import TOOLS_MODEL, TOOLS_TEMPLATE
+
+    r = httpx.post(
+        base_url + "/api/create",
+        json={"model": TOOLS_MODEL, "from": SMOLLM, "template": TOOLS_TEMPLATE, "stream": False},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return TOOLS_MODEL

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from tests.conftest import SMOLLM, free_port
 from tests.test_openai_api import THINK_MODEL, THINK_TEMPLATE
-from tests.test_responses_api import CITY, TOOLS_MODEL, TOOLS_TEMPLATE
+from tests.test_responses_api import CITY
 
 # The SDK dropped the sampling keywords; the API (and Corral) still take them in the body.
 GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0}}
@@ -50,17 +50,6 @@ def client(base_url: str) -> Anthropic:
 @pytest.fixture(scope="module")
 def oai(base_url: str) -> OpenAI:
     return OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def tools_model(base_url: str) -> str:
-    r = httpx.post(
-        base_url + "/api/create",
-        json={"model": TOOLS_MODEL, "from": SMOLLM, "template": TOOLS_TEMPLATE, "stream": False},
-        timeout=120,
-    )
-    assert r.status_code == 200, r.text
-    return TOOLS_MODEL
 
 
 def _twin(oai: OpenAI, model: str, messages: list[dict[str, Any]], max_tokens: int = 8, **kwargs: Any) -> Any:

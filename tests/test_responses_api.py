@@ -51,17 +51,6 @@ def client(base_url: str) -> OpenAI:
     return OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def tools_model(base_url: str) -> str:
-    r = httpx.post(
-        base_url + "/api/create",
-        json={"model": TOOLS_MODEL, "from": SMOLLM, "template": TOOLS_TEMPLATE, "stream": False},
-        timeout=120,
-    )
-    assert r.status_code == 200, r.text
-    return TOOLS_MODEL
-
-
 def _chat_twin(client: OpenAI, model: str, messages: list[dict[str, Any]], max_tokens: int = 8, **kwargs: Any) -> Any:
     return client.chat.completions.create(
         model=model, messages=messages, temperature=0, max_tokens=max_tokens, **kwargs
