@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.run            # full run
     .venv/bin/python -m bench.run --quick    # CI-sized, well under 2 minutes
+    .venv/bin/python -m bench.run --smoke    # the test suite's check that the harness runs
 
 Starts every available peer (see :mod:`bench.peers`) on loopback, warms
 each up, then runs the phases of :mod:`bench.workload` with the peers
@@ -188,6 +189,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--quick", action="store_true", help="CI-sized run: levels 1,4, one repeat, short prompts")
     ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="quick mode with tiny prompts and answers: proves the harness runs (the test suite's mode)",
+    )
+    ap.add_argument(
         "--peers",
         default=",".join(PEER_NAMES),
         help=f"comma-separated subset of {','.join(PEER_NAMES)} (default: all); for diagnosis also "
@@ -203,6 +209,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="subset of single,prompt_eval,concurrency,chat (default: all; figures of skipped phases come out 0)",
     )
     ap.add_argument("--n-predict", type=int, help="tokens per request (default 96, quick 32)")
+    ap.add_argument(
+        "--window", type=float, help="seconds of sustained load measured per concurrency level (default 10, quick 2)"
+    )
     ap.add_argument(
         "--threads",
         type=int,
@@ -236,17 +245,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--retries", type=int, help="re-runs of a noisy phase (default 3, quick 0)")
     ap.add_argument("--out", type=Path, help="JSON path (default bench/out/bench-<time>.json)")
     ap.add_argument("-v", "--verbose", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.quick = args.quick or args.smoke
+    return args
 
 
 def workload_from(args: argparse.Namespace) -> Workload:
-    wl = Workload.quick() if args.quick else Workload()
+    wl = Workload.smoke() if args.smoke else Workload.quick() if args.quick else Workload()
     if args.repeats:
         wl.repeats = args.repeats
     if args.levels:
         wl.levels = tuple(int(x) for x in args.levels.split(","))
     if args.n_predict:
         wl.n_predict = args.n_predict
+    if args.window:
+        wl.window_s = args.window
     if args.phases:
         wl.phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
     return wl
@@ -276,7 +289,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     peers = [make_peer(n.strip(), cfg, work / "corral-home") for n in args.peers.split(",") if n.strip()]
     report: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
         "command": " ".join([os.path.relpath(sys.executable, ROOT), "-m", "bench.run"] + sys.argv[1:]),
         "machine": machine_info(),
         "model": {"path": str(model), "size_bytes": model.stat().st_size},

@@ -19,7 +19,7 @@ import math
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 # Identical explicit sampling for every peer: greedy (temperature 0) with
@@ -287,6 +287,13 @@ class Workload:
             prompt_eval_predict=4,
             chat_history_words=280,
             chat_turn_predict=8,
+        )
+
+    @classmethod
+    def smoke(cls) -> Workload:
+        """Quick mode cut to the bone: every phase still runs on every peer, the figures mean nothing."""
+        return replace(
+            cls.quick(), n_predict=8, window_s=0.5, long_prompt_words=40, chat_history_words=40, chat_turn_predict=4
         )
 
     def describe(self) -> dict[str, Any]:

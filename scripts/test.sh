@@ -18,4 +18,6 @@ bash scripts/install.sh "[test]"
 .venv/bin/ruff check corral tests bench
 .venv/bin/ruff format --check corral tests bench
 .venv/bin/mypy corral
-exec .venv/bin/python -m pytest -q "$@"
+# Test files run in parallel workers, longest first (tests/conftest.py): most of the suite waits on
+# servers and sockets, so three workers keep two cores busy. CORRAL_TEST_WORKERS=0 runs it in one process.
+exec .venv/bin/python -m pytest -q -n "${CORRAL_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

@@ -88,7 +88,9 @@ def launch(home: Path, env_extra: dict[str, str] | None = None, port: int | None
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "CORRAL_"))}
-    env.update({"CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", "CORRAL_NUM_THREADS": "2"})
+    # One llama.cpp thread: the suite runs test files in parallel workers (scripts/test.sh), and two
+    # spinning threads per server on a 2-core machine cost more CPU than they save time.
+    env.update({"CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}", "CORRAL_NUM_THREADS": "1"})
     env.update(env_extra or {})
     log = home / f"server-{port}.log"
     proc = subprocess.Popen(
@@ -118,11 +120,39 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# The files that take longest (measured), in that order. scripts/test.sh runs files in parallel workers
+# (pytest-xdist, --dist loadfile, in collection order): starting the long ones first keeps any one of
+# them from running alone at the end. Only an order; a file missing here just runs after these.
+LONGEST_FILES = (
+    "test_bench.py",
+    "test_playground.py",
+    "test_fleet_gateway.py",
+    "test_openai_api.py",
+    "test_ollama_api.py",
+    "test_parity.py",
+    "test_hardening.py",
+    "test_anthropic_api.py",
+    "test_responses_api.py",
+    "test_lifecycle.py",
+    "test_gateway_server.py",
+    "test_proxy.py",
+    "test_registry.py",
+    "test_cli_gateway.py",
+)
+
+
+def _longest_first(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs a real server, so ``-m "not real_server"`` is the in-process fast loop."""
+    """Mark every test that needs a real server, so ``-m "not real_server"`` is the in-process fast loop;
+    put the longest files first (a stable sort: tests keep their order within a file)."""
     for item in items:
         if REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_server)
+    items.sort(key=_longest_first)
 
 
 @pytest.fixture(scope="session")

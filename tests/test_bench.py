@@ -71,7 +71,7 @@ def _leaves(node: Any, path: str = "") -> list[tuple[str, Any]]:
 def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--peers", ",".join(CI_PEERS), "--out", str(out)],
+        [sys.executable, "-m", "bench.run", "--smoke", "--peers", ",".join(CI_PEERS), "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -98,7 +98,7 @@ def test_quick_mode_json_shape(quick_report: tuple[dict[str, Any], str]) -> None
         "table_markdown",
     ):
         assert key in report, key
-    assert report["mode"] == "quick"
+    assert report["mode"] == "smoke"
     assert report["machine"]["nproc"] >= 1 and report["machine"]["cpu_model"]
     assert set(report["peers"]) == set(CI_PEERS)
     levels = {str(lv) for lv in report["workload"]["levels"]}
@@ -472,7 +472,20 @@ def test_gateway_bench_runs_and_reports_added_latency(tmp_path: Path) -> None:
 def test_fleet_bench_runs_both_modes_and_reports_the_ratios(tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.fleet", "--mode", "all", "--quick", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "bench.fleet",
+            "--mode",
+            "all",
+            "--quick",
+            "--out",
+            str(out),
+            "--window",
+            "1",
+            "--ceiling-window",
+            "0.7",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
