@@ -49,6 +49,7 @@ from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.server.ollama import inference, models, registry
 from corral.server.openai import responses as openai_responses
 from corral.server.openai import routes as openai_routes
+from corral.server.routing import CachedRouter, RouteTable
 from corral.settings import Settings
 from corral.store.store import Store
 
@@ -128,8 +129,9 @@ def build_app(
 ) -> Starlette:
     """The Starlette app around ``routes``: the gateway middleware, CORS and the error handlers."""
     allow_all = "*" in settings.origins
+    table = RouteTable(routes)  # matched once per request, by the middleware and the router alike
     middleware = [
-        Middleware(GatewayMiddleware, routes=routes, hooks=hooks),
+        Middleware(GatewayMiddleware, table=table, hooks=hooks),
         Middleware(
             CORS,
             allow_origins=["*"] if allow_all else [o for o in settings.origins if "*" not in o],
@@ -145,6 +147,7 @@ def build_app(
         lifespan=lifespan,
         exception_handlers={CorralError: _corral_error, HTTPException: _http_error, Exception: _unexpected},
     )
+    app.router = CachedRouter(table, lifespan=lifespan)
     app.state.settings = settings
     app.state.inflight = Inflight()  # what a shutdown must end (corral.cli drains it on SIGTERM)
     return app

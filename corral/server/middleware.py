@@ -33,13 +33,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
-from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError
 from corral.server.context import STATE_KEY, RequestContext
 from corral.server.errors import OLLAMA, SCOPE_KEY, DialectRoute, dialect_of, route_scope
 from corral.server.http import JSON
+from corral.server.routing import RouteTable
 
 log = logging.getLogger("corral.access")
 errors = logging.getLogger(__name__)
@@ -85,26 +85,16 @@ def _counting(ctx: RequestContext, receive: Receive) -> Receive:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute] = (), hooks: Sequence[GatewayHook] = ()) -> None:
+    def __init__(self, app: ASGIApp, table: RouteTable, hooks: Sequence[GatewayHook] = ()) -> None:
         self.app = app
-        self.routes = list(routes)
+        self.table = table
         self.hooks = list(hooks)
-
-    def _route(self, scope: Scope) -> tuple[BaseRoute | None, Scope]:
-        partial: tuple[BaseRoute | None, Scope] = (None, {})
-        for route in self.routes:
-            match, child = route.matches(scope)
-            if match is Match.FULL:
-                return route, child
-            if match is Match.PARTIAL and partial[0] is None:
-                partial = (route, child)
-        return partial
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route, child = self._route(scope) if self.hooks else (None, {})
+        route, child = self.table.match(scope) if self.hooks else (None, {})
         dialect = route.dialect if isinstance(route, DialectRoute) else OLLAMA
         ctx = RequestContext(
             uuid.uuid4().hex[:16],
