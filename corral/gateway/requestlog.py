@@ -3,9 +3,10 @@
 :meth:`RequestLog.submit` puts a :class:`RequestRecord` on a bounded queue and
 returns at once; it never blocks on the database and never raises. When the
 queue is full the record is dropped and counted (:attr:`RequestLog.dropped`,
-exported to ``/metrics``) rather than let memory grow. The writer takes up to
-``batch_size`` items at a time (waiting at most ``flush_interval`` for a batch
-to fill), inserts them with ``executemany`` in one transaction, and at most
+exported to ``/metrics``) rather than let memory grow. The writer wakes on the
+first row, sleeps ``flush_interval`` while the batch fills (unless a full
+batch is already waiting; a row submitted meanwhile wakes nothing), takes up
+to ``batch_size`` items, inserts them with ``executemany`` in one transaction, and at most
 once a minute deletes rows older than ``retention_seconds``.
 
 :meth:`RequestLog.close` (what runs on SIGTERM) stops new submissions, lets the
@@ -259,18 +260,15 @@ class RequestLog:
             return batch
         if not isinstance(first, _Stop):
             batch.append(first)
-        deadline = time.monotonic() + self.flush_interval
+        if wait and self._queue.qsize() < self.batch_size - 1:
+            # Let the batch fill while sleeping on the stop flag, not on the queue: a request that
+            # submits a row then wakes no thread (a wake-up per request costs the event loop the GIL).
+            self._stop.wait(self.flush_interval)
         while len(batch) < self.batch_size:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if not wait or self._stop.is_set() or remaining <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
+                break
             if not isinstance(item, _Stop):
                 batch.append(item)
         return batch
