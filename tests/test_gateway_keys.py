@@ -207,3 +207,48 @@ def test_concurrent_creates_of_one_name_make_one_key(db: Database) -> None:
         t.join()
     assert sorted(outcomes) == ["created", "refused", "refused", "refused"]
     assert [k.name for k in KeyStore(db).list()] == ["racer"]
+
+
+# ---- the SQLite key cache and its change counter --------------------------------------------------------------
+
+
+def _reads(database: Database) -> list[str]:
+    """Every SQL statement this thread's SQLite connection runs from now on."""
+    seen: list[str] = []
+    database.conn.raw.set_trace_callback(seen.append)  # type: ignore[attr-defined]
+    return seen
+
+
+def test_on_sqlite_a_known_key_and_the_key_count_cost_no_database_read(tmp_path: Path) -> None:
+    server_db, cli_db = open_database(str(tmp_path / "g.db")), open_database(str(tmp_path / "g.db"))
+    server_db.migrate()
+    server, cli = KeyStore(server_db), KeyStore(cli_db)
+    _, secret = cli.create("ci")
+    assert server.active_count() == 1 and server.verify(secret) is not None
+    reads = _reads(server_db)
+    for _ in range(3):
+        assert server.active_count() == 1
+        found = server.verify(secret)
+        assert found is not None and found.name == "ci"
+    assert reads == []
+    assert server.verify(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None  # a wrong key is asked
+    assert len(reads) == 1
+    # another process's change moves the counter: the next check reads the database again, and sees it
+    _, other = cli.create("other")
+    assert cli.revoke("ci")
+    assert server.verify(secret) is None and server.active_count() == 1
+    assert server.verify(other) is not None
+    assert (tmp_path / "g.db-keys").stat().st_size == 8
+
+
+def test_change_counter_is_shared_and_loses_no_bump(tmp_path: Path) -> None:
+    from corral.gateway.changes import ChangeCounter
+
+    a, b = ChangeCounter(tmp_path / "c"), ChangeCounter(tmp_path / "c")
+    assert a.value() == b.value() == 0
+    threads = [threading.Thread(target=lambda c=c: [c.bump() for _ in range(200)]) for c in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert a.value() == b.value() == 800

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from corral.gateway.changes import ChangeCounter
+
 if TYPE_CHECKING:
     from corral.settings import Settings
 
@@ -223,6 +225,11 @@ class Database(ABC):
     def display(self) -> str:
         """The location, fit for a log line (no password)."""
         return self.url
+
+    def change_counter(self, name: str) -> ChangeCounter | None:
+        """A counter every process using this database can bump and read cheaply, to know that a cached
+        copy of some table is out of date (:mod:`corral.gateway.changes`); None where there is none."""
+        return None
 
     @property
     def conn(self) -> Connection:

@@ -10,6 +10,7 @@ is ``BEGIN IMMEDIATE``, which takes the file's single write lock at once, so
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,7 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from corral.gateway.changes import ChangeCounter
 from corral.gateway.db import Connection, Cursor, Database, DatabaseError, Dialect, ErrorMap, translate
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -93,6 +97,14 @@ class SqliteDatabase(Database):
     def __init__(self, path: Path) -> None:
         super().__init__(str(path))
         self.path = Path(path)
+
+    def change_counter(self, name: str) -> ChangeCounter | None:
+        """``<file>-<name>``, shared by every process on this machine that opens the file."""
+        try:
+            return ChangeCounter(self.path.with_name(f"{self.path.name}-{name}"))
+        except OSError as exc:  # a read-only folder: the caller asks the database every time instead
+            log.warning("no change counter beside %s: %s", self.path, exc)
+            return None
 
     def connect(self) -> SqliteConnection:
         """A new connection with the gateway's pragmas; the caller closes it."""

@@ -7,9 +7,13 @@ A key reads ``corral-`` + 8 lookup characters + 43 random URL-safe characters
 :func:`hmac.compare_digest`. A plain SHA-256 is enough because the keys are
 random, not chosen by people.
 
-Every lookup queries the database, so a key created or revoked by another
-process (``corral keys ...``, or another gateway replica sharing the same
-PostgreSQL) takes effect at once, without a restart.
+A key created or revoked by another process (``corral keys ...``, or another
+gateway replica sharing the database) takes effect at once, without a
+restart. On SQLite the store remembers the active-key count and the keys it
+has verified, and drops what it remembers whenever the file's key-change
+counter (:mod:`corral.gateway.changes`, bumped by every create and revoke in
+any process) moves: a request with a known key, or with none, then costs no
+database read. On PostgreSQL every lookup queries the database.
 """
 
 from __future__ import annotations
@@ -123,6 +127,25 @@ class KeyStore:
         self._clock = clock
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._changes = db.change_counter("keys")
+        self._seen = -1  # the change count what is remembered below was read at
+        self._active: int | None = None
+        self._verified: dict[str, ApiKey] = {}  # hash of a secret -> its active key
+
+    def _fresh(self) -> int:
+        """The change count now, forgetting what was remembered if it moved; -1 where there is no counter."""
+        if self._changes is None:
+            return -1
+        now = self._changes.value()
+        if now != self._seen:
+            self._active = None
+            self._verified = {}
+            self._seen = now
+        return now
+
+    def _changed(self) -> None:
+        if self._changes is not None:
+            self._changes.bump()
 
     def create(
         self,
@@ -154,6 +177,7 @@ class KeyStore:
                     )
             except IntegrityError:  # the prefix, or the name, taken by a concurrent create: look again
                 continue
+            self._changed()
             log.info("created %s key %r (%s)", key.scope, name, key.prefix)
             return key, secret
         raise RuntimeError("could not allocate a unique key prefix")
@@ -178,6 +202,7 @@ class KeyStore:
                 "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (utc_now_iso(), name)
             )
         if cur.rowcount:
+            self._changed()
             log.info("revoked key %r", name)
         return cur.rowcount > 0
 
@@ -185,13 +210,21 @@ class KeyStore:
         """The active key whose secret this is, or None. Never logs the secret."""
         if not secret.startswith(KEY_PREFIX) or len(secret) <= PREFIX_LEN or len(secret) > 256:
             return None
+        seen = self._fresh()  # read before the database, so a change made meanwhile is noticed next time
+        digest = hash_key(secret)
+        known = self._verified.get(digest)
+        if known is not None:
+            return known
         row = self.db.conn.execute(
             f"SELECT {_COLUMNS}, hash FROM keys WHERE prefix = ? AND revoked_at IS NULL", (secret[:PREFIX_LEN],)
         ).fetchone()
         stored = row["hash"] if row is not None else _DUMMY_HASH
-        if not hmac.compare_digest(hash_key(secret), stored) or row is None:
+        if not hmac.compare_digest(digest, stored) or row is None:
             return None
-        return _from_row(row)
+        key = _from_row(row)
+        if seen >= 0 and self._seen == seen:  # unknown secrets are never remembered: they cannot grow this
+            self._verified[digest] = key
+        return key
 
     def touch(self, name: str) -> None:
         """Record that ``name`` was used; writes at most once per ``touch_interval`` per key."""
@@ -209,5 +242,11 @@ class KeyStore:
             log.warning("could not record last use of key %r", name, exc_info=True)
 
     def active_count(self) -> int:
+        seen = self._fresh()
+        if self._active is not None:
+            return self._active
         row = self.db.conn.execute("SELECT count(*) FROM keys WHERE revoked_at IS NULL").one()
-        return int(row[0])
+        count = int(row[0])
+        if seen >= 0 and self._seen == seen:
+            self._active = count
+        return count
