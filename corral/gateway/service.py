@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 from corral.gateway.db import Database, database_url, open_database
 from corral.gateway.keys import KeyStore
@@ -84,7 +85,7 @@ class Gateway:
             settings, db, KeyStore(db), DbRateLimiter(db), RequestLog(db, retention_seconds=retention), Metrics()
         )
 
-    @property
+    @cached_property
     def loopback(self) -> bool:
         return is_loopback(self.settings.host)
 

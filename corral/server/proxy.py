@@ -15,13 +15,13 @@ dialect's error item; a client that goes away closes the upstream request.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -52,7 +52,7 @@ def _upstream(request: Request) -> Upstream:
 
 def _model_of(body: bytes) -> str | None:
     try:
-        value = json.loads(body)
+        value = orjson.loads(body)  # on every forwarded request: the fastest parser at hand
     except ValueError:
         return None
     model = value.get("model") or value.get("name") if isinstance(value, dict) else None
