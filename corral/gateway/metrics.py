@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,6 +28,7 @@ from corral.gateway.requestlog import RequestRecord
 log = logging.getLogger("corral.gateway.metrics")
 
 MAX_MODEL_LABELS = 200
+MAX_SERIES_CACHED = 4096  # (route, model, status) combinations remembered; past that, looked up each time
 OTHER = "other"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -135,6 +136,14 @@ class _LiveCollector(Collector):
         )
 
 
+class _Series(NamedTuple):
+    requests: Counter
+    duration: Histogram
+    ttft: Histogram
+    prompt_tokens: Counter
+    output_tokens: Counter
+
+
 class Metrics:
     """Counters, histograms and live gauges in a registry of its own (see module docstring)."""
 
@@ -143,6 +152,7 @@ class Metrics:
         self.max_model_labels = max_model_labels
         self._models: set[str] = set()
         self._lock = threading.Lock()
+        self._children: dict[tuple[str, str | None, int], _Series] = {}
         self.requests = Counter(
             "corral_requests_total",
             "Requests answered, by route, model and HTTP status",
@@ -201,19 +211,35 @@ class Metrics:
                 return model
         return OTHER
 
+    def _series(self, route: str, model: str | None, status: int) -> _Series:
+        """The labelled series one request counts in, looked up once per distinct (route, model, status)."""
+        key = (route, model, status)
+        found = self._children.get(key)
+        if found is None:
+            label = self._model_label(model)
+            found = _Series(
+                self.requests.labels(route, label, str(status)),
+                self.duration.labels(route, label),
+                self.ttft.labels(route, label),
+                self.prompt_tokens.labels(label),
+                self.output_tokens.labels(label),
+            )
+            if len(self._children) < MAX_SERIES_CACHED:
+                self._children[key] = found
+        return found
+
     def observe(self, rec: RequestRecord) -> None:
         """Count one finished request: status, total time, time to first token, tokens."""
-        route = rec.route or OTHER
-        model = self._model_label(rec.model)
-        self.requests.labels(route, model, str(rec.status)).inc()
+        series = self._series(rec.route or OTHER, rec.model, rec.status)
+        series.requests.inc()
         if rec.total_ms is not None:
-            self.duration.labels(route, model).observe(rec.total_ms / 1000)
+            series.duration.observe(rec.total_ms / 1000)
         if rec.ttft_ms is not None:
-            self.ttft.labels(route, model).observe(rec.ttft_ms / 1000)
+            series.ttft.observe(rec.ttft_ms / 1000)
         if rec.prompt_tokens:
-            self.prompt_tokens.labels(model).inc(rec.prompt_tokens)
+            series.prompt_tokens.inc(rec.prompt_tokens)
         if rec.output_tokens:
-            self.output_tokens.labels(model).inc(rec.output_tokens)
+            series.output_tokens.inc(rec.output_tokens)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
