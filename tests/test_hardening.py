@@ -370,7 +370,9 @@ def test_an_engine_failure_on_a_running_server_is_a_500_in_the_access_log(server
     offset = len(server.log_text())
     r = post(server.url, "/api/generate", {"model": "hollow", "prompt": "Hi", "stream": False})
     assert r.status_code == 500 and r.json()["error"].startswith("llama runner failed to load model")
-    time.sleep(0.2)
+    deadline = time.monotonic() + 5  # the request log's writer prints the line, within its flush interval
+    while "corral.access: POST /api/generate 500" not in server.log_text()[offset:] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "corral.access: POST /api/generate 500" in server.log_text()[offset:]
     client.delete("hollow")
     still_answers(server.url)

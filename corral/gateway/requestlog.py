@@ -11,7 +11,9 @@ once a minute deletes rows older than ``retention_seconds``.
 
 :meth:`RequestLog.close` (what runs on SIGTERM) stops new submissions, lets the
 writer drain everything queued, and writes any stragglers itself: nothing
-submitted before ``close`` is lost. Playground analytics events
+submitted before ``close`` is lost. The writer also prints each row's line to
+the ``corral.access`` log (method, path, status, total time), so that line
+costs the event loop nothing either. Playground analytics events
 (:meth:`RequestLog.record_beacon`) take the same queue into the ``beacons``
 table. The writer reconnects when its connection breaks (a PostgreSQL
 restart); a batch it cannot write meanwhile is dropped and counted. The read
@@ -36,6 +38,7 @@ from corral.gateway import logquery
 from corral.gateway.db import Connection, Database, DatabaseError
 from corral.gateway.timing import PHASES
 
+access = logging.getLogger("corral.access")  # the server's line per request, written from here off the event loop
 log = logging.getLogger("corral.gateway.requestlog")
 
 PRUNE_EVERY_SECONDS = 60.0
@@ -275,6 +278,10 @@ class RequestLog:
 
     def _write(self, conn: Connection | None, batch: list[RequestRecord | _Beacon]) -> Connection | None:
         """Insert ``batch`` in one transaction; return the connection to use next (a new one if this one broke)."""
+        if access.isEnabledFor(logging.INFO):
+            for item in batch:
+                if isinstance(item, RequestRecord):
+                    access.info("%s %s %s %.1fms", item.method, item.path, item.status, item.total_ms or 0.0)
         requests = [_row_of(item) for item in batch if isinstance(item, RequestRecord)]
         beacons = [item for item in batch if isinstance(item, _Beacon)]
         for attempt in (1, 2):

@@ -192,6 +192,8 @@ class AuthHook:
 class LogHook:
     """Timing headers, the request log and metrics (see module docstring)."""
 
+    logs_access = True  # the request log's writer prints the corral.access line of each row it writes
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 

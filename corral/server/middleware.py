@@ -7,7 +7,8 @@ scope and path parameters, named phase timings) and runs the registered
 raising a :class:`corral.errors.CorralError` (answered in the route's dialect,
 with the error's own headers such as ``Retry-After``), ``on_start`` may add
 response headers, ``after`` sees the final status and timings once the body
-has been sent. API keys, the request log and ``/metrics`` plug in here as
+has been sent. A hook with a true ``logs_access`` attribute takes over the
+``corral.access`` line per request, which this middleware prints otherwise. API keys, the request log and ``/metrics`` plug in here as
 hooks (``corral.server.gateway_hooks``).
 
 A hook that needs the request body (a key's model allowlist) reads it with
@@ -89,6 +90,8 @@ class GatewayMiddleware:
         self.app = app
         self.table = table
         self.hooks = list(hooks)
+        # A hook that logs each request (the gateway's request log) prints its access line; else this does.
+        self.access_line = not any(getattr(hook, "logs_access", False) for hook in self.hooks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -167,7 +170,8 @@ class GatewayMiddleware:
             await self._after(ctx)
 
     async def _after(self, ctx: RequestContext) -> None:
-        log.info("%s %s %s %.1fms", ctx.method, ctx.path, ctx.status, ctx.elapsed * 1000)
+        if self.access_line:
+            log.info("%s %s %s %.1fms", ctx.method, ctx.path, ctx.status, ctx.elapsed * 1000)
         for hook in self.hooks:
             try:
                 await hook.after(ctx)
