@@ -12,13 +12,13 @@ NDJSON object, the SSE usage chunk or a small JSON body.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from corral.errors import BadGateway
 
@@ -68,6 +68,9 @@ class Upstream:
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
                 auto_decompress=False,  # bytes pass through as the upstream encoded them
+                # No cookie jar: cookies belong to the callers, and one caller's must never ride along on
+                # another's request (it also saves a lookup per request).
+                cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             )
         return self._session
@@ -167,13 +170,13 @@ class AnswerTap:
             return None
         if self.media_type.startswith("application/json"):
             return _loads(bytes(self.tail)) if self.seen == len(self.tail) else None
-        lines = [line for line in bytes(self.tail).splitlines() if line.strip()]
-        return _loads(lines[-1]) if lines else None
+        last = bytes(self.tail).rstrip()  # NDJSON: only the last line is parsed, once the answer is over
+        return _loads(last[last.rfind(b"\n") + 1 :]) if last else None
 
 
 def _loads(raw: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(raw)
+        value = orjson.loads(raw)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
