@@ -9,6 +9,9 @@ OpenAI's SSE or Ollama's NDJSON, so the upstream costs the same, and almost
 no CPU, for every target. The targets, started side by side in this one run:
 
 * ``direct``: the stub itself (the baseline);
+* ``tcp-relay``: a bare TCP relay in front of the stub (bytes copied both
+  ways, no HTTP, a new upstream connection per client connection): the
+  floor under any user-space hop on this machine, for reference;
 * ``corral-proxy``: ``corral proxy --upstream STUB`` with no keys (auth off);
 * ``corral-proxy+keys``: the same with an admin key created (every request
   checked, hashed-key lookup in SQLite) and the request log writing rows;
@@ -118,6 +121,29 @@ def _ndjson_last(n: int) -> bytes:
     )
 
 
+def run_relay(port: int, upstream_port: int) -> None:
+    """A bare TCP relay (bytes copied both ways, no HTTP): what one more hop costs on this machine at best."""
+    import uvloop
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(serve())
+
+
 def run_stub(port: int, tokens: int, interval_ms: float) -> None:
     import uvicorn
 
@@ -194,6 +220,11 @@ async def start_targets(stub_port: int, work: Path, want_litellm: bool) -> list[
     upstream = f"http://127.0.0.1:{stub_port}"
     both = ("/v1/chat/completions", "/api/chat")
     targets = [Target("direct", stub_port, both)]
+    relay = Target("tcp-relay", free_port(), both)
+    relay.proc = _spawn(
+        [sys.executable, "-m", "bench.gateway", "--relay", str(relay.port), str(stub_port)], work / "relay.log"
+    )
+    targets.append(relay)
     plain = Target("corral-proxy", free_port(), both)
     plain.proc = _spawn(
         [sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(plain.port)],
@@ -406,7 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-litellm", action="store_true")
     p.add_argument("--out", type=Path, default=OUT_DIR / "gateway.json")
     p.add_argument("--stub", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--relay", nargs=2, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.relay:
+        run_relay(*args.relay)
+        return 0
     if args.stub:
         run_stub(int(args.stub[0]), int(args.stub[1]), float(args.stub[2]))
         return 0
