@@ -14,7 +14,7 @@ The rules for when a key is needed:
 * ``--no-auth`` (``CORRAL_NO_AUTH=1``): never; every caller may do everything.
 * No active key and a loopback bind address: none needed, as with Ollama.
 * Otherwise, every route but the open ones needs a valid key. Keys created
-  or revoked by ``corral keys`` count at once (each check reads the database).
+  or revoked by ``corral keys`` count at once (:mod:`corral.gateway.keys` says how).
 * A non-loopback bind with no key at all refuses to start
   (:func:`check_bind`) unless ``--no-auth`` is given; should every key be
   revoked while it runs, it stays closed (401) rather than fall open.
