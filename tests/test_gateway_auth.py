@@ -255,7 +255,7 @@ def test_official_clients_raise_their_own_errors_for_401_and_403(keyed: tuple[Se
 
 
 def test_model_allowlist_answers_403_in_each_dialect(keyed: tuple[ServerProc, str, str]) -> None:
-    srv, _, _ = keyed
+    srv, admin, _ = keyed
     key = new_key(srv.home, "embed-only", models=["all-minilm"])
     client = ollama.Client(host=srv.url, headers=bearer(key))
     with pytest.raises(ollama.ResponseError) as exc:
@@ -272,6 +272,12 @@ def test_model_allowlist_answers_403_in_each_dialect(keyed: tuple[ServerProc, st
     # the allowed model works, with or without its tag, and the body reached the endpoint intact
     assert client.embed(model="all-minilm:latest", input="hello").embeddings
     assert oai.embeddings.create(model="all-minilm", input=["hello"]).data[0].embedding
+    # the listings show the key only its models; a key without an allowlist sees them all
+    assert [m.model for m in client.list().models] == ["all-minilm:latest"]
+    assert [m.id for m in oai.models.list().data] == ["all-minilm:latest"]
+    assert [m.model for m in client.ps().models] == ["all-minilm:latest"]  # smollm2 may be loaded too: hidden
+    everyone = {m.model for m in ollama.Client(host=srv.url, headers=bearer(admin)).list().models}
+    assert {"all-minilm:latest", SMOLLM} <= everyone
 
 
 def test_requests_per_minute_answers_429_with_retry_after(keyed: tuple[ServerProc, str, str]) -> None:

@@ -10,6 +10,8 @@ Two :class:`~corral.server.middleware.GatewayHook` objects over one
     itself: ``open`` routes and CORS preflights need nothing, ``admin``
     routes an admin key), the key's model allowlist (the model named in the
     JSON body or the path, as the route declares), then its rpm/tpm limits.
+    It leaves the allowlist on the context, so the listings (``/api/tags``,
+    ``/api/ps``, ``/v1/models``) show such a key only its models.
     Rejections are 401, 403 and 429 with ``Retry-After``, in the route's
     dialect. It times itself as the ``auth`` phase, and counts each answer's
     prompt and output tokens against the key's tpm once it is done (only for
@@ -121,6 +123,7 @@ class AuthHook:
                 f"(an operator creates one with `{CREATE_KEY_HINT}`)"
             )
         ctx.key_name = key.name
+        ctx.key_models = key.models
         ctx.is_admin = key.admin
         if ctx.access == "admin" and not key.admin:
             raise Forbidden(f'key "{key.name}" has user scope; {ctx.method} {ctx.path} needs an admin key')

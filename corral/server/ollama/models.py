@@ -50,6 +50,7 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
+    ctx = context_of(request)
     models = [
         {
             "name": m.name,
@@ -60,6 +61,7 @@ async def tags(request: Request) -> Response:
             "details": m.details,
         }
         for m in await _backend(request).models()
+        if ctx.may_list(m.name)  # a key with a model allowlist sees only those models
     ]
     return JSON({"models": models})
 
@@ -96,6 +98,7 @@ def _param_lines(params: dict[str, Any]) -> list[str]:
 
 
 async def ps(request: Request) -> Response:
+    ctx = context_of(request)
     models = [
         {
             "name": m.name,
@@ -108,6 +111,7 @@ async def ps(request: Request) -> Response:
             "context_length": m.context_length,
         }
         for m in await _backend(request).running()
+        if ctx.may_list(m.name)
     ]
     return JSON({"models": models})
 

@@ -508,7 +508,9 @@ def _model_entry(model: ModelSummary) -> dict[str, Any]:
 
 
 async def list_models(request: Request) -> Response:
-    return JSON({"object": "list", "data": [_model_entry(m) for m in await _backend(request).models()]})
+    ctx = context_of(request)
+    models = [_model_entry(m) for m in await _backend(request).models() if ctx.may_list(m.name)]
+    return JSON({"object": "list", "data": models})
 
 
 async def retrieve_model(request: Request) -> Response:
