@@ -7,9 +7,12 @@ scope and path parameters, named phase timings) and runs the registered
 raising a :class:`corral.errors.CorralError` (answered in the route's dialect,
 with the error's own headers such as ``Retry-After``), ``on_start`` may add
 response headers, ``after`` sees the final status and timings once the body
-has been sent. A hook with a true ``logs_access`` attribute takes over the
-``corral.access`` line per request, which this middleware prints otherwise. API keys, the request log and ``/metrics`` plug in here as
-hooks (``corral.server.gateway_hooks``).
+has been sent. API keys, the request log and ``/metrics`` plug in here as
+hooks (``corral.server.gateway_hooks``). The route is found through the
+app's :class:`~corral.server.routing.RouteTable`, which the router then
+reuses. This middleware prints the ``corral.access`` line of each request,
+unless a hook with a true ``logs_access`` attribute (the request log, whose
+writer prints it off the event loop) takes that over.
 
 A hook that needs the request body (a key's model allowlist) reads it with
 :meth:`RequestContext.read_body`; the middleware then hands the same bytes on
