@@ -66,12 +66,9 @@ class ApiKey:
 
     def allows_model(self, model: str) -> bool:
         """Whether the allowlist (if any) admits ``model``; ``x`` and ``x:latest`` are one model."""
-        return self.models is None or allows_model(self.models, model)
-
-
-def allows_model(allowlist: Iterable[str], model: str) -> bool:
-    """Whether ``model`` is on ``allowlist``; ``x`` and ``x:latest`` are one model."""
-    return _with_tag(model) in {_with_tag(m) for m in allowlist}
+        if self.models is None:
+            return True
+        return _with_tag(model) in {_with_tag(m) for m in self.models}
 
 
 def _with_tag(model: str) -> str:

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope
 
 from corral.backend.base import Backend, Embeddings, Final, Piece
-from corral.gateway.keys import allows_model
+from corral.gateway.keys import ApiKey
 from corral.gateway.timing import stream_marker
 
 STATE_KEY = "ctx"
@@ -62,7 +62,7 @@ class RequestContext:
     client: str | None = None  # the peer's address
     user_agent: str | None = None
     key_name: str | None = None  # the caller's key (None: auth off, or an open route)
-    key_models: tuple[str, ...] | None = None  # the key's model allowlist (None: every model)
+    key: ApiKey | None = None  # the caller's key, as verified (its allowlist filters listings)
     is_admin: bool = False  # the caller may use admin routes and read every log row
     model: str | None = None
     stream: bool = False
@@ -95,7 +95,7 @@ class RequestContext:
 
     def may_list(self, model: str) -> bool:
         """Whether a listing (tags, ps, /v1/models) shows ``model`` to this caller: its key's allowlist."""
-        return self.key_models is None or allows_model(self.key_models, model)
+        return self.key is None or self.key.allows_model(model)
 
     # ---- what the route handlers report (one call each) --------------------------------
 

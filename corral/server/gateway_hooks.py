@@ -123,7 +123,7 @@ class AuthHook:
                 f"(an operator creates one with `{CREATE_KEY_HINT}`)"
             )
         ctx.key_name = key.name
-        ctx.key_models = key.models
+        ctx.key = key
         ctx.is_admin = key.admin
         if ctx.access == "admin" and not key.admin:
             raise Forbidden(f'key "{key.name}" has user scope; {ctx.method} {ctx.path} needs an admin key')
