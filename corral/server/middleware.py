@@ -40,6 +40,7 @@ from typing import Protocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError
+from corral.gateway.requestlog import log_access
 from corral.server.context import STATE_KEY, RequestContext
 from corral.server.errors import OLLAMA, SCOPE_KEY, DialectRoute, dialect_of, route_scope
 from corral.server.http import JSON
@@ -174,7 +175,7 @@ class GatewayMiddleware:
 
     async def _after(self, ctx: RequestContext) -> None:
         if self.access_line:
-            log.info("%s %s %s %.1fms", ctx.method, ctx.path, ctx.status, ctx.elapsed * 1000)
+            log_access(ctx.method, ctx.path, ctx.status, ctx.elapsed * 1000)
         for hook in self.hooks:
             try:
                 await hook.after(ctx)
