@@ -223,7 +223,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         return 1
     upstreams = args.upstream or ["http://127.0.0.1:11434"]
     if not (args.fleet or len(upstreams) > 1 or args.routing):
-        return run_server(create_proxy_app(settings, Upstream(upstreams[0], args.upstream_key)), settings)
+        try:
+            upstream = Upstream(upstreams[0], args.upstream_key)
+        except ValueError as exc:
+            sys.stderr.write(f"Error: {exc}\n")
+            return 1
+        return run_server(create_proxy_app(settings, upstream), settings)
     try:
         fleet = load_fleet(args.fleet) if args.fleet else from_urls(upstreams)
         if args.routing:
@@ -539,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-auth",
         action="store_true",
-        help="serve without API keys, even on a non-loopback address (CORRAL_NO_AUTH=1)",
+        help="start on a non-loopback address with no API key: open until one is created (CORRAL_NO_AUTH=1)",
     )
     s.add_argument(
         "--origins",
@@ -573,7 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     px.add_argument("--upstream-key", default=None, help="Bearer key to send upstream instead of the client's")
     px.add_argument("--host", default="127.0.0.1")
     px.add_argument("--port", type=int, default=11435, help="default 11435, the seeds' ollama_logger port")
-    px.add_argument("--no-auth", action="store_true", help="forward without API keys, even on a public address")
+    px.add_argument(
+        "--no-auth", action="store_true", help="start on a public address with no API key: open until one is created"
+    )
     add_db_argument(px)
     px.set_defaults(func=cmd_proxy)
     r = sub.add_parser("run", help="chat with a model")

@@ -1,13 +1,15 @@
-"""Upstream: the HTTP client side of ``corral proxy``, and what it reads back from the answers.
+"""Upstream: the server behind ``corral proxy``, and what the proxy reads back from its answers.
 
 :class:`Upstream` opens one request to the server behind the proxy (an
-Ollama, or another Corral), passing headers and body through except the
-client's credentials, which it strips or replaces with the upstream's own
-key. A refused or failed connection becomes :class:`corral.errors.BadGateway`
-naming the upstream. :class:`AnswerTap` watches the bytes of an answer as
-they pass, without holding them, and reads back what the request log wants:
-token counts, the done reason and the upstream's own timings, from the last
-NDJSON object, the SSE usage chunk or a small JSON body.
+Ollama, or another Corral) over :mod:`corral.gateway.http1`'s pooled
+connections, passing the request line, headers and body through as they
+came, except hop-by-hop headers and the client's credentials, which it
+strips or replaces with the upstream's own key. A refused or failed
+connection becomes :class:`corral.errors.BadGateway` naming the upstream.
+:class:`AnswerTap` watches the bytes of an answer as they pass, without
+holding them, and reads back what the request log wants: token counts, the
+done reason and the upstream's own timings, from the last NDJSON object,
+the SSE usage chunk or a small JSON body.
 """
 
 from __future__ import annotations
@@ -16,104 +18,96 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from corral.errors import BadGateway
+from corral.gateway.http1 import Answer, ConnectError, Pool
 
 log = logging.getLogger(__name__)
 
-# Connection-level headers (RFC 9110 7.6.1) and the ones the client lib sets itself.
+# Connection-level headers (RFC 9110 7.6.1): they describe one hop, not the request.
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
     }
 )
 # The client's credentials for this gateway: never forwarded.
-CREDENTIALS = frozenset({"authorization", "x-api-key"})
+CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+_NOT_FORWARDED = HOP_BY_HOP | CREDENTIALS | {b"content-length"}  # the proxy frames the body itself
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 TAIL_BYTES = 64 * 1024  # enough for the last NDJSON object of any answer, with its context array
 
 
 @dataclass
 class Upstream:
-    """One server behind the proxy.
-
-    aiohttp's client, not httpx: measured on this path (one streamed request
-    after another on loopback) it spends ~150 µs of CPU per request against
-    httpx's ~650 µs, and that difference is most of what the proxy adds.
-    """
+    """One server behind the proxy, at ``url`` (``http(s)://host[:port][/prefix]``); ValueError if malformed."""
 
     url: str
     key: str | None = None
     connect_timeout: float = 10.0
-    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+    _pool: Pool = field(init=False, repr=False)
+    _prefix: bytes = field(init=False, repr=False)
+    _fixed: bytes = field(init=False, repr=False)  # header lines every request carries: host, the upstream's key
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created on first use, inside the running event loop
-            # No read timeout: a generation may think for minutes between tokens.
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                auto_decompress=False,  # bytes pass through as the upstream encoded them
-                # No cookie jar: cookies belong to the callers, and one caller's must never ride along on
-                # another's request (it also saves a lookup per request).
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            )
-        return self._session
-
-    def request_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        out = [
-            (k, v)
-            for k, v in headers
-            if k.lower() not in HOP_BY_HOP and k.lower() not in CREDENTIALS and k.lower() != "content-length"
-        ]
+        try:
+            parts = urlsplit(self.url)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"invalid upstream URL {self.url!r}: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"invalid upstream URL {self.url!r}: expected http://HOST[:PORT][/PATH]")
+        if self.key is not None and not (self.key.isascii() and self.key.isprintable()):
+            raise ValueError("invalid upstream key: printable ASCII only")
+        tls = parts.scheme == "https"
+        self._pool = Pool(parts.hostname, port or (443 if tls else 80), tls=tls, connect_timeout=self.connect_timeout)
+        self._prefix = parts.path.encode()
+        fixed = b"host: %s\r\n" % parts.netloc.rpartition("@")[2].encode("idna")
         if self.key:
-            out.append(("authorization", f"Bearer {self.key}"))
-        return out
+            fixed += b"authorization: Bearer %s\r\n" % self.key.encode()
+        self._fixed = fixed
 
     @staticmethod
     def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        return [(k.lower(), v) for k, v in raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        """The answer's headers that go on to the client (names are lower-case already)."""
+        return [(k, v) for k, v in raw if k not in HOP_BY_HOP]
 
     async def open(
         self,
         method: str,
-        path: str,
-        query: str,
-        headers: Iterable[tuple[str, str]],
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
         content: bytes | AsyncIterator[bytes],
-    ) -> aiohttp.ClientResponse:
-        """Send the request and return once the upstream's status and headers are in (body still streaming)."""
-        url = self.url + path + (f"?{query}" if query else "")
+    ) -> Answer:
+        """Send the request (``target``: path and query as the client sent them); return at the answer's head."""
+        head = [b"%s %s%s HTTP/1.1\r\n" % (method.encode(), self._prefix, target), self._fixed]
+        for name, value in headers:
+            if name not in _NOT_FORWARDED:
+                head += (name, b": ", value, b"\r\n")
+        if not isinstance(content, bytes):
+            head.append(b"transfer-encoding: chunked\r\n")
+        elif content or method in _BODY_METHODS:
+            head.append(b"content-length: %d\r\n" % len(content))
+        head.append(b"\r\n")
         try:
-            return await self._client().request(
-                method, url, headers=self.request_headers(headers), data=content, allow_redirects=False
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise BadGateway(f"upstream {self.url} is unreachable: {_reason(exc)}") from None
+            return await self._pool.request(b"".join(head), content, head_only=method == "HEAD")
+        except ConnectError as exc:
+            raise BadGateway(f"upstream {self.url} is unreachable: {exc}") from None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0]
+        self._pool.close()
 
 
 @dataclass

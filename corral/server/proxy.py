@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
-import aiohttp
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,6 +28,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from corral.errors import BadGateway
+from corral.gateway.http1 import Answer
 from corral.gateway.service import Gateway
 from corral.gateway.upstream import AnswerTap, Upstream
 from corral.server import admin, openapi, playground
@@ -76,8 +76,12 @@ async def relay(request: Request, upstream: Upstream) -> Relay:
     else:
         content = request.stream()
     start = time.perf_counter()
-    answer = await upstream.open(request.method, request.url.path, request.url.query, request.headers.items(), content)
-    media_type = answer.headers.get("content-type", "")
+    scope = request.scope
+    target = scope.get("raw_path") or scope["path"].encode()
+    if scope["query_string"]:
+        target += b"?" + scope["query_string"]
+    answer = await upstream.open(request.method, target, scope["headers"], content)
+    media_type = answer.header(b"content-type") or ""
     ctx.note(model, stream=media_type.startswith(_STREAMED_TYPES))
     return Relay(answer, AnswerTap(media_type), dialect_of(request.scope), ctx, start)
 
@@ -85,9 +89,7 @@ async def relay(request: Request, upstream: Upstream) -> Relay:
 class Relay(Response):
     """The upstream's answer, relayed chunk by chunk; the upstream request is closed however it ends."""
 
-    def __init__(
-        self, answer: aiohttp.ClientResponse, tap: AnswerTap, dialect: Dialect, ctx: RequestContext, start: float
-    ) -> None:
+    def __init__(self, answer: Answer, tap: AnswerTap, dialect: Dialect, ctx: RequestContext, start: float) -> None:
         self.answer = answer
         self.tap = tap
         self.dialect = dialect
@@ -112,17 +114,14 @@ class Relay(Response):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         first: float | None = None
         try:
-            async for chunk in self.answer.content.iter_any():
+            async for chunk in self.answer.chunks():
                 if first is None:
                     first = time.perf_counter()
                     self.ctx.phases["ttft"] = (first - self.ctx.start) * 1000
                 self.tap.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ClientError, OSError) as exc:
-            err = BadGateway(
-                f"upstream {self.answer.url.host}:{self.answer.url.port} failed mid-answer: "
-                f"{str(exc) or type(exc).__name__}"
-            )
+        except OSError as exc:  # the connection broke, or the answer was not valid HTTP
+            err = BadGateway(f"upstream {self.answer.origin} failed mid-answer: {str(exc) or type(exc).__name__}")
             log.warning("%s", err.message)
             if self.tap.media_type.startswith(_STREAMED_TYPES):
                 await send(
