@@ -129,7 +129,7 @@ class Settings:
     kv_cache_type: str = "f16"  # f16 | q8_0 | q4_0 (OLLAMA_KV_CACHE_TYPE)
     flash_attention: bool = False  # OLLAMA_FLASH_ATTENTION (on anyway for a quantized KV cache)
     prompt_cache_mib: int = 0  # CORRAL_PROMPT_CACHE_MIB: llama.cpp's host-RAM cache of idle slots' prompts
-    no_auth: bool = False  # CORRAL_NO_AUTH / --no-auth: serve without API keys, even on a public address
+    no_auth: bool = False  # CORRAL_NO_AUTH / --no-auth: may start on a public address with no key
     log_retention: float = DEFAULT_LOG_RETENTION  # CORRAL_LOG_RETENTION / --log-retention (seconds; 0 keeps all)
     # CORRAL_MAX_BODY: the largest JSON request body (413 above). Blob uploads stream to disk and are not capped.
     max_body: int = 32 << 20

@@ -351,6 +351,10 @@ def test_public_bind_starts_with_no_auth_and_serve_flags(tmp_path: Path) -> None
             assert r.status_code == 200  # open on purpose, with no key
             assert r.headers["access-control-allow-origin"] == "https://play.example"
             assert "Server-Timing" in r.headers["access-control-expose-headers"]
+            # --no-auth lifts the refusal to start, not the keys: once one exists, it is required.
+            key = new_key(tmp_path, "late")
+            assert httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=5).status_code == 401
+            assert httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=5, headers=bearer(key)).status_code == 200
             return
         pytest.fail(f"server did not start (exit {proc.poll()})")
     finally:

@@ -91,16 +91,20 @@ class Gateway:
 
     def auth_required(self) -> bool:
         """Whether a request to a non-open route needs a key right now."""
-        if self.settings.no_auth:
-            return False
+        if self.settings.no_auth:  # open on any address while no key exists; a key, once created, is checked
+            return self.keys.active_count() > 0
         return not self.loopback or self.keys.active_count() > 0
 
     def check_bind(self) -> None:
         check_bind(self.settings, self.keys.active_count())
 
     def start(self) -> None:
-        if self.settings.no_auth and self.keys.active_count() > 0:
-            log.warning("--no-auth: the API keys in %s are not checked; every caller is an admin", self.db.display)
+        if self.settings.no_auth and not self.loopback:
+            log.warning(
+                "--no-auth: serving %s with no API key required until one is created in %s",
+                self.settings.host,
+                self.db.display,
+            )
         log.info("gateway database: %s", self.db.display)
         self.log.start()
 

@@ -106,14 +106,11 @@ class AuthHook:
         if ctx.access == "open" or ctx.method == "OPTIONS":  # a browser cannot attach a key to a preflight
             return
         gateway = self.gateway
-        if gateway.settings.no_auth:
-            ctx.is_admin = True
-            return
         secret = _secret(scope["headers"])
         remote = gateway.db.remote
         key = await self._call(remote, gateway.keys.verify, secret) if secret else None
         if key is None:
-            if not await self._call(remote, gateway.auth_required):  # no key exists, loopback only: open, as Ollama
+            if not await self._call(remote, gateway.auth_required):  # no key (loopback or --no-auth): open
                 ctx.is_admin = True
                 return
             if secret:
