@@ -3,13 +3,17 @@
 Every knob follows Ollama's variable name (``OLLAMA_HOST``, ``OLLAMA_MODELS``,
 ``OLLAMA_KEEP_ALIVE`` ...). Each has a ``CORRAL_*`` twin of the same suffix
 which wins when both are set. Knobs Ollama lacks (the gateway's
-``CORRAL_NO_AUTH``, ``CORRAL_LOG_RETENTION``, ``CORRAL_DB``) are ``CORRAL_*`` only. The object is immutable; it is built by
-:func:`Settings.from_env` and passed to whatever needs it.
+``CORRAL_NO_AUTH``, ``CORRAL_LOG_RETENTION``, ``CORRAL_DB``, the pull/push
+client's ``CORRAL_REGISTRY_KEYS``) are ``CORRAL_*`` only. The object is
+immutable; it is built by :func:`Settings.from_env` and passed to whatever
+needs it. Secrets it holds (the registry keys) stay out of its ``repr`` and
+out of every error message here.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -87,6 +91,37 @@ def parse_size(value: str) -> int:
     return int(float(digits) * _SIZE_UNITS[unit])
 
 
+_REGISTRY_HOST = re.compile(r"[a-z0-9_][a-z0-9_.\-]{0,349}(:[0-9]{1,5})?")
+
+
+def parse_registry_keys(value: str) -> tuple[tuple[str, str], ...]:
+    """``"host:port=key,otherhost=key2"`` -> ``(("host:port", "key"), ("otherhost", "key2"))``.
+
+    Hosts are written as in a model name (``127.0.0.1:11434``, ``registry.example``;
+    an ``http://``/``https://`` prefix is dropped) and matched exactly, lowercased.
+    An error names the entry by its position, and a host only once it is valid:
+    never the key, nor text that may be one (a swapped ``key=host``).
+    """
+    out: dict[str, str] = {}
+    for index, entry in enumerate((e.strip() for e in value.split(",")), 1):
+        if not entry:
+            continue
+        host, sep, key = entry.partition("=")
+        host = host.strip().lower().removeprefix("http://").removeprefix("https://").rstrip("/")
+        key = key.strip()
+        where = f"invalid CORRAL_REGISTRY_KEYS entry {index}"
+        if not sep:
+            raise ValueError(f"{where}: write host[:port]=key")
+        if not _REGISTRY_HOST.fullmatch(host):
+            raise ValueError(f"{where}: the part before '=' is not a registry host[:port]")
+        if not key or any(c.isspace() for c in key):
+            raise ValueError(f"{where}: the key for {host} is empty or contains whitespace")
+        if host in out:
+            raise ValueError(f"{where}: {host} is given a key twice")
+        out[host] = key
+    return tuple(out.items())
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     value = _env(env, name)
     if value is None:
@@ -138,6 +173,9 @@ class Settings:
     # CORRAL_PARTIAL_PULL_TTL: an interrupted pull's partial blob is kept this long for a later pull to resume.
     partial_pull_ttl: float = 24 * 3600.0
     db: str | None = None  # CORRAL_DB / --db: a PostgreSQL URL or a SQLite path; None is <home>/corral.db
+    # CORRAL_REGISTRY_KEYS: (registry host[:port], API key) pairs; /api/pull and /api/push send a host its key
+    # as "Authorization: Bearer". Kept out of repr, so no log line of the settings can show a key.
+    registry_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -189,10 +227,16 @@ class Settings:
             shutdown_grace=max(0.0, _seconds(grace_raw, "SHUTDOWN_GRACE")) if grace_raw else 5.0,
             partial_pull_ttl=max(0.0, _seconds(ttl_raw, "PARTIAL_PULL_TTL")) if ttl_raw else 24 * 3600.0,
             db=(env.get("CORRAL_DB") or "").strip() or None,
+            registry_keys=parse_registry_keys(env.get("CORRAL_REGISTRY_KEYS") or ""),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def registry_key(self, host: str) -> str | None:
+        """The key configured for registry ``host`` (``name.host`` of a model name), matched exactly."""
+        wanted = host.lower()
+        return next((key for configured, key in self.registry_keys if configured == wanted), None)
 
     @property
     def base_url(self) -> str:

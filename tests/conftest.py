@@ -111,7 +111,15 @@ def launch(home: Path, env_extra: dict[str, str] | None = None, port: int | None
     raise RuntimeError(f"server did not start:\n{log.read_text(errors='replace')[-3000:]}")
 
 
-REAL_SERVER_FIXTURES = {"server", "base_url", "start_server", "q8_server", "registry_a", "quick_report"}
+REAL_SERVER_FIXTURES = {
+    "server",
+    "base_url",
+    "start_server",
+    "q8_server",
+    "registry_a",
+    "keyed_registry",
+    "quick_report",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -137,3 +137,35 @@ def test_gateway_settings(tmp_path: Path) -> None:
     assert s.no_auth is False and s.log_retention == 30 * 86400
     with pytest.raises(ValueError, match="CORRAL_LOG_RETENTION"):
         Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_LOG_RETENTION": "forever"})
+
+
+def test_registry_keys(tmp_path: Path) -> None:
+    env = {"CORRAL_HOME": str(tmp_path)}
+    assert Settings.from_env(env).registry_keys == () and Settings.from_env(env).registry_key("x") is None
+    raw = " 127.0.0.1:11434=corral-aaa , HTTPS://Reg.Example/=corral-b=b,,"
+    s = Settings.from_env({**env, "CORRAL_REGISTRY_KEYS": raw})
+    assert s.registry_keys == (("127.0.0.1:11434", "corral-aaa"), ("reg.example", "corral-b=b"))
+    assert s.registry_key("127.0.0.1:11434") == "corral-aaa" and s.registry_key("REG.example") == "corral-b=b"
+    # matched exactly: another port, or a host with a port when none was given, gets nothing
+    assert s.registry_key("127.0.0.1:11435") is None and s.registry_key("reg.example:443") is None
+    assert s.registry_key("127.0.0.1") is None and s.registry_key("evil.example") is None
+    assert "corral-aaa" not in repr(s) and "corral-b" not in repr(s)  # a logged Settings shows no key
+    # Ollama has no such knob: no OLLAMA_ twin
+    assert Settings.from_env({**env, "OLLAMA_REGISTRY_KEYS": "h=k"}).registry_keys == ()
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("corral-secret-1", "entry 1: write host\\[:port\\]=key"),
+        ("a.example=k1,corral~secret=a.example", "entry 2: the part before '=' is not a registry host"),
+        ("host/path=corral-secret-1", "entry 1: the part before '=' is not"),
+        ("a.example=", "entry 1: the key for a.example is empty"),
+        ("a.example=corral secret-1", "entry 1: the key for a.example is empty or contains whitespace"),
+        ("a.example=corral-secret-1,A.example=corral-secret-2", "entry 2: a.example is given a key twice"),
+    ],
+)
+def test_bad_registry_keys_never_echo_a_key(tmp_path: Path, raw: str, message: str) -> None:
+    with pytest.raises(ValueError, match="invalid CORRAL_REGISTRY_KEYS " + message) as err:
+        Settings.from_env({"CORRAL_HOME": str(tmp_path), "CORRAL_REGISTRY_KEYS": raw})
+    assert "secret" not in str(err.value)

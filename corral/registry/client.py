@@ -16,6 +16,13 @@ The full sha256 is checked before the atomic rename to ``sha256-<hex>``, and
 the manifest is written only after every blob is in place, so a crash at any
 point leaves neither a manifest nor an invalid blob behind. File I/O and
 hashing run in worker threads.
+
+The caller may pass the operator's API key for the model's registry host
+(``CORRAL_REGISTRY_KEYS``, for a Corral with keys); :mod:`corral.registry.remote`
+sends it to that registry alone and keeps it out of logs and errors.
+Registries that answer ``401`` with a Docker token challenge
+(``WWW-Authenticate: Bearer realm="https://..."``) still get the anonymous
+token flow.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from typing import IO, Any
 
 import httpx
 
-from corral import __version__
-from corral.errors import BadRequest, CorralError, Forbidden, NotFound, Unauthorized
+from corral.errors import BadRequest, NotFound
+from corral.registry.remote import Registry, RegistryError
 from corral.registry.server import MAX_MANIFEST_BYTES, BlobRef, parse_manifest
 from corral.store.names import ModelName
 from corral.store.store import MEDIA_MANIFEST, Store, check_digest
@@ -51,12 +58,6 @@ PARTIAL_PREFIX = "partial-"
 # One download per digest at a time in this process; concurrent pulls of the
 # same blob mirror the running one's progress (Ollama's blobDownloadManager).
 _downloads: dict[str, asyncio.Lock] = {}
-
-
-class RegistryError(CorralError):
-    """The registry was unreachable or answered with an error (502)."""
-
-    status = 502
 
 
 def partial_path(store: Store, digest: str) -> Path:
@@ -82,145 +83,22 @@ def _unique(refs: list[BlobRef]) -> list[BlobRef]:
     return out
 
 
-class _Registry:
-    """One registry host: base URL, an HTTP client and an optional bearer token."""
-
-    def __init__(self, name: ModelName, insecure: bool, transport: httpx.AsyncBaseTransport | None) -> None:
-        self.name = name
-        self.base = f"{'http' if insecure else 'https'}://{name.host}"
-        self.repo = f"{name.namespace}/{name.model}"
-        self.token: str | None = None
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, read=300.0, write=300.0),
-            follow_redirects=True,
-            transport=transport,
-            headers={"User-Agent": f"corral/{__version__} (ollama compatible)"},
-        )
-
-    def url(self, kind: str, ref: str) -> str:
-        return f"{self.base}/v2/{self.repo}/{kind}/{ref}"
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
-    async def open(
-        self,
-        method: str,
-        url: str | httpx.URL,
-        *,
-        what: str,
-        headers: dict[str, str] | None = None,
-        content: Any = None,
-        ok: tuple[int, ...] = (),
-    ) -> httpx.Response:
-        """Send a request and return the (unread, streaming) response.
-
-        Answers one bearer-token challenge; maps transport failures and error
-        statuses (other than those in ``ok``) to CorralErrors prefixed by
-        ``what``. The caller must ``aclose()`` the response.
-        """
-        for attempt in range(2):
-            hdrs = dict(headers or {})
-            if self.token:
-                hdrs["Authorization"] = f"Bearer {self.token}"
-            request = self.http.build_request(method, url, headers=hdrs, content=content)
-            try:
-                resp = await self.http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                raise RegistryError(f"{what}: {self._describe(exc)}") from None
-            if resp.status_code < 400 or resp.status_code in ok:
-                return resp
-            with contextlib.suppress(httpx.TransportError):
-                await resp.aread()
-            await resp.aclose()
-            replayable = content is None or isinstance(content, bytes)
-            if resp.status_code == 401 and attempt == 0 and replayable and await self._authenticate(resp):
-                continue
-            raise _status_error(resp, what)
-        raise Unauthorized(f"{what}: unauthorized: access denied")
-
-    async def request(
-        self,
-        method: str,
-        url: str | httpx.URL,
-        *,
-        what: str,
-        headers: dict[str, str] | None = None,
-        content: Any = None,
-        ok: tuple[int, ...] = (),
-    ) -> httpx.Response:
-        resp = await self.open(method, url, what=what, headers=headers, content=content, ok=ok)
-        try:
-            await resp.aread()
-        except httpx.TransportError as exc:
-            raise RegistryError(f"{what}: {self._describe(exc)}") from None
-        finally:
-            await resp.aclose()
-        return resp
-
-    async def _authenticate(self, resp: httpx.Response) -> bool:
-        """Anonymous Docker token flow for a ``WWW-Authenticate: Bearer`` challenge."""
-        challenge = resp.headers.get("www-authenticate", "")
-        if not challenge.lower().startswith("bearer "):
-            return False
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        realm = params.pop("realm", "")
-        if not realm.startswith(("https://", "http://")):
-            return False
-        try:
-            r = await self.http.get(realm, params=params)
-            body = r.json() if r.status_code == 200 else {}
-            token = body.get("token") or body.get("access_token")
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return False
-        self.token = token if isinstance(token, str) and token else None
-        return self.token is not None
-
-    def _describe(self, exc: httpx.TransportError) -> str:
-        if isinstance(exc, httpx.ConnectError):
-            hint = ' (a plain-http registry needs "insecure")' if "SSL" in str(exc) else ""
-            return f"could not connect to registry {self.base}: {exc or 'connection refused'}{hint}"
-        if isinstance(exc, httpx.TimeoutException):
-            return f"registry {self.base} timed out"
-        return f"registry {self.base}: {type(exc).__name__}: {exc}"
-
-
-def _status_error(resp: httpx.Response, what: str) -> CorralError:
-    """Turn a registry error response into the CorralError the caller raises."""
-    if resp.status_code == 404:
-        return NotFound(f"{what}: file does not exist")
-    detail = _error_detail(resp)
-    if resp.status_code == 401:
-        return Unauthorized(f"{what}: unauthorized: access denied ({detail})")
-    if resp.status_code == 403:
-        return Forbidden(f"{what}: {detail or 'forbidden'}")
-    return RegistryError(f"{what}: {resp.status_code}: {detail}")
-
-
-def _error_detail(resp: httpx.Response) -> str:
-    try:
-        body = resp.json()
-    except httpx.ResponseNotRead:
-        return ""
-    except ValueError:
-        return resp.text[:500].strip()
-    if isinstance(body, dict) and isinstance(body.get("errors"), list):
-        return "; ".join(
-            f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in body["errors"] if isinstance(e, dict)
-        )
-    if isinstance(body, dict) and "error" in body:
-        return str(body["error"])
-    return resp.text[:500].strip()
-
-
 # ---- pull -------------------------------------------------------------------
 
 
 async def pull_model(
-    store: Store, name: ModelName, *, insecure: bool = False, transport: httpx.AsyncBaseTransport | None = None
+    store: Store,
+    name: ModelName,
+    *,
+    insecure: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+    key: str | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """Pull ``name`` from the registry its host names, yielding Ollama's statuses."""
-    reg = _Registry(name, insecure, transport)
+    """Pull ``name`` from the registry its host names, yielding Ollama's statuses.
+
+    ``key``: the API key for that registry (sent to it alone; see the module docstring).
+    """
+    reg = Registry(name, insecure, transport, key)
     try:
         old = await asyncio.to_thread(_old_refs, store, name)
         raw = await _get_manifest(reg, name)
@@ -253,7 +131,7 @@ async def pull_model(
         await reg.aclose()
 
 
-async def _get_manifest(reg: _Registry, name: ModelName) -> bytes:
+async def _get_manifest(reg: Registry, name: ModelName) -> bytes:
     """GET the manifest, refusing to buffer more than a manifest can sensibly be."""
     what = "pull model manifest"
     resp = await reg.open("GET", reg.url("manifests", name.tag), what=what, headers={"Accept": MEDIA_MANIFEST})
@@ -264,7 +142,7 @@ async def _get_manifest(reg: _Registry, name: ModelName) -> bytes:
             if len(buf) > MAX_MANIFEST_BYTES:
                 raise RegistryError(f"{what}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
     except httpx.TransportError as exc:
-        raise RegistryError(f"{what}: {reg._describe(exc)}") from None
+        raise RegistryError(f"{what}: {reg.describe(exc)}") from None
     finally:
         await resp.aclose()
     return bytes(buf)
@@ -283,7 +161,7 @@ def _remove_unused(store: Store, digests: set[str]) -> None:
         store.blob_path(digest).unlink(missing_ok=True)
 
 
-async def _download(reg: _Registry, store: Store, ref: BlobRef) -> AsyncGenerator[dict[str, Any], None]:
+async def _download(reg: Registry, store: Store, ref: BlobRef) -> AsyncGenerator[dict[str, Any], None]:
     final = store.blob_path(ref.digest)
     if final.is_file():
         size = final.stat().st_size
@@ -372,7 +250,7 @@ class _Partial:
         self.fh.close()
 
 
-async def _fetch(reg: _Registry, store: Store, ref: BlobRef, partial: Path) -> AsyncGenerator[dict[str, Any], None]:
+async def _fetch(reg: Registry, store: Store, ref: BlobRef, partial: Path) -> AsyncGenerator[dict[str, Any], None]:
     """Download (or resume) one blob into its partial file, verify it, rename it."""
     part = await asyncio.to_thread(_Partial.open, partial)
     try:
@@ -404,7 +282,7 @@ async def _fetch(reg: _Registry, store: Store, ref: BlobRef, partial: Path) -> A
                 except httpx.TransportError as exc:
                     failures += 1
                     if failures > MAX_RETRIES:
-                        raise RegistryError(f"pulling {_short(ref.digest)}: {reg._describe(exc)}") from None
+                        raise RegistryError(f"pulling {_short(ref.digest)}: {reg.describe(exc)}") from None
                     log.info("%s broke off at byte %d (%s); resuming", _short(ref.digest), part.have, exc)
                     await asyncio.sleep(0.5 * failures)
                     continue
@@ -429,7 +307,7 @@ async def _fetch(reg: _Registry, store: Store, ref: BlobRef, partial: Path) -> A
         await asyncio.to_thread(part.close)
 
 
-async def _stream_into(reg: _Registry, digest: str, part: _Partial) -> AsyncGenerator[tuple[int, int], None]:
+async def _stream_into(reg: Registry, digest: str, part: _Partial) -> AsyncGenerator[tuple[int, int], None]:
     """One ranged GET appended to ``part``; yields (bytes on disk, blob size) after each write."""
     headers = {"Accept-Encoding": "identity"}
     if part.have:
@@ -475,16 +353,24 @@ def _blob_size(resp: httpx.Response, have: int) -> int:
 
 
 async def push_model(
-    store: Store, name: ModelName, *, insecure: bool = False, transport: httpx.AsyncBaseTransport | None = None
+    store: Store,
+    name: ModelName,
+    *,
+    insecure: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+    key: str | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """Push ``name`` to the registry its host names, yielding Ollama's statuses."""
+    """Push ``name`` to the registry its host names, yielding Ollama's statuses.
+
+    ``key``: the API key for that registry (sent to it alone; see the module docstring).
+    """
     local = await asyncio.to_thread(store.get, name)
     raw = await asyncio.to_thread(store.manifest_path(local.name).read_bytes)
     refs = _unique(parse_manifest(raw))
     for ref in refs:
         if not store.has_blob(ref.digest):
             raise NotFound(f"blob {ref.digest} of {name.display} is missing from the store")
-    reg = _Registry(name, insecure, transport)
+    reg = Registry(name, insecure, transport, key)
     try:
         present = {}
         for ref in refs:  # HEAD every blob first: an unreachable registry fails before streaming
@@ -521,7 +407,7 @@ def _location(resp: httpx.Response) -> httpx.URL:
     return resp.url.join(loc)
 
 
-async def _upload(reg: _Registry, store: Store, ref: BlobRef) -> AsyncGenerator[dict[str, Any], None]:
+async def _upload(reg: Registry, store: Store, ref: BlobRef) -> AsyncGenerator[dict[str, Any], None]:
     """POST an upload session, PATCH the blob in parts, PUT ``?digest=`` to finish."""
     path = store.blob_path(ref.digest)
     total = await asyncio.to_thread(_file_size, path)

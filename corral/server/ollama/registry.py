@@ -4,7 +4,9 @@
 :mod:`corral.registry.client` calls and stream its progress as NDJSON (or
 answer only the last status with ``"stream": false``). Errors found before
 the first status (bad name, missing model, manifest 404, registry down) get
-a 4xx/5xx status; later ones become the stream's last line.
+a 4xx/5xx status; later ones become the stream's last line. The key the
+settings hold for the target's registry host (``CORRAL_REGISTRY_KEYS``) is
+handed to the client for that one registry.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from corral.registry.client import pull_model, push_model
 from corral.server.errors import OLLAMA, route_factory
 from corral.server.http import JSON, dumps, read_json, stream_events
 from corral.server.ollama.types import PullRequest, PushRequest, parse_request
+from corral.settings import Settings
 from corral.store.names import ModelName
 from corral.store.store import Store
 
@@ -29,6 +32,11 @@ route = route_factory(OLLAMA)
 
 def _store(request: Request) -> Store:
     return request.app.state.store  # type: ignore[no-any-return]
+
+
+def _registry_key(request: Request, name: ModelName) -> str | None:
+    settings: Settings = request.app.state.settings
+    return settings.registry_key(name.host)
 
 
 # ---- /api/pull, /api/push ----------------------------------------------------
@@ -63,13 +71,15 @@ def _target(req: PullRequest) -> ModelName:
 async def pull(request: Request) -> Response:
     req: PullRequest = parse_request(PullRequest, await read_json(request))
     name = _target(req)
-    return await _respond(pull_model(_store(request), name, insecure=req.insecure), req.stream)
+    key = _registry_key(request, name)
+    return await _respond(pull_model(_store(request), name, insecure=req.insecure, key=key), req.stream)
 
 
 async def push(request: Request) -> Response:
     req: PushRequest = parse_request(PushRequest, await read_json(request))
     name = _target(req)
-    return await _respond(push_model(_store(request), name, insecure=req.insecure), req.stream)
+    key = _registry_key(request, name)
+    return await _respond(push_model(_store(request), name, insecure=req.insecure, key=key), req.stream)
 
 
 routes = [
