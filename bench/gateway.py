@@ -12,6 +12,9 @@ no CPU, for every target. The targets, started side by side in this one run:
 * ``tcp-relay``: a bare TCP relay in front of the stub (bytes copied both
   ways, no HTTP, a new upstream connection per client connection): the
   floor under any user-space hop on this machine, for reference;
+* ``corral-proxy-bare``: the same proxy with the gateway left out (no keys,
+  request log, metrics or timing headers): the gateway's own cost is the
+  difference between this and the two below;
 * ``corral-proxy``: ``corral proxy --upstream STUB`` with no keys (auth off);
 * ``corral-proxy+keys``: the same with an admin key created (every request
   checked, hashed-key lookup in SQLite) and the request log writing rows;
@@ -144,6 +147,17 @@ def run_relay(port: int, upstream_port: int) -> None:
     uvloop.run(serve())
 
 
+def run_bare_proxy(port: int, upstream: str) -> None:
+    """``corral proxy`` with the gateway left out (``create_proxy_app(..., gateway=False)``)."""
+    from corral.cli import run_server
+    from corral.gateway.upstream import Upstream
+    from corral.server.proxy import create_proxy_app
+    from corral.settings import Settings
+
+    settings = Settings.from_env().with_overrides(host="127.0.0.1", port=port)
+    sys.exit(run_server(create_proxy_app(settings, Upstream(upstream), gateway=False), settings))
+
+
 def run_stub(port: int, tokens: int, interval_ms: float) -> None:
     import uvicorn
 
@@ -225,6 +239,13 @@ async def start_targets(stub_port: int, work: Path, want_litellm: bool) -> list[
         [sys.executable, "-m", "bench.gateway", "--relay", str(relay.port), str(stub_port)], work / "relay.log"
     )
     targets.append(relay)
+    bare = Target("corral-proxy-bare", free_port(), both)
+    bare.proc = _spawn(
+        [sys.executable, "-m", "bench.gateway", "--bare-proxy", str(bare.port), upstream],
+        work / "corral-proxy-bare.log",
+        _corral_env(work / "home-bare"),
+    )
+    targets.append(bare)
     plain = Target("corral-proxy", free_port(), both)
     plain.proc = _spawn(
         [sys.executable, "-m", "corral", "proxy", "--upstream", upstream, "--port", str(plain.port)],
@@ -362,6 +383,14 @@ def _verdicts(report: dict[str, Any]) -> list[str]:
                 f"{name} {key}: +{a['ttft_p50']:.2f} ms TTFT p50, +{a['ttft_p99']:.2f} ms p99 -> "
                 f"{'met' if ok else 'NOT met'} (<= 1 ms / 5 ms)"
             )
+    bare = added.get("corral-proxy-bare", {})
+    for key, a in added.get("corral-proxy+keys", {}).items():
+        if key in bare:
+            out.append(
+                f"gateway on vs off {key}: keys, request log, metrics and timing headers add "
+                f"{a['ttft_p50'] - bare[key]['ttft_p50']:+.2f} ms TTFT p50, "
+                f"{a['ttft_p99'] - bare[key]['ttft_p99']:+.2f} ms p99 over the bare proxy"
+            )
     lite = added.get("litellm", {})
     for key, a in lite.items():
         corral = added.get("corral-proxy+keys", {}).get(key)
@@ -438,9 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT_DIR / "gateway.json")
     p.add_argument("--stub", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--relay", nargs=2, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--bare-proxy", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.relay:
         run_relay(*args.relay)
+        return 0
+    if args.bare_proxy:
+        run_bare_proxy(int(args.bare_proxy[0]), args.bare_proxy[1])
         return 0
     if args.stub:
         run_stub(int(args.stub[0]), int(args.stub[1]), float(args.stub[2]))

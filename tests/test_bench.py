@@ -456,7 +456,7 @@ def test_gateway_bench_runs_and_reports_added_latency(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    for name in ("direct", "tcp-relay", "corral-proxy", "corral-proxy+keys"):
+    for name in ("direct", "tcp-relay", "corral-proxy-bare", "corral-proxy", "corral-proxy+keys"):
         rows = report["targets"][name]
         assert rows["/api/chat@1"]["n"] == 10 and rows["/v1/chat/completions@2"]["tokens_complete"]
     assert set(report["added"]["corral-proxy"]) == {
@@ -467,6 +467,7 @@ def test_gateway_bench_runs_and_reports_added_latency(tmp_path: Path) -> None:
     }
     assert report["targets"]["litellm"] == {"skipped": "not requested (--no-litellm)"}
     assert "| corral-proxy |" in proc.stdout
+    assert "gateway on vs off /api/chat@1: keys, request log" in proc.stdout
 
 
 def test_fleet_bench_runs_both_modes_and_reports_the_ratios(tmp_path: Path) -> None:
