@@ -28,6 +28,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from corral.gateway.db import open_database
+from corral.gateway.keys import KeyStore
+from corral.gateway.listings import LISTING_PATHS, filter_listing
+from corral.server.app import api_routes
+from corral.server.errors import DialectRoute
+from corral.server.proxy import LOCAL_ROUTES, forward_asgi, forwarding_routes
 from tests.conftest import ROOT, SMOLLM, ServerProc, free_port
 
 
@@ -217,3 +223,63 @@ def test_headers_and_body_pass_through_except_credentials(proxy_to: Callable[...
     finally:
         echo.should_exit = True
         thread.join(timeout=10)
+
+
+def test_listings_through_the_proxy_show_a_key_only_its_models(
+    server: ServerProc, proxy_to: Callable[..., ServerProc], tmp_path: Path
+) -> None:
+    upstream_models = sorted(m.model or "" for m in ollama.Client(host=server.url).list().models)
+    assert SMOLLM in upstream_models and len(upstream_models) > 1  # else the filter would show nothing
+    proxy = proxy_to(server.url)
+    store = KeyStore(open_database(proxy.home / "corral.db"))
+    _, narrow = store.create("narrow", models=[SMOLLM])
+    _, wide = store.create("wide")
+    ollama.Client(host=server.url).generate(model=SMOLLM, prompt="Hi", options={"num_predict": 1})  # loaded: in ps
+
+    def listed(key: str) -> tuple[list[str], list[str], list[str]]:
+        client = ollama.Client(host=proxy.url, headers={"Authorization": f"Bearer {key}"})
+        oai = OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0)
+        return (
+            sorted(m.model or "" for m in client.list().models),
+            sorted(m.model or "" for m in client.ps().models),
+            sorted(m.id for m in oai.models.list().data),
+        )
+
+    tags, ps, v1 = listed(narrow)
+    assert tags == [SMOLLM] and ps == [SMOLLM] and v1 == [SMOLLM]
+    tags, ps, v1 = listed(wide)
+    assert tags == upstream_models and v1 == upstream_models and SMOLLM in ps
+
+
+def test_forwarded_routes_skip_the_inner_layers_unless_cors_needs_them(proxy_to: Callable[..., ServerProc]) -> None:
+    routes = [r for r in forwarding_routes(api_routes(), LOCAL_ROUTES) if isinstance(r, DialectRoute)]
+    direct = {r.path for r in routes if r.direct is forward_asgi}
+    assert {"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/messages", "/api/pull"} <= direct
+    assert not direct & ({"/"} | LISTING_PATHS)  # those have endpoints of their own
+    assert not any(r.direct for r in LOCAL_ROUTES if isinstance(r, DialectRoute))  # answered here, as routes
+    url, echo, thread = _echo_server()
+    try:
+        proxy = proxy_to(url)
+        body = {"model": SMOLLM, "messages": []}
+        bare = httpx.post(proxy.url + "/api/chat", json=body, timeout=30)
+        origin = "http://localhost:3000"
+        browser = httpx.post(proxy.url + "/api/chat", json=body, timeout=30, headers={"Origin": origin})
+        assert bare.status_code == browser.status_code == 200 and json.loads(bare.json()["body"]) == body
+        assert "access-control-allow-origin" not in bare.headers and "server-timing" in bare.headers
+        assert browser.headers["access-control-allow-origin"] == origin
+        assert "Server-Timing" in browser.headers["access-control-expose-headers"]
+        wrong = httpx.get(proxy.url + "/api/chat", timeout=30)  # not the route's method: Starlette's 405
+        assert wrong.status_code == 405 and wrong.json() == {"error": "405 method not allowed"}
+    finally:
+        echo.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_what_is_not_a_listing_is_never_passed_on_unfiltered() -> None:
+    allow = {"a:latest"}.__contains__
+    tags = b'{"models":[{"name":"a:latest","model":"a:latest"},{"name":"b:latest","model":"b:latest"}]}'
+    assert json.loads(filter_listing(tags, allow) or b"") == {"models": [{"name": "a:latest", "model": "a:latest"}]}
+    v1 = b'{"object":"list","data":[{"id":"b:latest"},{"id":"a:latest"},{"oops":1}]}'
+    assert json.loads(filter_listing(v1, allow) or b"") == {"object": "list", "data": [{"id": "a:latest"}]}
+    for body in (b"", b"not json", b"[]", b'{"error":"x"}', b"\x1f\x8b\x08gzip"):
+        assert filter_listing(body, allow) is None  # the proxy answers 502 rather than relay these

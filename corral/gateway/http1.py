@@ -31,7 +31,7 @@ import asyncio
 import ssl as ssl_module
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httptools
@@ -210,6 +210,8 @@ class Answer:
         self.status = conn.status
         self.raw_headers = conn.headers  # names lower-cased, as received
         self.origin = pool.origin
+        # The next body chunk, or None at the end: the connection's own method, one call per chunk.
+        self.next: Callable[[], Awaitable[bytes | None]] = conn.next
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.raw_headers:
@@ -219,10 +221,9 @@ class Answer:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk as the upstream sends it (chunked encoding already undone)."""
-        conn = self._conn
-        if conn is None:
+        if self._conn is None:
             return
-        while (chunk := await conn.next()) is not None:
+        while (chunk := await self.next()) is not None:
             yield chunk
 
     async def read(self) -> bytes:

@@ -118,13 +118,19 @@ class AnswerTap:
     tail: bytearray = field(default_factory=bytearray)
     seen: int = 0
     usage_line: bytes | None = None
+    sse: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sse = self.media_type.startswith("text/event-stream")
 
     def feed(self, chunk: bytes) -> None:
+        """Called per chunk relayed: kept to a few operations, and the tail trimmed only now and then."""
         self.seen += len(chunk)
-        self.tail += chunk
-        if len(self.tail) > TAIL_BYTES:
-            del self.tail[: len(self.tail) - TAIL_BYTES]
-        if b'"usage"' in chunk and self.media_type.startswith("text/event-stream"):
+        tail = self.tail
+        tail += chunk
+        if len(tail) > 2 * TAIL_BYTES:  # trimmed to TAIL_BYTES once per TAIL_BYTES fed, not on every chunk
+            del tail[: len(tail) - TAIL_BYTES]
+        if self.sse and b'"usage"' in chunk:
             self.usage_line = bytes(chunk)  # OpenAI's usage chunk comes alone, just before [DONE]
 
     def summary(self) -> dict[str, Any]:
@@ -155,7 +161,7 @@ class AnswerTap:
         return out
 
     def _final(self) -> dict[str, Any] | None:
-        if self.media_type.startswith("text/event-stream"):
+        if self.sse:
             if self.usage_line is None:
                 return None
             for line in self.usage_line.splitlines():

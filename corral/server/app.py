@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from corral.backend.local import LocalBackend
 from corral.backend.scheduler import Scheduler
 from corral.engine.base import Engine
-from corral.errors import ClientGone, CorralError
+from corral.errors import CorralError
 from corral.gateway.db import database_url
 from corral.gateway.responses import ResponseStore
 from corral.gateway.service import Gateway
@@ -42,7 +42,7 @@ from corral.gateway.timing import TIMING_HEADERS
 from corral.server import admin, openapi, playground, registry_v2
 from corral.server.anthropic import routes as anthropic_routes
 from corral.server.context import context_of
-from corral.server.errors import dialect_of
+from corral.server.errors import dialect_of, error_answer
 from corral.server.gateway_hooks import gateway_hooks
 from corral.server.http import JSON, Inflight
 from corral.server.middleware import GatewayHook, GatewayMiddleware
@@ -63,15 +63,7 @@ _LOCAL_ORIGINS = (
 
 async def _corral_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
-    if isinstance(exc, ClientGone):
-        log.info("%s %s: %s", request.method, request.url.path, exc.message)
-    elif exc.status >= 500:
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    context_of(request).error = exc.message
-    dialect = dialect_of(request.scope)
-    return JSON(
-        dialect.body(exc.status, exc.message, exc), status_code=exc.status, headers={**dialect.headers, **exc.headers}
-    )
+    return error_answer(request.scope, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

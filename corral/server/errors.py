@@ -32,10 +32,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.errors import ClientGone, CorralError, InternalError
-from corral.server.http import dumps
+from corral.server.context import context_of
+from corral.server.http import JSON, dumps
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,27 @@ class Dialect:
     def body(self, status: int, message: str, exc: CorralError | None = None) -> dict[str, Any]:
         return self.render(status, message, exc)
 
+    def response(self, exc: CorralError) -> JSON:
+        """The whole answer for ``exc``: its status, this dialect's body and headers, the error's own headers."""
+        return JSON(
+            self.render(exc.status, exc.message, exc), status_code=exc.status, headers={**self.headers, **exc.headers}
+        )
+
     def stream_item(self, exc: BaseException) -> str:
         """The item that ends a stream which failed after it started."""
         err = as_corral_error(exc)
         return self.stream_framing(dumps(self.render(err.status, err.message, err)))
+
+
+def error_answer(scope: Scope, exc: CorralError) -> JSON:
+    """What an endpoint's CorralError becomes: logged by its weight, noted on the request context, and
+    answered in the route's dialect."""
+    if isinstance(exc, ClientGone):
+        log.info("%s %s: %s", scope["method"], scope["path"], exc.message)
+    elif exc.status >= 500:
+        log.error("%s %s failed: %s", scope["method"], scope["path"], exc.message)
+    context_of(scope).error = exc.message
+    return dialect_of(scope).response(exc)
 
 
 def as_corral_error(exc: BaseException) -> CorralError:
@@ -164,6 +182,9 @@ class DialectRoute(Route):
         self.dialect = dialect
         self.scope: Access = scope
         self.model_from = model_from
+        # An ASGI app that answers this route whole: the gateway middleware may call it directly, skipping
+        # the layers between (see corral.server.middleware).
+        self.direct: ASGIApp | None = None
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SCOPE_KEY] = self.dialect

@@ -194,7 +194,7 @@ async def _send(
                     raise BadGateway(exc.message) from None
                 raise
         else:
-            inner = await relay(request, fleet.upstreams[name])
+            inner = await relay(request.scope, request.receive, fleet.upstreams[name], await request.body())
             if inner.status_code in RETRY_STATUSES:
                 inner.answer.release()
                 raise BadGateway(f"upstream {name} answered {inner.status_code}")
@@ -238,7 +238,7 @@ async def managed(request: Request) -> Response:
     spec = fleet.config.upstream(name)
     if spec.kind == "openai":
         raise BadRequest(f"upstream {name!r} is OpenAI-compatible: it has no model management", param="upstream")
-    inner = await relay(request, fleet.upstreams[name])
+    inner = await relay(request.scope, request.receive, fleet.upstreams[name])
     return Tracked(inner, name, lambda failed: None)
 
 

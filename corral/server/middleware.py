@@ -14,6 +14,15 @@ reuses. This middleware prints the ``corral.access`` line of each request,
 unless a hook with a true ``logs_access`` attribute (the request log, whose
 writer prints it off the event loop) takes that over.
 
+A route may carry a ``direct`` ASGI app that answers it whole (the proxy's
+forwarding routes do). When the layers below this middleware would only
+pass such a request through (its method is the route's, and no ``Origin``
+header asks for CORS), the middleware calls that app itself, with the
+route's dialect and path parameters in the scope: Starlette's CORS,
+exception middleware, router and request/response wrappers are then off
+the hot path, for the request and for each streamed chunk. The app answers
+its own errors; anything it raises is this middleware's 500.
+
 A hook that needs the request body (a key's model allowlist) reads it with
 :meth:`RequestContext.read_body`; the middleware then hands the same bytes on
 to the endpoint. With hooks, the request body's size is counted as it is
@@ -37,6 +46,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError
@@ -89,6 +99,18 @@ def _counting(ctx: RequestContext, receive: Receive) -> Receive:
     return counting
 
 
+def _direct(route: BaseRoute | None, scope: Scope) -> ASGIApp | None:
+    """The route's own ASGI app, when the layers below this middleware would only pass the request through
+    to it: the method is the route's, and no ``Origin`` header asks for CORS."""
+    if not isinstance(route, DialectRoute) or route.direct is None:
+        return None
+    if route.methods is not None and scope["method"] not in route.methods:
+        return None
+    if any(name == b"origin" for name, _ in scope["headers"]):
+        return None
+    return route.direct
+
+
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp, table: RouteTable, hooks: Sequence[GatewayHook] = ()) -> None:
         self.app = app
@@ -96,12 +118,13 @@ class GatewayMiddleware:
         self.hooks = list(hooks)
         # A hook that logs each request (the gateway's request log) prints its access line; else this does.
         self.access_line = not any(getattr(hook, "logs_access", False) for hook in self.hooks)
+        self.match_all = bool(self.hooks) or any(getattr(route, "direct", None) for route in table.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route, child = self.table.match(scope) if self.hooks else (None, {})
+        route, child = self.table.match(scope) if self.match_all else (None, {})
         dialect = route.dialect if isinstance(route, DialectRoute) else OLLAMA
         ctx = RequestContext(
             uuid.uuid4().hex[:16],
@@ -152,16 +175,17 @@ class GatewayMiddleware:
                     await hook.before(ctx, scope)
             except CorralError as exc:
                 ctx.error = exc.message
-                response = JSON(
-                    dialect.body(exc.status, exc.message, exc),
-                    status_code=exc.status,
-                    headers={**dialect.headers, **exc.headers},
-                )
-                await response(scope, receive, wrapped)
+                await dialect.response(exc)(scope, receive, wrapped)
                 return
             if ctx.body is not None:
                 receive = _replay(ctx.body, receive)
-            await self.app(scope, receive, wrapped)
+            direct = _direct(route, scope)
+            if direct is not None:
+                scope[SCOPE_KEY] = dialect
+                scope.update(child)
+                await direct(scope, receive, wrapped)
+            else:
+                await self.app(scope, receive, wrapped)
         except Exception as exc:
             errors.error("unhandled error on %s %s", ctx.method, ctx.path, exc_info=exc)
             if started:  # the response has started: nothing more can be said on it

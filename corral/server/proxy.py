@@ -11,6 +11,14 @@ request on as it came, less the client's credentials, and streams the answer
 back chunk by chunk as the upstream sends it. An unreachable upstream is a
 502 naming it; an upstream that fails mid-stream ends the stream with the
 dialect's error item; a client that goes away closes the upstream request.
+
+Each forwarding route also carries :func:`forward_asgi`, the same thing as a
+bare ASGI app, which the gateway middleware calls directly when nothing
+between it and the endpoint has work to do (no CORS): every layer skipped
+there is time added to each request's first token. The listings
+(``/api/tags``, ``/api/ps``, ``/v1/models``) are read whole and filtered
+when the caller's key has a model allowlist (:mod:`corral.gateway.listings`),
+so a key sees the same models through the proxy as from a server itself.
 """
 
 from __future__ import annotations
@@ -27,14 +35,15 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-from corral.errors import BadGateway
+from corral.errors import BadGateway, ClientGone, CorralError
 from corral.gateway.http1 import Answer
+from corral.gateway.listings import LISTING_PATHS, filter_listing
 from corral.gateway.service import Gateway
 from corral.gateway.upstream import AnswerTap, Upstream
 from corral.server import admin, openapi, playground
 from corral.server.app import api_routes, build_app
 from corral.server.context import RequestContext, context_of
-from corral.server.errors import Dialect, DialectRoute, dialect_of
+from corral.server.errors import Dialect, DialectRoute, dialect_of, error_answer
 from corral.server.gateway_hooks import gateway_hooks
 from corral.server.http import inflight_of, watched
 from corral.server.middleware import GatewayHook
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_SNIFF_BODY = 1 << 20  # request bodies up to this size are read whole (to learn the model); larger ones stream
 _STREAMED_TYPES = ("application/x-ndjson", "text/event-stream")
+_BODILESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})  # read whole, however they are framed
 
 
 def _upstream(request: Request) -> Upstream:
@@ -59,31 +69,83 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
+def _target(scope: Scope) -> bytes:
+    """The path and query exactly as the client sent them."""
+    target: bytes = scope.get("raw_path") or scope["path"].encode()
+    return target + b"?" + scope["query_string"] if scope["query_string"] else target
+
+
+async def _request_body(scope: Scope, receive: Receive) -> bytes | AsyncIterator[bytes]:
+    """The body to send on: whole when small (so its model can be read), else streamed as it arrives."""
+    size = 0
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            size = int(value) if value.isdigit() else 0
+            break
+    if scope["method"] in _BODILESS or 0 < size <= MAX_SNIFF_BODY:
+        parts = [piece async for piece in _streamed(receive)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    return _streamed(receive)
+
+
+async def _streamed(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("client disconnected while sending the request body")
+        yield message.get("body", b"")
+        if not message.get("more_body"):
+            return
+
+
 async def forward(request: Request) -> Response:
     """Send this request to the upstream and relay its answer (see module docstring)."""
-    return await relay(request, _upstream(request))
+    return await relay(request.scope, request.receive, _upstream(request))
 
 
-async def relay(request: Request, upstream: Upstream) -> Relay:
-    """Send this request to ``upstream``; return its answer ready to relay (a BadGateway if unreachable)."""
-    ctx = context_of(request)
-    size = int(request.headers.get("content-length") or 0)
-    content: bytes | AsyncIterator[bytes]
-    model: str | None = request.path_params.get("model")
-    if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") or 0 < size <= MAX_SNIFF_BODY:
-        content = await request.body()
-        model = (_model_of(content) if content else None) or model
-    else:
-        content = request.stream()
+async def forward_asgi(scope: Scope, receive: Receive, send: Send) -> None:
+    """:func:`forward` as a bare ASGI app: the gateway middleware calls it directly (see module docstring)."""
+    try:
+        response: Response = await relay(scope, receive, scope["app"].state.upstream)
+    except CorralError as exc:
+        response = error_answer(scope, exc)
+    await response(scope, receive, send)
+
+
+async def forward_listing(request: Request) -> Response:
+    """A listing (``/api/tags``, ``/api/ps``, ``/v1/models``): filtered by the caller's key's model allowlist
+    when it has one, else relayed as it comes."""
+    relayed = await relay(request.scope, request.receive, _upstream(request))
+    key = relayed.ctx.key
+    if key is None or key.models is None or relayed.status_code != 200 or request.method == "HEAD":
+        return relayed
+    answer = relayed.answer
+    try:
+        body = await answer.read()
+    except OSError as exc:
+        raise BadGateway(f"upstream {answer.origin} failed mid-answer: {exc}") from None
+    finally:
+        answer.release()
+    relayed.ctx.phases["upstream"] = (time.perf_counter() - relayed.start) * 1000
+    filtered = filter_listing(body, key.allows_model)
+    if filtered is None:  # never pass on what could not be filtered
+        raise BadGateway(f"upstream {answer.origin} answered {request.url.path} with something that is not a listing")
+    return Response(filtered, media_type=answer.header(b"content-type") or "application/json")
+
+
+async def relay(scope: Scope, receive: Receive, upstream: Upstream, body: bytes | None = None) -> Relay:
+    """Send this request to ``upstream`` (with ``body`` when the caller has read it already); return its answer
+    ready to relay (a BadGateway if unreachable)."""
+    ctx = context_of(scope)
+    content = await _request_body(scope, receive) if body is None else body
+    model: str | None = ctx.path_params.get("model")
+    if isinstance(content, bytes) and content:
+        model = _model_of(content) or model
     start = time.perf_counter()
-    scope = request.scope
-    target = scope.get("raw_path") or scope["path"].encode()
-    if scope["query_string"]:
-        target += b"?" + scope["query_string"]
-    answer = await upstream.open(request.method, target, scope["headers"], content)
+    answer = await upstream.open(scope["method"], _target(scope), scope["headers"], content)
     media_type = answer.header(b"content-type") or ""
     ctx.note(model, stream=media_type.startswith(_STREAMED_TYPES))
-    return Relay(answer, AnswerTap(media_type), dialect_of(request.scope), ctx, start)
+    return Relay(answer, AnswerTap(media_type), dialect_of(scope), ctx, start)
 
 
 class Relay(Response):
@@ -112,14 +174,15 @@ class Relay(Response):
 
     async def _relay(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        first: float | None = None
+        next_chunk, feed = self.answer.next, self.tap.feed
         try:
-            async for chunk in self.answer.chunks():
-                if first is None:
-                    first = time.perf_counter()
-                    self.ctx.phases["ttft"] = (first - self.ctx.start) * 1000
-                self.tap.feed(chunk)
+            chunk = await next_chunk()
+            if chunk is not None:
+                self.ctx.phases["ttft"] = (time.perf_counter() - self.ctx.start) * 1000
+            while chunk is not None:
+                feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                chunk = await next_chunk()
         except OSError as exc:  # the connection broke, or the answer was not valid HTTP
             err = BadGateway(f"upstream {self.answer.origin} failed mid-answer: {str(exc) or type(exc).__name__}")
             log.warning("%s", err.message)
@@ -168,12 +231,17 @@ LOCAL_ROUTES: list[BaseRoute] = [*admin.routes, *openapi.routes, *playground.rou
 def forwarding_routes(routes: Sequence[BaseRoute], local: Sequence[BaseRoute]) -> list[BaseRoute]:
     """The same routes, each with :func:`forward` as its endpoint (same path, methods, dialect and
     scope), except those in ``local``, which stay as they are."""
-    return [
-        route
-        if route in local or not isinstance(route, DialectRoute)
-        else twin(route, forward_root if route.path == "/" else forward)
-        for route in routes
-    ]
+    return [route if route in local or not isinstance(route, DialectRoute) else _forwarding(route) for route in routes]
+
+
+def _forwarding(route: DialectRoute) -> DialectRoute:
+    if route.path == "/":
+        return twin(route, forward_root)
+    if route.path in LISTING_PATHS:
+        return twin(route, forward_listing)
+    out = twin(route, forward)
+    out.direct = forward_asgi
+    return out
 
 
 def create_proxy_app(
