@@ -1,6 +1,6 @@
 """Latency the gateway adds: ``corral proxy`` (and LiteLLM's proxy) against calling the upstream directly.
 
-    .venv/bin/python -m bench.gateway [--requests 200] [--concurrency 1,8] [--tokens 32] [--interval-ms 2]
+    .venv/bin/python -m bench.gateway [--requests 200] [--concurrency 1,8] [--tokens 32] [--interval-ms 2] [--floor]
 
 Every target answers the same streamed ``POST /v1/chat/completions`` (and,
 for Corral, ``POST /api/chat``) from one stub upstream in its own process: an
@@ -12,6 +12,10 @@ no CPU, for every target. The targets, started side by side in this one run:
 * ``tcp-relay``: a bare TCP relay in front of the stub (bytes copied both
   ways, no HTTP, a new upstream connection per client connection): the
   floor under any user-space hop on this machine, for reference;
+* with ``--floor``, ``uvicorn-relay-http1`` and ``uvicorn-relay-aiohttp``:
+  a bare ASGI function on uvicorn relaying to the stub with Corral's
+  upstream client or with aiohttp's, the floor under any uvicorn-based
+  proxy and what the client library alone costs;
 * ``corral-proxy-bare``: the same proxy with the gateway left out (no keys,
   request log, metrics or timing headers): the gateway's own cost is the
   difference between this and the two below;
@@ -147,6 +151,51 @@ def run_relay(port: int, upstream_port: int) -> None:
     uvloop.run(serve())
 
 
+def run_uvicorn_relay(port: int, upstream_port: int, client: str) -> None:
+    """A bare ASGI function on uvicorn that relays each request to the stub (``--floor``): what any
+    uvicorn-based proxy pays, with Corral's upstream client (``http1``) or aiohttp's (``aiohttp``)."""
+    import uvicorn
+
+    from corral.gateway.upstream import Upstream
+
+    upstream = Upstream(f"http://127.0.0.1:{upstream_port}")
+    sessions: list[Any] = []
+    skip = {b"host", b"connection", b"content-length", b"transfer-encoding"}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if client == "aiohttp":
+            import aiohttp
+
+            if not sessions:
+                sessions.append(aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False))
+            headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k not in skip]
+            url = f"http://127.0.0.1:{upstream_port}{scope['path']}"
+            answer = await sessions[0].request(scope["method"], url, headers=headers, data=body)
+            out = [(k.lower(), v) for k, v in answer.raw_headers if k.lower() not in skip]
+            await send({"type": "http.response.start", "status": answer.status, "headers": out})
+            async for chunk in answer.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            answer.release()
+        else:
+            relayed = await upstream.open(scope["method"], scope["raw_path"], scope["headers"], body)
+            headers = Upstream.response_headers(relayed.raw_headers)
+            await send({"type": "http.response.start", "status": relayed.status, "headers": headers})
+            while (chunk := await relayed.next()) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            relayed.release()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+
+
 def run_bare_proxy(port: int, upstream: str) -> None:
     """``corral proxy`` with the gateway left out (``create_proxy_app(..., gateway=False)``)."""
     from corral.cli import run_server
@@ -230,7 +279,7 @@ def _create_key(home: Path) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-async def start_targets(stub_port: int, work: Path, want_litellm: bool) -> list[Target]:
+async def start_targets(stub_port: int, work: Path, want_litellm: bool, floor: bool = False) -> list[Target]:
     upstream = f"http://127.0.0.1:{stub_port}"
     both = ("/v1/chat/completions", "/api/chat")
     targets = [Target("direct", stub_port, both)]
@@ -239,6 +288,13 @@ async def start_targets(stub_port: int, work: Path, want_litellm: bool) -> list[
         [sys.executable, "-m", "bench.gateway", "--relay", str(relay.port), str(stub_port)], work / "relay.log"
     )
     targets.append(relay)
+    for client in ("http1", "aiohttp") if floor else ():
+        t = Target(f"uvicorn-relay-{client}", free_port(), both)
+        t.proc = _spawn(
+            [sys.executable, "-m", "bench.gateway", "--uvicorn-relay", str(t.port), str(stub_port), client],
+            work / f"{t.name}.log",
+        )
+        targets.append(t)
     bare = Target("corral-proxy-bare", free_port(), both)
     bare.proc = _spawn(
         [sys.executable, "-m", "bench.gateway", "--bare-proxy", str(bare.port), upstream],
@@ -436,7 +492,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     targets: list[Target] = []
     try:
         await _wait_up(stub_port, "/api/version", stub, 30)
-        targets = await start_targets(stub_port, work, not args.no_litellm)
+        targets = await start_targets(stub_port, work, not args.no_litellm, args.floor)
         for level in args.concurrency:
             for path in ("/v1/chat/completions", "/api/chat"):
                 log.info("driving %s at %d concurrent clients", path, level)
@@ -468,9 +524,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stub", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--relay", nargs=2, type=int, help=argparse.SUPPRESS)
     p.add_argument("--bare-proxy", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--uvicorn-relay", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="add bare uvicorn relays (Corral's upstream client, and aiohttp's) as reference targets",
+    )
     args = p.parse_args(argv)
     if args.relay:
         run_relay(*args.relay)
+        return 0
+    if args.uvicorn_relay:
+        run_uvicorn_relay(int(args.uvicorn_relay[0]), int(args.uvicorn_relay[1]), args.uvicorn_relay[2])
         return 0
     if args.bare_proxy:
         run_bare_proxy(int(args.bare_proxy[0]), args.bare_proxy[1])

@@ -445,6 +445,7 @@ def test_gateway_bench_runs_and_reports_added_latency(tmp_path: Path) -> None:
             "--tokens",
             "4",
             "--no-litellm",
+            "--floor",
             "--out",
             str(out),
         ],
@@ -456,7 +457,8 @@ def test_gateway_bench_runs_and_reports_added_latency(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    for name in ("direct", "tcp-relay", "corral-proxy-bare", "corral-proxy", "corral-proxy+keys"):
+    names = ("direct", "tcp-relay", "uvicorn-relay-http1", "uvicorn-relay-aiohttp", "corral-proxy-bare")
+    for name in (*names, "corral-proxy", "corral-proxy+keys"):
         rows = report["targets"][name]
         assert rows["/api/chat@1"]["n"] == 10 and rows["/v1/chat/completions@2"]["tokens_complete"]
     assert set(report["added"]["corral-proxy"]) == {
