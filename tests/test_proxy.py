@@ -220,6 +220,10 @@ def test_headers_and_body_pass_through_except_credentials(proxy_to: Callable[...
             headers={"authorization": "Bearer client-secret"},
         ).json()
         assert seen["headers"]["authorization"] == "Bearer upstream-secret"
+        # A body over the sniffing limit (a blob upload) is streamed on as it arrives, chunked upstream.
+        blob = os.urandom(1536 * 1024).hex().encode()  # 3 MiB
+        seen = httpx.post(plain.url + "/api/blobs/sha256-" + "0" * 64, content=blob, timeout=60).json()
+        assert seen["body"].encode() == blob and seen["headers"]["transfer-encoding"] == "chunked"
     finally:
         echo.should_exit = True
         thread.join(timeout=10)
