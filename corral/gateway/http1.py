@@ -153,7 +153,8 @@ class _Connection(asyncio.Protocol):
         return self._head
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise ConnectError("connection closed by the upstream")
         self.transport.write(data)
 
     async def drain(self) -> None:
@@ -279,7 +280,8 @@ class Pool:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.lost and now - conn.idle_since < IDLE_SECONDS:
+            closing = conn.transport is None or conn.transport.is_closing()
+            if not conn.lost and not closing and now - conn.idle_since < IDLE_SECONDS:
                 return conn
             conn.close()
         return None
