@@ -19,10 +19,13 @@ from typing import Any
 
 import httpx
 import ollama
+import openai
 import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from corral.gateway.db import open_database
+from corral.gateway.keys import KeyStore
 from corral.store.starters import smollm2_gguf
 from tests.conftest import ROOT, SMOLLM, ServerProc, launch
 from tests.test_proxy import launch_proxy
@@ -250,3 +253,44 @@ def test_fleet_request_log_names_the_upstream_and_why(fleet: dict[str, Any]) -> 
             break
         time.sleep(0.2)
     assert rows and all(row["upstream"] in ("u3:only", "u3:loaded", "u3:prefix", "u3:least-loaded") for row in rows)
+
+
+def test_merged_listings_show_a_key_only_its_models(fleet: dict[str, Any], tmp_path: Path) -> None:
+    config = write_fleet(
+        tmp_path / "fleet.toml", [("u1", fleet["u1"].url, "corral"), ("u3", fleet["u3"].url, "corral")]
+    )
+    gw = launch_proxy("unused", tmp_path / "gw", "--fleet", str(config))
+    try:
+        store = KeyStore(open_database(gw.home / "corral.db"))
+        _, narrow = store.create("narrow", models=["solo"])
+        _, wide = store.create("wide")
+        headers = {"Authorization": f"Bearer {narrow}"}
+        deadline = time.monotonic() + 30  # until discovery has read both upstreams' catalogs
+        while time.monotonic() < deadline:
+            wide_tags = {
+                m.model for m in ollama.Client(host=gw.url, headers={"Authorization": f"Bearer {wide}"}).list().models
+            }
+            if {SMOLLM, "solo:latest"} <= wide_tags:
+                break
+            time.sleep(0.2)
+        assert {SMOLLM, "solo:latest"} <= wide_tags
+        assert [m.model for m in ollama.Client(host=gw.url, headers=headers).list().models] == ["solo:latest"]
+        oai = OpenAI(base_url=gw.url + "/v1", api_key=narrow, max_retries=0)
+        assert [m.id for m in oai.models.list().data] == ["solo:latest"]
+        loaded = {SMOLLM, "solo"}
+        for model in loaded:  # both loaded upstream (through the wide key), so ps has both to hide one of
+            body = {"model": model, "prompt": "Hi", "stream": False, "options": {"num_predict": 1}}
+            wide_headers = {"Authorization": f"Bearer {wide}"}
+            assert httpx.post(gw.url + "/api/generate", json=body, headers=wide_headers, timeout=120).is_success
+        deadline = time.monotonic() + 30  # until the health check has read both upstreams' ps
+        while time.monotonic() < deadline:
+            wide_ps = httpx.get(gw.url + "/api/ps", headers=wide_headers, timeout=30).json()["models"]
+            if {SMOLLM, "solo:latest"} <= {m["model"] for m in wide_ps}:
+                break
+            time.sleep(0.2)
+        ps = httpx.get(gw.url + "/api/ps", headers=headers, timeout=30).json()["models"]
+        assert [m["model"] for m in ps] == ["solo:latest"]
+        with pytest.raises(openai.PermissionDeniedError):
+            oai.chat.completions.create(model=SMOLLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    finally:
+        gw.stop()

@@ -26,13 +26,14 @@ from openai import OpenAI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from corral.gateway.db import open_database
 from corral.gateway.keys import KeyStore
 from corral.gateway.listings import LISTING_PATHS, filter_listing
 from corral.server.app import api_routes
 from corral.server.errors import DialectRoute
+from corral.server.fleet_proxy import fleet_routes
 from corral.server.proxy import LOCAL_ROUTES, forward_asgi, forwarding_routes
 from tests.conftest import ROOT, SMOLLM, ServerProc, free_port
 
@@ -287,3 +288,44 @@ def test_what_is_not_a_listing_is_never_passed_on_unfiltered() -> None:
     assert json.loads(filter_listing(v1, allow) or b"") == {"object": "list", "data": [{"id": "a:latest"}]}
     for body in (b"", b"not json", b"[]", b'{"error":"x"}', b"\x1f\x8b\x08gzip"):
         assert filter_listing(body, allow) is None  # the proxy answers 502 rather than relay these
+
+
+@pytest.mark.parametrize("build", [forwarding_routes, fleet_routes])
+def test_every_forwarded_route_keeps_the_scope_and_model_source_of_the_route_it_twins(
+    build: Callable[..., list[BaseRoute]],
+) -> None:
+    original = {(r.path, frozenset(r.methods or ())): r for r in api_routes() if isinstance(r, DialectRoute)}
+    twins = [r for r in build(api_routes(), LOCAL_ROUTES) if isinstance(r, DialectRoute)]
+    assert len(twins) == len(original)
+    for route in twins:
+        source = original[(route.path, frozenset(route.methods or ()))]
+        assert (route.scope, route.model_from, route.dialect) == (source.scope, source.model_from, source.dialect)
+
+
+def test_a_keyed_proxy_enforces_scopes_and_allowlists_before_forwarding(proxy_to: Callable[..., ServerProc]) -> None:
+    url, echo, thread = _echo_server()
+    try:
+        proxy = proxy_to(url)
+        store = KeyStore(open_database(proxy.home / "corral.db"))
+        _, user = store.create("user", models=[SMOLLM])
+        _, admin = store.create("admin", admin=True)
+        assert httpx.get(proxy.url + "/api/version", timeout=30).status_code == 200  # open, as on a server
+        assert httpx.get(proxy.url + "/api/tags", timeout=30).status_code == 401
+        as_user = ollama.Client(host=proxy.url, headers={"Authorization": f"Bearer {user}"})
+        with pytest.raises(ollama.ResponseError) as denied:
+            as_user.delete(SMOLLM)  # an admin route: refused here, never forwarded
+        assert denied.value.status_code == 403 and "admin" in str(denied.value)
+        with pytest.raises(ollama.ResponseError) as other:
+            as_user.chat(model="other-model", messages=[{"role": "user", "content": "Hi"}])
+        assert other.value.status_code == 403 and "other-model" in str(other.value)
+        reached = httpx.post(proxy.url + "/api/chat", json={"model": SMOLLM}, headers=bearer_of(user), timeout=30)
+        assert reached.status_code == 200 and json.loads(reached.json()["body"]) == {"model": SMOLLM}
+        gone = httpx.request("DELETE", proxy.url + "/api/delete", json={"model": "x"}, headers=bearer_of(admin))
+        assert gone.status_code == 200 and gone.json()["body"] == '{"model":"x"}'
+    finally:
+        echo.should_exit = True
+        thread.join(timeout=10)
+
+
+def bearer_of(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -29,6 +29,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,6 +44,7 @@ from corral.fleet.discovery import Discovery, merged_openai_models, merged_ps, m
 from corral.fleet.openai_backend import OpenAIBackend
 from corral.fleet.routing import Decision, Router, prefix_of
 from corral.fleet.state import FleetState, UpstreamState
+from corral.gateway.listings import filter_doc
 from corral.gateway.service import Gateway
 from corral.gateway.upstream import Upstream
 from corral.server.app import api_routes, build_app
@@ -207,16 +209,24 @@ async def _send(
 # ---- listings, management ---------------------------------------------------------------------------
 
 
+def _visible(request: Request, listing: dict[str, Any]) -> dict[str, Any]:
+    """A merged listing as the caller's key may see it (only its models, when it has an allowlist)."""
+    key = context_of(request).key
+    if key is None or key.models is None:
+        return listing
+    return filter_doc(listing, key.allows_model) or listing
+
+
 async def tags(request: Request) -> Response:
-    return JSON(merged_tags(_fleet(request).state))
+    return JSON(_visible(request, merged_tags(_fleet(request).state)))
 
 
 async def ps(request: Request) -> Response:
-    return JSON(merged_ps(_fleet(request).state))
+    return JSON(_visible(request, merged_ps(_fleet(request).state)))
 
 
 async def openai_models(request: Request) -> Response:
-    return JSON(merged_openai_models(_fleet(request).state))
+    return JSON(_visible(request, merged_openai_models(_fleet(request).state)))
 
 
 async def openai_model(request: Request) -> Response:

@@ -209,9 +209,15 @@ class Relay(Response):
 def twin(route: DialectRoute, endpoint: Callable[[Request], Awaitable[Response]]) -> DialectRoute:
     """``route`` again (path, methods, dialect, scope, where it names its model) with another endpoint."""
     out = DialectRoute(
-        route.path, endpoint, dialect=route.dialect, methods=sorted(route.methods or ()), name=route.name
+        route.path,
+        endpoint,
+        dialect=route.dialect,
+        methods=sorted(route.methods or ()),
+        name=route.name,
+        scope=route.scope,
+        model_from=route.model_from,
     )
-    for attr, value in vars(route).items():  # anything a hook reads off the route
+    for attr, value in vars(route).items():  # anything else a hook reads off the route
         if attr not in vars(out):
             setattr(out, attr, value)
     return out
