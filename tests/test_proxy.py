@@ -36,6 +36,7 @@ from corral.server.errors import DialectRoute
 from corral.server.fleet_proxy import fleet_routes
 from corral.server.proxy import LOCAL_ROUTES, forward_asgi, forwarding_routes
 from tests.conftest import ROOT, SMOLLM, ServerProc, free_port
+from tests.tiny_gguf import tiny_llama
 
 
 def launch_proxy(upstream: str, home: Path, *extra: str) -> ServerProc:
@@ -329,3 +330,19 @@ def test_a_keyed_proxy_enforces_scopes_and_allowlists_before_forwarding(proxy_to
 
 def bearer_of(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def test_a_model_is_created_shown_and_deleted_through_the_proxy(
+    server: ServerProc, proxy_to: Callable[..., ServerProc], tmp_path: Path
+) -> None:
+    proxy = proxy_to(server.url)
+    client = ollama.Client(host=proxy.url, timeout=120)
+    path = tiny_llama(tmp_path / "tiny.gguf")
+    digest = client.create_blob(path)  # HEAD (404: not there yet), then the upload, both forwarded
+    assert client.create_blob(path) == digest  # HEAD again: 200, no body, nothing uploaded
+    statuses = [s.status for s in client.create(model="via-proxy", files={"tiny.gguf": digest}, stream=True)]
+    assert statuses[-1] == "success"
+    assert client.show("via-proxy").details.family == "llama"
+    assert "via-proxy:latest" in {m.model for m in ollama.Client(host=server.url).list().models}
+    client.delete("via-proxy")
+    assert "via-proxy:latest" not in {m.model for m in client.list().models}
