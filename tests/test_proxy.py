@@ -255,6 +255,12 @@ def test_listings_through_the_proxy_show_a_key_only_its_models(
     assert tags == [SMOLLM] and ps == [SMOLLM] and v1 == [SMOLLM]
     tags, ps, v1 = listed(wide)
     assert tags == upstream_models and v1 == upstream_models and SMOLLM in ps
+    # The upstream Corral's id and timing headers are not sent twice: the proxy's own replace them.
+    body = {"model": SMOLLM, "prompt": "Hi", "stream": False, "options": {"num_predict": 1}}
+    r = httpx.post(proxy.url + "/api/generate", json=body, headers={"Authorization": f"Bearer {wide}"}, timeout=60)
+    assert r.status_code == 200 and len(r.headers.get_list("x-request-id")) == 1
+    assert r.headers["x-upstream-request-id"] not in ("", r.headers["x-request-id"])
+    assert len(r.headers.get_list("server-timing")) == len(r.headers.get_list("x-sdl-proxy-timing")) == 1
 
 
 def test_forwarded_routes_skip_the_inner_layers_unless_cors_needs_them(proxy_to: Callable[..., ServerProc]) -> None:

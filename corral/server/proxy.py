@@ -44,7 +44,7 @@ from corral.server import admin, openapi, playground
 from corral.server.app import api_routes, build_app
 from corral.server.context import RequestContext, context_of
 from corral.server.errors import Dialect, DialectRoute, dialect_of, error_answer
-from corral.server.gateway_hooks import gateway_hooks
+from corral.server.gateway_hooks import PROXY_TIMING, SERVER_TIMING, gateway_hooks
 from corral.server.http import inflight_of, watched
 from corral.server.middleware import GatewayHook
 from corral.settings import Settings
@@ -148,6 +148,21 @@ async def relay(scope: Scope, receive: Receive, upstream: Upstream, body: bytes 
     return Relay(answer, AnswerTap(media_type), dialect_of(scope), ctx, start)
 
 
+# Headers the gateway sets on every answer itself: the upstream's own would go out twice. Its request
+# id is kept under another name (to find the request in the upstream's log); its timing phases are in
+# the proxy's own (as ``upstream``) and, for a stream, in the final ``done`` object it sends.
+_REQUEST_ID = b"x-request-id"
+_REPLACED = frozenset({_REQUEST_ID, SERVER_TIMING, PROXY_TIMING})
+
+
+def _passed_on(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-upstream-request-id", value) if name == _REQUEST_ID else (name, value)
+        for name, value in headers
+        if name not in _REPLACED or name == _REQUEST_ID
+    ]
+
+
 class Relay(Response):
     """The upstream's answer, relayed chunk by chunk; the upstream request is closed however it ends."""
 
@@ -159,7 +174,7 @@ class Relay(Response):
         self.start = start
         self.status_code = answer.status
         self.background = None
-        self.raw_headers = Upstream.response_headers(answer.raw_headers)
+        self.raw_headers = _passed_on(Upstream.response_headers(answer.raw_headers))
         self.failed: str | None = None  # why the upstream failed mid-answer, if it did
         self.on_close: list[Callable[[Relay], None]] = []
 
