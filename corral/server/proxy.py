@@ -83,8 +83,7 @@ async def _request_body(scope: Scope, receive: Receive) -> bytes | AsyncIterator
             size = int(value) if value.isdigit() else 0
             break
     if scope["method"] in _BODILESS or 0 < size <= MAX_SNIFF_BODY:
-        parts = [piece async for piece in _streamed(receive)]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return b"".join([piece async for piece in _streamed(receive)])
     return _streamed(receive)
 
 
@@ -152,14 +151,14 @@ async def relay(scope: Scope, receive: Receive, upstream: Upstream, body: bytes 
 # id is kept under another name (to find the request in the upstream's log); its timing phases are in
 # the proxy's own (as ``upstream``) and, for a stream, in the final ``done`` object it sends.
 _REQUEST_ID = b"x-request-id"
-_REPLACED = frozenset({_REQUEST_ID, SERVER_TIMING, PROXY_TIMING})
+_TIMING = frozenset({SERVER_TIMING, PROXY_TIMING})
 
 
 def _passed_on(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [
-        (b"x-upstream-request-id", value) if name == _REQUEST_ID else (name, value)
+        (b"x-upstream-request-id" if name == _REQUEST_ID else name, value)
         for name, value in headers
-        if name not in _REPLACED or name == _REQUEST_ID
+        if name not in _TIMING
     ]
 
 
@@ -176,7 +175,6 @@ class Relay(Response):
         self.background = None
         self.raw_headers = _passed_on(Upstream.response_headers(answer.raw_headers))
         self.failed: str | None = None  # why the upstream failed mid-answer, if it did
-        self.on_close: list[Callable[[Relay], None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -184,8 +182,6 @@ class Relay(Response):
         finally:
             self.answer.release()
             self._record()
-            for callback in self.on_close:
-                callback(self)
 
     async def _relay(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -223,7 +219,7 @@ class Relay(Response):
 
 def twin(route: DialectRoute, endpoint: Callable[[Request], Awaitable[Response]]) -> DialectRoute:
     """``route`` again (path, methods, dialect, scope, where it names its model) with another endpoint."""
-    out = DialectRoute(
+    return DialectRoute(
         route.path,
         endpoint,
         dialect=route.dialect,
@@ -232,10 +228,6 @@ def twin(route: DialectRoute, endpoint: Callable[[Request], Awaitable[Response]]
         scope=route.scope,
         model_from=route.model_from,
     )
-    for attr, value in vars(route).items():  # anything else a hook reads off the route
-        if attr not in vars(out):
-            setattr(out, attr, value)
-    return out
 
 
 async def forward_root(request: Request) -> Response:
