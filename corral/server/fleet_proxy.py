@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 from corral import OLLAMA_COMPAT_VERSION
-from corral.errors import BadGateway, BadRequest, CorralError, ModelNotFound
+from corral.errors import BadGateway, BadRequest, CorralError, InternalError, ModelNotFound
 from corral.fleet.config import FleetConfig
 from corral.fleet.discovery import Discovery, merged_openai_models, merged_ps, merged_tags
 from corral.fleet.openai_backend import OpenAIBackend
@@ -211,10 +211,13 @@ async def _send(
 
 def _visible(request: Request, listing: dict[str, Any]) -> dict[str, Any]:
     """A merged listing as the caller's key may see it (only its models, when it has an allowlist)."""
-    key = context_of(request).key
-    if key is None or key.models is None:
+    ctx = context_of(request)
+    if ctx.key is None or ctx.key.models is None:
         return listing
-    return filter_doc(listing, key.allows_model) or listing
+    kept = filter_doc(listing, ctx.may_list)
+    if kept is None:  # every merged listing has its list; a key must never see one unfiltered
+        raise InternalError("merged listing without a model list")
+    return kept
 
 
 async def tags(request: Request) -> Response:

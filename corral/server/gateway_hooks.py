@@ -10,7 +10,7 @@ Two :class:`~corral.server.middleware.GatewayHook` objects over one
     itself: ``open`` routes and CORS preflights need nothing, ``admin``
     routes an admin key), the key's model allowlist (the model named in the
     JSON body or the path, as the route declares), then its rpm/tpm limits.
-    It leaves the allowlist on the context, so the listings (``/api/tags``,
+    It leaves the verified key on the context, so the listings (``/api/tags``,
     ``/api/ps``, ``/v1/models``) show such a key only its models.
     Rejections are 401, 403 and 429 with ``Retry-After``, in the route's
     dialect. It times itself as the ``auth`` phase, and counts each answer's

@@ -115,8 +115,8 @@ async def forward_listing(request: Request) -> Response:
     """A listing (``/api/tags``, ``/api/ps``, ``/v1/models``): filtered by the caller's key's model allowlist
     when it has one, else relayed as it comes."""
     relayed = await relay(request.scope, request.receive, _upstream(request))
-    key = relayed.ctx.key
-    if key is None or key.models is None or relayed.status_code != 200 or request.method == "HEAD":
+    ctx = relayed.ctx
+    if ctx.key is None or ctx.key.models is None or relayed.status_code != 200 or request.method == "HEAD":
         return relayed
     answer = relayed.answer
     try:
@@ -125,8 +125,8 @@ async def forward_listing(request: Request) -> Response:
         raise BadGateway(f"upstream {answer.origin} failed mid-answer: {exc}") from None
     finally:
         answer.release()
-    relayed.ctx.phases["upstream"] = (time.perf_counter() - relayed.start) * 1000
-    filtered = filter_listing(body, key.allows_model)
+    ctx.phases["upstream"] = (time.perf_counter() - relayed.start) * 1000
+    filtered = filter_listing(body, ctx.may_list)
     if filtered is None:  # never pass on what could not be filtered
         raise BadGateway(f"upstream {answer.origin} answered {request.url.path} with something that is not a listing")
     return Response(filtered, media_type=answer.header(b"content-type") or "application/json")
