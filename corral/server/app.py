@@ -44,7 +44,7 @@ from corral.server.anthropic import routes as anthropic_routes
 from corral.server.context import context_of
 from corral.server.errors import dialect_of, error_answer
 from corral.server.gateway_hooks import gateway_hooks
-from corral.server.http import JSON, Inflight
+from corral.server.http import JSON, Inflight, cross_origin
 from corral.server.middleware import GatewayHook, GatewayMiddleware
 from corral.server.ollama import inference, models, registry
 from corral.server.openai import responses as openai_responses
@@ -90,7 +90,7 @@ class CORS(CORSMiddleware):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not any(name == b"origin" for name, _ in scope["headers"]):
+        if scope["type"] == "http" and not cross_origin(scope):
             await self.app(scope, receive, send)
             return
         await super().__call__(scope, receive, send)

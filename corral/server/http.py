@@ -164,6 +164,11 @@ class Inflight:
             stop()
 
 
+def cross_origin(scope: Scope) -> bool:
+    """Whether the request carries an ``Origin`` header: the only requests CORS handling has work for."""
+    return any(name == b"origin" for name, _ in scope["headers"])
+
+
 def inflight_of(scope: Scope) -> Inflight | None:
     app = scope.get("app")
     found = getattr(getattr(app, "state", None), "inflight", None)

@@ -53,7 +53,7 @@ from corral.errors import CorralError
 from corral.gateway.requestlog import log_access
 from corral.server.context import STATE_KEY, RequestContext
 from corral.server.errors import OLLAMA, SCOPE_KEY, DialectRoute, dialect_of, route_scope
-from corral.server.http import JSON
+from corral.server.http import JSON, cross_origin
 from corral.server.routing import RouteTable
 
 log = logging.getLogger("corral.access")
@@ -106,7 +106,7 @@ def _direct(route: BaseRoute | None, scope: Scope) -> ASGIApp | None:
         return None
     if route.methods is not None and scope["method"] not in route.methods:
         return None
-    if any(name == b"origin" for name, _ in scope["headers"]):
+    if cross_origin(scope):
         return None
     return route.direct
 
