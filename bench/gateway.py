@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.httpclient import get_status, stream_lines
-from bench.peers import _die_with_parent, free_port
+from bench.peers import _die_with_parent, free_port, read_asgi_body
 from bench.run import OUT_DIR
 
 log = logging.getLogger("bench.gateway")
@@ -165,12 +165,7 @@ def run_uvicorn_relay(port: int, upstream_port: int, client: str) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_asgi_body(receive)
         if client == "aiohttp":
             import aiohttp
 

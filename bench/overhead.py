@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.httpclient import get_status, stream_lines
-from bench.peers import free_port
+from bench.peers import free_port, read_asgi_body
 from bench.profile import thread_cpu
 from bench.run import OUT_DIR
 
@@ -186,12 +186,7 @@ def _run_floor(port: int, stub_port: int) -> None:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_asgi_body(receive)
         if scope["path"] != "/api/generate":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"Ollama is running"})
